@@ -1,0 +1,62 @@
+"""Shared CLI plumbing: model flags, training flags generated from ``TrainConfig``.
+
+    >>> add_model_args(parser); add_train_args(parser)
+    >>> lm = load_lm(args); cfg = train_config(args)
+"""
+
+from __future__ import annotations
+
+import argparse
+from dataclasses import fields
+
+from ..config import TrainConfig
+
+TRAIN_HELP = {
+    "window_size": "tokens visible per window (scored, then trained on)",
+    "steps_per_window": "optimiser steps per window; the first reuses the scoring pass",
+    "lr": "learning rate (AdamW)",
+    "weight_decay": "AdamW weight decay",
+    "schedule": "learning-rate schedule over the run: constant or cosine",
+    "loss": "test-time objective: NTP, SD (=ST), MIX",
+    "mix_weight": "weight of the SD term in MIX",
+    "sd_context": "teacher context in tokens for SD/MIX (0 = 4 x window, capped at the model maximum)",
+    "sd_topk": "keep only the teacher's top-k logits (0 = full vocabulary)",
+    "memory_width": "Locas slots per layer (r)",
+    "memory_init": "highest | lowest | random_index | random | activation",
+    "memory_layers": "layers with memory: all, top:N, bottom:N or a list like 20,25,29",
+    "tau_scale": "multiplier on the paper's output scale tau",
+    "lora_rank": "TempLoRA rank",
+    "lora_alpha": "TempLoRA alpha (0 = rank)",
+    "full_context": "context of the full-attention baseline (0 = the model maximum)",
+    "epochs": "passes over the text",
+    "seed": "random seed",
+}
+ALIASES = {"loss": ["--loss-function"]}
+
+
+def add_model_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("model")
+    g.add_argument("--model", default="smollm2-135m", help="hub id, local directory, or smollm2-135m (embedded)")
+    g.add_argument("--device", default=None, help="cpu, cuda, cuda:1, ... (default: cuda if available)")
+    g.add_argument("--dtype", default="float32", help="float32 | bfloat16 | float16 (memory stays float32)")
+    g.add_argument("--data-dir", default=None, help="data directory with pg19/, locomo/, mmlu/")
+
+
+def add_train_args(p: argparse.ArgumentParser, **defaults) -> None:
+    g = p.add_argument_group("test-time training")
+    base = TrainConfig()
+    for f in fields(TrainConfig):
+        default = defaults.get(f.name, getattr(base, f.name))
+        flags = ["--" + f.name.replace("_", "-"), *ALIASES.get(f.name, [])]
+        g.add_argument(*flags, dest=f.name, type=type(getattr(base, f.name)), default=default,
+                       help=f"{TRAIN_HELP.get(f.name, '')} (default: {default})")
+
+
+def train_config(args: argparse.Namespace) -> TrainConfig:
+    return TrainConfig(**{f.name: getattr(args, f.name) for f in fields(TrainConfig)})
+
+
+def load_lm(args: argparse.Namespace):
+    from ..model import LocasForCausalLM
+
+    return LocasForCausalLM.from_pretrained(args.model, dtype=args.dtype, device=args.device)

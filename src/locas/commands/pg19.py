@@ -1,0 +1,30 @@
+"""``locas pg19``: whole-book streaming perplexity, several methods side by side."""
+
+from __future__ import annotations
+
+from .common import add_model_args, add_train_args, load_lm, train_config
+
+HELP = "PG-19 whole-book perplexity: truncation vs full attention vs Locas vs TempLoRA"
+
+
+def add_arguments(p):
+    p.add_argument("--book", action="append", default=None, help="PG-19 id or path (repeatable; default 10146)")
+    p.add_argument("--method", action="append", default=None, choices=["truncate", "full", "locas", "lora"],
+                   help="repeatable; default: truncate and locas")
+    p.add_argument("--max-tokens", type=int, default=None, help="only the first N tokens of each book")
+    p.add_argument("--out", default="runs/pg19", help="output directory")
+    p.add_argument("--checkpoint-every", type=int, default=16, help="checkpoint every N windows (0 = never)")
+    p.add_argument("--resume", action="store_true", help="continue from the checkpoints in --out")
+    add_model_args(p)
+    add_train_args(p)
+
+
+def run(args):
+    from ..eval.pg19 import print_summary, run_pg19
+
+    lm = load_lm(args)
+    payload = run_pg19(lm, args.book or ["10146"], args.method or ["truncate", "locas"], train_config(args),
+                       args.out, max_tokens=args.max_tokens, data_dir=args.data_dir,
+                       checkpoint_every=args.checkpoint_every, resume=args.resume)
+    print_summary(payload)
+    print(f"wrote {args.out}/results.json, results.csv, ppl_curve.png")

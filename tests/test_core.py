@@ -1,0 +1,198 @@
+"""Core Locas-GLU behaviour across every registered GLU architecture."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM
+
+from conftest import random_ids, random_memory, tiny_lm, tiny_model
+from locas import LocasForCausalLM, UnsupportedArchitectureError, clip_vectors_
+from locas.init import unit_importance
+
+
+def test_zero_memory_is_bit_identical(glu_arch):
+    base = tiny_model(glu_arch)
+    ids = random_ids(2, 20)
+    with torch.no_grad():
+        ref = base(ids).logits.clone()
+        lm = LocasForCausalLM(base)
+        mem = lm.memorize(ids, keep_top=5)
+        assert mem.dtype == torch.float32 and mem.shape == (lm.num_layers, 2, 5, lm.hidden_size, 3)
+        mem.requires_grad_(True)  # forces the memory path to run (no zero-layer shortcut)
+        out = lm(ids, memory=mem).logits
+    assert torch.equal(out, ref)
+
+
+def test_memory_changes_output_and_disable_restores(glu_arch):
+    lm = tiny_lm(glu_arch)
+    ids = random_ids(1, 16)
+    mem = random_memory(lm)
+    with torch.no_grad():
+        with lm.disabled():
+            base = lm(ids, memory=mem).logits
+        plain = lm(ids).logits
+        with_mem = lm(ids, memory=mem).logits
+    assert torch.equal(base, plain)
+    assert (with_mem - base).abs().max() > 1e-3
+
+
+def test_fused_dense_matches_memory_model(glu_arch, tmp_path):
+    lm = tiny_lm(glu_arch)
+    ids = random_ids(1, 20)
+    mem = random_memory(lm, width=6)
+    with torch.no_grad():
+        expected = lm(ids, memory=mem).logits
+        dense = lm.to_dense(mem)
+        assert dense.config.intermediate_size == lm.intermediate_size + 6
+        got = dense(ids).logits
+        dense.save_pretrained(tmp_path)
+        reloaded = AutoModelForCausalLM.from_pretrained(tmp_path).eval()
+        again = reloaded(ids).logits
+    assert (got - expected).abs().max() <= 1e-5
+    assert (again - expected).abs().max() <= 1e-5
+    # the wrapper itself is untouched by fusion
+    with torch.no_grad():
+        assert torch.equal(lm(ids, memory=mem).logits, expected)
+
+
+def test_partial_layers_fuse_exactly():
+    lm = tiny_lm("llama")
+    ids = random_ids(1, 12)
+    mem = random_memory(lm, width=3)[1:]  # layers 1 and 2 only
+    with torch.no_grad():
+        expected = lm(ids, memory=mem, layers=[1, 2]).logits
+        got = lm.to_dense(mem, layers=[1, 2])(ids).logits
+    assert (got - expected).abs().max() <= 1e-5
+
+
+def _brute_force_importance(lm, ids):
+    """Recompute act(gate x) * up x per layer by hand from the MLP inputs."""
+    inputs = []
+    hooks = [w.base_mlp.register_forward_pre_hook(lambda m, a: inputs.append(a[0].detach()))
+             for w in lm.wrappers]
+    with torch.no_grad(), lm.disabled():
+        lm.model(ids)
+    for h in hooks:
+        h.remove()
+    out = []
+    for w, x in zip(lm.wrappers, inputs):
+        g = x @ lm.spec.gate_weight(w.base_mlp).T
+        u = x @ lm.spec.up_weight(w.base_mlp).T
+        out.append((w.act(g) * u).abs().mean(dim=1))  # (B, I)
+    return torch.stack(out)
+
+
+@pytest.mark.parametrize("arch", ["llama", "phi3", "gemma"])
+@pytest.mark.parametrize("init", ["highest", "lowest"])
+def test_highest_lowest_pick_brute_force_units(arch, init):
+    lm = tiny_lm(arch)
+    ids = random_ids(2, 18)
+    brute = _brute_force_importance(lm, ids)
+    assert torch.allclose(unit_importance(lm, ids), brute, atol=1e-5)
+    mem = lm.memorize(ids, keep_top=7, memory_init=init)
+    for i, w in enumerate(lm.wrappers):
+        for b in range(2):
+            expect = set(brute[i, b].topk(7, largest=init == "highest").indices.tolist())
+            up = torch.nn.functional.normalize(lm.spec.up_weight(w.base_mlp), dim=-1)
+            picked = {int((up @ k).argmax()) for k in mem[i, b, :, :, 0]}
+            assert picked == expect
+    assert torch.all(mem[..., 2] == 0)
+    assert torch.allclose(mem[..., :2].norm(dim=-2), torch.ones(()), atol=1e-5)
+
+
+@pytest.mark.parametrize("init", ["random_index", "random", "activation"])
+def test_other_inits_are_unit_norm_with_zero_values(init):
+    lm = tiny_lm("qwen3")
+    ids = random_ids(1, 30)
+    a = lm.memorize(ids, keep_top=5, memory_init=init, seed=3)
+    b = lm.memorize(ids, keep_top=5, memory_init=init, seed=3)
+    assert torch.equal(a, b)
+    assert torch.allclose(a[..., :2].norm(dim=-2), torch.ones(()), atol=1e-5)
+    assert torch.all(a[..., 2] == 0)
+
+
+def test_importance_ignores_padding():
+    lm = tiny_lm("llama")
+    ids = random_ids(1, 10)
+    padded = torch.cat([ids, torch.full((1, 5), 7)], dim=1)
+    mask = torch.cat([torch.ones(1, 10), torch.zeros(1, 5)], dim=1).long()
+    assert torch.allclose(unit_importance(lm, padded, mask), unit_importance(lm, ids), atol=1e-5)
+
+
+def test_clipping_and_tau():
+    mem = torch.randn(2, 1, 5, 16, 3)
+    mem[0, 0, 0, :, 0] *= 0.01  # a short vector
+    short = mem[0, 0, 0, :, 0].clone()
+    clip_vectors_(mem)
+    assert mem.norm(dim=-2).max() <= 1 + 1e-6
+    assert torch.equal(mem[0, 0, 0, :, 0], short)
+    lm = tiny_lm("llama")
+    for w in lm.wrappers:
+        down = lm.spec.down_weight(w.base_mlp)
+        expected = torch.stack([down[:, j].norm() for j in range(down.shape[1])]).mean().item() / 8
+        assert w.tau(8) == pytest.approx(expected, rel=1e-5)
+
+
+def test_batched_memories_equal_rowwise():
+    lm = tiny_lm("mistral")
+    ids = random_ids(2, 14)
+    mem = random_memory(lm, width=4, batch=2)
+    with torch.no_grad():
+        both = lm(ids, memory=mem).logits
+        for b in range(2):
+            alone = lm(ids[b:b + 1], memory=mem[:, b:b + 1]).logits
+            assert (both[b] - alone[0]).abs().max() <= 1e-5
+
+
+def test_compute_nll_shape_and_value():
+    lm = tiny_lm("llama")
+    ids = random_ids(2, 11)
+    nll = lm.compute_nll(ids)
+    assert nll.shape == (2, 10) and nll.dtype == torch.float32
+    with torch.no_grad():
+        logp = torch.log_softmax(lm(ids).logits.float(), -1)
+    assert torch.allclose(nll[1, 3], -logp[1, 3, ids[1, 4]], atol=1e-5)
+
+
+def test_bf16_model_keeps_fp32_memory():
+    lm = tiny_lm("llama", dtype=torch.bfloat16)
+    ids = random_ids(1, 12)
+    mem = lm.memorize(ids, keep_top=4)
+    assert mem.dtype == torch.float32
+    mem = random_memory(lm, width=4).requires_grad_(True)
+    out = lm(ids, memory=mem).logits
+    assert out.dtype == torch.bfloat16
+    out.float().sum().backward()
+    assert mem.grad is not None and mem.grad.dtype == torch.float32
+
+
+def test_generate_with_memory_and_detach():
+    base = tiny_model("llama")
+    original_mlp = base.model.layers[0].mlp
+    lm = LocasForCausalLM(base)
+    ids = random_ids(1, 6)
+    mem = random_memory(lm, scale=2.0)
+    out = lm.generate(ids, memory=mem, max_new_tokens=5, do_sample=False)
+    plain = lm.generate(ids, max_new_tokens=5, do_sample=False)
+    assert out.shape == plain.shape == (1, 11)
+    assert all(w.memory is None for w in lm.wrappers)  # memory only installed for the call
+    restored = lm.detach()
+    assert restored.model.layers[0].mlp is original_mlp
+
+
+def test_unknown_architecture_error():
+    class Cfg:
+        model_type = "my_new_arch"
+
+    class Fake(torch.nn.Module):
+        config = Cfg()
+
+    with pytest.raises(UnsupportedArchitectureError, match="my_new_arch.*register_arch"):
+        LocasForCausalLM(Fake())
+
+
+def test_bad_memory_shape_error():
+    lm = tiny_lm("llama")
+    with pytest.raises(Exception, match="does not fit this model"):
+        lm(random_ids(), memory=torch.zeros(2, 1, 4, 32, 3))

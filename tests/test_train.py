@@ -1,0 +1,167 @@
+"""Streaming trainer and baselines on tiny random models."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from conftest import random_ids, tiny_lm
+from locas.baselines import FullAttentionLearner, LoraLearner, TruncateLearner
+from locas.config import TrainConfig, parse_layers
+from locas.errors import LocasError
+from locas.objectives import get_objective, teacher_targets
+from locas.train import LocasLearner, stream, window_spans
+
+
+def _tokens(n=90, seed=4):
+    # a repetitive stream, so memorising earlier windows helps on later ones
+    base = random_ids(1, 15, seed=seed)[0]
+    return base.repeat(n // 15 + 1)[:n]
+
+
+def test_window_spans_cover_every_token_once():
+    spans = window_spans(50, 8)
+    scored = [t for s, e in spans for t in range(s + 1, e)]
+    assert scored == list(range(1, 50))
+    assert all(e - s <= 8 for s, e in spans)
+    assert window_spans(5, 100) == [(0, 5)]  # shorter than a window: one window
+    with pytest.raises(LocasError, match="too short"):
+        window_spans(1, 8)
+
+
+def test_locas_trains_memory_only_and_helps_on_repetition():
+    lm = tiny_lm("llama")
+    backbone = {k: v.clone() for k, v in lm.model.state_dict().items()}
+    cfg = TrainConfig(window_size=16, lr=5e-2, memory_width=8, steps_per_window=2)
+    tokens = _tokens()
+    base = stream(TruncateLearner(lm, cfg), tokens, cfg, progress=False)
+    learner = LocasLearner(lm, cfg)
+    res = stream(learner, tokens, cfg, progress=False)
+    for k, v in lm.model.state_dict().items():
+        assert torch.equal(v, backbone[k]), k
+    assert learner.memory[..., 2].abs().sum() > 0
+    assert learner.memory.norm(dim=-2).max() <= 1 + 1e-6
+    assert res.tokens == base.tokens == len(tokens) - 1
+    assert res.window_nll[0] == pytest.approx(base.window_nll[0], rel=1e-5)  # first window: zero memory
+    assert res.ppl < base.ppl
+
+
+def test_score_of_window_never_sees_its_own_update():
+    lm = tiny_lm("qwen2")
+    cfg = TrainConfig(window_size=12, lr=5e-2, memory_width=4)
+    tokens = _tokens(60)
+    full = stream(LocasLearner(lm, cfg), tokens, cfg, progress=False)
+    for i in (1, 3):
+        learner = LocasLearner(lm, cfg)
+        stream(learner, tokens, cfg, progress=False, stop_after=i)  # trained on windows < i only
+        s, e = window_spans(len(tokens), cfg.window_size)[i]
+        nll = learner.score_only(tokens, s, e)
+        assert float(nll.sum()) == pytest.approx(full.window_nll[i], rel=1e-5)
+
+
+@pytest.mark.parametrize("method", ["locas", "lora"])
+def test_resume_equals_uninterrupted(tmp_path, method):
+    lm = tiny_lm("llama")
+    cfg = TrainConfig(window_size=10, lr=3e-2, memory_width=4, lora_rank=2)
+    tokens = _tokens(70)
+    make = (lambda: LocasLearner(lm, cfg)) if method == "locas" else (lambda: LoraLearner(lm, cfg))
+    ref_learner = make()
+    ref = stream(ref_learner, tokens, cfg, progress=False)
+    ref_learner.finish()
+    first = make()
+    stream(first, tokens, cfg, progress=False, checkpoint_dir=tmp_path, checkpoint_every=2, stop_after=5)
+    first.finish()
+    second = make()
+    res = stream(second, tokens, cfg, progress=False, checkpoint_dir=tmp_path, checkpoint_every=2, resume=True)
+    second.finish()
+    assert res.window_nll == pytest.approx(ref.window_nll, rel=1e-6)
+    assert len(list(tmp_path.glob("state-*.safetensors"))) == 1
+
+
+def test_sd_loss_zero_for_same_context_and_zero_memory():
+    lm = tiny_lm("llama")
+    tokens = _tokens(30)
+    obj = get_objective("SD")
+    teacher = teacher_targets(lm, tokens, 0, 12, context=12)
+    mem = lm.memorize(tokens[:12][None], keep_top=4).requires_grad_(True)
+    ids = tokens[:12][None]
+    loss, _ = obj(lm(ids, memory=mem).logits, ids, teacher)
+    assert abs(loss.item()) < 1e-6
+    top = teacher_targets(lm, tokens, 0, 12, context=12, topk=5)
+    loss_top, _ = get_objective("SD", topk=5)(lm(ids, memory=mem).logits, ids, top)
+    assert abs(loss_top.item()) < 1e-6
+    longer = teacher_targets(lm, tokens, 12, 24, context=24)
+    loss2, _ = obj(lm(tokens[12:24][None], memory=mem).logits, tokens[12:24][None], longer)
+    assert loss2.item() > 1e-4  # the teacher sees more context than the student
+
+
+@pytest.mark.parametrize("loss", ["SD", "MIX"])
+def test_sd_and_mix_train(loss):
+    lm = tiny_lm("llama")
+    cfg = TrainConfig(window_size=12, lr=5e-2, memory_width=4, loss=loss, sd_topk=8)
+    learner = LocasLearner(lm, cfg)
+    res = stream(learner, _tokens(40), cfg, progress=False)
+    assert learner.memory[..., 2].abs().sum() > 0 and math.isfinite(res.ppl)
+
+
+def test_lora_trains_only_lora_weights_and_unloads():
+    lm = tiny_lm("llama")
+    before = {k: v.clone() for k, v in lm.model.state_dict().items()}
+    cfg = TrainConfig(window_size=12, lr=1e-2, lora_rank=2)
+    learner = LoraLearner(lm, cfg)
+    res = stream(learner, _tokens(40), cfg, progress=False)
+    names = [n for n, p in learner.peft_model.named_parameters() if p.requires_grad]
+    assert names and all("lora_" in n for n in names)
+    assert {n.split(".")[-3] for n in names} == {"lora_A", "lora_B"}
+    targeted = {n.split(".")[-4] for n in names}
+    assert targeted == {"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"}
+    assert res.extra_params == sum(p.numel() for p in learner.params)
+    learner.finish()
+    after = lm.model.state_dict()
+    assert set(after) == set(before) and all(torch.equal(after[k], before[k]) for k in before)
+
+
+def test_full_attention_scores_same_tokens_with_more_context():
+    lm = tiny_lm("llama")
+    cfg = TrainConfig(window_size=8, full_context=64)
+    tokens = _tokens(40)
+    trunc = stream(TruncateLearner(lm, cfg), tokens, cfg, progress=False)
+    full = stream(FullAttentionLearner(lm, cfg), tokens, cfg, progress=False)
+    assert trunc.window_tokens == full.window_tokens
+    assert full.window_nll[0] == pytest.approx(trunc.window_nll[0], rel=1e-5)
+    assert abs(full.window_nll[2] - trunc.window_nll[2]) > 1e-4  # tiny random models use context weakly
+
+
+def test_memory_layers_subset_stops_gradients_below():
+    lm = tiny_lm("llama")
+    cfg = TrainConfig(window_size=12, lr=5e-2, memory_width=4, memory_layers="top:1")
+    learner = LocasLearner(lm, cfg)
+    stream(learner, _tokens(30), cfg, progress=False)
+    assert learner.layers == [2] and learner.memory.shape[0] == 1
+    assert parse_layers("bottom:2", 5) == [0, 1] and parse_layers("1,3", 5) == [1, 3]
+    with pytest.raises(LocasError):
+        parse_layers("top:9", 5)
+
+
+def test_nan_loss_skips_update_and_keeps_memory():
+    lm = tiny_lm("llama")
+    cfg = TrainConfig(window_size=12, lr=5e-2, memory_width=4)
+    learner = LocasLearner(lm, cfg)
+    tokens = _tokens(40)
+    learner.begin(tokens, (0, 12))
+    with torch.no_grad():
+        learner.memory[0, 0, 0, 0, 2] = float("nan")
+    before = learner.memory.detach().clone()
+    res = stream(learner, tokens, cfg, progress=False)
+    assert res.skipped_updates == len(res.window_nll)
+    assert torch.equal(learner.memory.detach().nan_to_num(), before.nan_to_num())
+
+
+def test_epochs_report_falling_ppl():
+    lm = tiny_lm("llama")
+    cfg = TrainConfig(window_size=16, lr=5e-2, memory_width=8, epochs=3)
+    res = stream(LocasLearner(lm, cfg), random_ids(1, 40, seed=9)[0], cfg, progress=False)
+    per_epoch = res.epoch_ppl()
+    assert len(per_epoch) == 3 and per_epoch[2] < per_epoch[0]
