@@ -40,11 +40,25 @@ def tiny_model(arch: str = "llama", seed: int = 0, dtype=torch.float32):
     return model
 
 
-MLP_CONFIGS: dict = {}
+_SPECIAL = dict(vocab_size=VOCAB, pad_token_id=0, bos_token_id=1, eos_token_id=2)
+MLP_CONFIGS: dict = {  # classic two-layer FFN models (Locas-MLP)
+    "gpt2": lambda: transformers.GPT2Config(**_SPECIAL, n_embd=32, n_layer=3, n_head=4, n_inner=48, n_positions=256),
+    "gpt_neox": lambda: transformers.GPTNeoXConfig(**_SPECIAL, hidden_size=32, intermediate_size=48,
+                                                   num_hidden_layers=3, num_attention_heads=4,
+                                                   max_position_embeddings=256),
+    "opt": lambda: transformers.OPTConfig(**_SPECIAL, hidden_size=32, ffn_dim=48, num_hidden_layers=3,
+                                          num_attention_heads=4, max_position_embeddings=256, word_embed_proj_dim=32),
+    "gptj": lambda: transformers.GPTJConfig(**_SPECIAL, n_embd=32, n_layer=3, n_head=4, n_inner=48, rotary_dim=4,
+                                            n_positions=256),
+    "phi": lambda: transformers.PhiConfig(**_SPECIAL, hidden_size=32, intermediate_size=48, num_hidden_layers=3,
+                                          num_attention_heads=4, max_position_embeddings=256),
+    "falcon": lambda: transformers.FalconConfig(**_SPECIAL, hidden_size=32, ffn_hidden_size=48, num_hidden_layers=3,
+                                                num_attention_heads=4, max_position_embeddings=256, bias=True),
+}
 
 
-def tiny_lm(arch: str = "llama", seed: int = 0, dtype=torch.float32) -> LocasForCausalLM:
-    return LocasForCausalLM(tiny_model(arch, seed, dtype), name=f"tiny-{arch}")
+def tiny_lm(arch: str = "llama", seed: int = 0, dtype=torch.float32, **kwargs) -> LocasForCausalLM:
+    return LocasForCausalLM(tiny_model(arch, seed, dtype), name=f"tiny-{arch}", **kwargs)
 
 
 def random_ids(batch: int = 1, length: int = 24, seed: int = 1) -> torch.Tensor:

@@ -7,6 +7,11 @@ and later fused into it.
     >>> spec = get_arch(model.config)            # ArchSpec for e.g. "llama"
     >>> layers = spec.layers(model)              # nn.ModuleList of decoder layers
     >>> register_arch("my_llama", ArchSpec(kind="glu", layers_path="model.layers"))
+
+Two-layer ("mlp") entries cover GPT-2 (Conv1D weights stored input x output), GPT-NeoX, OPT,
+GPT-J, Phi-1/2 and Falcon. OPT keeps ``fc1``/``fc2`` directly on the decoder layer; for such
+models (``ffn_on_layer``) a ``LayerFFN`` adapter gathers them into one module, which is what the
+memory wraps (the layer's own ``activation_fn``/``fc2`` become identities while attached).
 """
 
 from __future__ import annotations
@@ -31,6 +36,8 @@ class ArchSpec:
     act_attr:    attribute of the MLP holding its activation module (the memory reuses it, so
                  fusing stays exact).
     conv1d:      projections are GPT-2 ``Conv1D`` (weight stored input x output).
+    ffn_on_layer: the projections and activation are attributes of the decoder layer itself (OPT);
+                 ``mlp_attr`` is then unused and ``mlp()`` returns a ``LayerFFN`` adapter.
     """
 
     kind: str = "glu"
@@ -42,6 +49,7 @@ class ArchSpec:
     gate_up: str | None = None
     act_attr: str = "act_fn"
     conv1d: bool = False
+    ffn_on_layer: bool = False
 
     def layers(self, model: nn.Module) -> nn.ModuleList:
         obj = model
@@ -50,7 +58,25 @@ class ArchSpec:
         return obj
 
     def mlp(self, layer: nn.Module) -> nn.Module:
-        return getattr(layer, self.mlp_attr)
+        """The layer's feed-forward module (its memory wrapper once attached)."""
+        if not self.ffn_on_layer:
+            return getattr(layer, self.mlp_attr)
+        slot = getattr(layer, self.up)
+        if isinstance(getattr(layer, self.down), nn.Identity):  # already wrapped: slot holds the wrapper
+            return slot
+        return LayerFFN(self, slot, getattr(layer, self.act_attr), getattr(layer, self.down))
+
+    def set_mlp(self, layer: nn.Module, module: nn.Module) -> None:
+        """Install ``module`` (a wrapper, or a plain FFN to restore) as the layer's feed-forward block."""
+        if not self.ffn_on_layer:
+            setattr(layer, self.mlp_attr, module)
+        elif isinstance(module, LayerFFN):  # restore the original projections on the layer
+            for name in (self.up, self.act_attr, self.down):
+                setattr(layer, name, getattr(module, name))
+        else:  # a wrapper around a LayerFFN: it computes the whole block in the ``up`` slot
+            setattr(layer, self.up, module)
+            setattr(layer, self.act_attr, nn.Identity())
+            setattr(layer, self.down, nn.Identity())
 
     def activation(self, mlp: nn.Module):
         return getattr(mlp, self.act_attr)
@@ -80,7 +106,25 @@ class ArchSpec:
         return getattr(mlp, self.down)
 
 
+class LayerFFN(nn.Module):
+    """``down(act(up(x)))`` over projections that live on a decoder layer (OPT's fc1/fc2).
+
+    The modules keep their attribute names, so the ``ArchSpec`` accessors work on the adapter.
+    """
+
+    def __init__(self, spec: ArchSpec, up: nn.Module, act, down: nn.Module):
+        super().__init__()
+        self._names = (spec.up, spec.act_attr, spec.down)
+        for name, module in zip(self._names, (up, act, down)):
+            setattr(self, name, module)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        up, act, down = (getattr(self, n) for n in self._names)
+        return down(act(up(x)))
+
+
 _GLU = ArchSpec()
+_MLP = dict(kind="mlp", act_attr="act")
 _REGISTRY: dict[str, ArchSpec] = {
     "llama": _GLU,
     "qwen2": _GLU,
@@ -93,6 +137,14 @@ _REGISTRY: dict[str, ArchSpec] = {
     "olmo2": _GLU,
     "granite": _GLU,
     "phi3": ArchSpec(gate_up="gate_up_proj", act_attr="activation_fn"),
+    # classic two-layer FFNs: out = down(act(up x))
+    "gpt2": ArchSpec(**_MLP, layers_path="transformer.h", up="c_fc", down="c_proj", conv1d=True),
+    "gpt_neox": ArchSpec(**_MLP, layers_path="gpt_neox.layers", up="dense_h_to_4h", down="dense_4h_to_h"),
+    "gptj": ArchSpec(**_MLP, layers_path="transformer.h", up="fc_in", down="fc_out"),
+    "falcon": ArchSpec(**_MLP, layers_path="transformer.h", up="dense_h_to_4h", down="dense_4h_to_h"),
+    "phi": ArchSpec(kind="mlp", act_attr="activation_fn", up="fc1", down="fc2"),
+    "opt": ArchSpec(kind="mlp", layers_path="model.decoder.layers", up="fc1", down="fc2",
+                    act_attr="activation_fn", ffn_on_layer=True),
 }
 
 

@@ -2,7 +2,10 @@
 
 Memory unit ``j`` of layer ``i`` becomes a new FFN unit: its gate and key rows are appended to
 ``gate_proj``/``up_proj`` (or both halves of a fused ``gate_up_proj``), and ``tau_i * v_j`` is
-appended as a new column of ``down_proj``. The result is exact up to float rounding, loads with
+appended as a new column of ``down_proj``. Two-layer FFNs (GPT-2 ``c_fc``/``c_proj`` Conv1D,
+stored input x output; NeoX, OPT, GPT-J, Phi, Falcon) get a key row and a value column; new up
+biases are zero, the down bias is unchanged. A two-layer memory fuses only when it uses the
+backbone's activation (``mlp_activation="backbone"``, or a ReLU backbone such as OPT). The result is exact up to float rounding, loads with
 plain ``AutoModelForCausalLM.from_pretrained`` and needs no custom code. Layers without memory
 get zero units so every layer keeps the same width (vLLM rejects per-layer widths).
 
@@ -43,6 +46,7 @@ def _grow_in(linear: nn.Module, cols: torch.Tensor, conv1d: bool) -> None:
     """Append input units: ``cols`` (d_out, r)."""
     if conv1d:
         linear.weight = _cat_rows(linear.weight, cols.t())
+        linear.nx = linear.weight.shape[0]
     else:
         linear.weight = nn.Parameter(torch.cat([linear.weight.detach(), cols.to(linear.weight)], dim=1),
                                      requires_grad=False)
@@ -68,6 +72,19 @@ def fuse_layer(spec, mlp: nn.Module, mem: torch.Tensor, tau: float) -> None:
     _grow_in(getattr(mlp, spec.down), value.t(), spec.conv1d)
 
 
+def check_fusable(lm) -> None:
+    """Fusion appends memory units to the backbone FFN, so the memory must use the FFN's activation."""
+    if lm.memory_kind == GLU:
+        return
+    w = lm.wrappers[0]
+    probe = torch.linspace(-6, 6, 97)
+    same = torch.allclose(w.act(probe), lm.spec.activation(w.base_mlp)(probe), atol=1e-6)
+    if not same:
+        raise LocasError(f"this memory uses {lm.mlp_activation} but the {lm.config.model_type} FFN uses "
+                         f"{type(lm.spec.activation(w.base_mlp)).__name__}; fusing would not be exact. Train the "
+                         "memory with mlp_activation='backbone' (CLI: --mlp-activation backbone) to fuse it")
+
+
 def _set_width(config, width: int) -> None:
     for attr in ("intermediate_size", "n_inner", "ffn_dim", "ffn_hidden_size"):
         if hasattr(config, attr):
@@ -80,6 +97,7 @@ def _set_width(config, width: int) -> None:
 def to_dense(lm, memory: torch.Tensor, row: int = 0, layers=None) -> nn.Module:
     """A new plain transformers model with memory row ``row`` fused in (the wrapper is untouched)."""
     layers = lm.check_memory(memory, layers)
+    check_fusable(lm)
     if not 0 <= row < memory.shape[1]:
         raise LocasError(f"memory has {memory.shape[1]} rows; row {row} does not exist")
     width = memory.shape[2]
@@ -95,7 +113,7 @@ def to_dense(lm, memory: torch.Tensor, row: int = 0, layers=None) -> nn.Module:
         for w, m in zip(lm.wrappers, saved):
             w.memory = m
     for layer in lm.spec.layers(dense):
-        setattr(layer, lm.spec.mlp_attr, getattr(layer, lm.spec.mlp_attr).base_mlp)
+        lm.spec.set_mlp(layer, lm.spec.mlp(layer).base_mlp)
     for i, layer in enumerate(lm.spec.layers(dense)):
         mlp = lm.spec.mlp(layer)
         fuse_layer(lm.spec, mlp, full[i].to(lm.device), lm.wrappers[i].tau(width))

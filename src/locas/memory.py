@@ -42,6 +42,9 @@ def memory_output(x: torch.Tensor, mem: torch.Tensor, act, kind: str = GLU) -> t
 class MemoryMLP(nn.Module):
     """Wraps a frozen feed-forward block: ``base_mlp(x) + tau * memory(x)``.
 
+    ``act`` is the memory's activation: the backbone's own for GLU, ReLU (the paper's choice) or
+    the backbone's for two-layer "mlp" memories.
+
     ``memory`` is a plain attribute (not a parameter or buffer) so it never enters the base
     model's state dict; ``None`` or ``enabled = False`` gives the base output bit-exactly.
     """
@@ -67,11 +70,11 @@ class MemoryMLP(nn.Module):
         mem = self.memory
         if mem is None or not self.enabled:
             return out
-        squeeze = x.dim() == 2
-        xb = x.unsqueeze(0) if squeeze else x  # (B, T, d)
+        flat = x.dim() == 2  # (B*T, d): OPT flattens the batch before its FFN
+        xb = x.view(mem.shape[0], -1, x.shape[-1]) if flat else x  # (B, T, d)
         extra = memory_output(xb, mem, self.act, self.kind) * self.tau(mem.shape[-3])
-        if squeeze:
-            extra = extra.squeeze(0)
+        if flat:
+            extra = extra.reshape(x.shape)
         return out + extra.to(out.dtype)
 
     def extra_repr(self) -> str:

@@ -22,36 +22,47 @@ from torch import nn
 
 from .arch import get_arch
 from .errors import LocasError
-from .memory import CHANNELS, MemoryMLP, value_norm_mean
+from .memory import CHANNELS, MLP, MemoryMLP, value_norm_mean
+
+MLP_ACTIVATIONS = ("relu", "backbone")
 
 
 class LocasForCausalLM(nn.Module):
     """Wraps an already-loaded transformers causal LM and attaches one ``MemoryMLP`` per layer."""
 
-    def __init__(self, model: nn.Module, tokenizer=None, name: str | None = None):
+    def __init__(self, model: nn.Module, tokenizer=None, name: str | None = None, mlp_activation: str = "relu"):
+        """``mlp_activation`` (two-layer "mlp" models only): ``relu`` (the paper's memory) or ``backbone``
+        (the FFN's own activation, e.g. GELU; needed to fuse exactly). GLU memories always use the backbone's."""
         super().__init__()
+        if mlp_activation not in MLP_ACTIVATIONS:
+            raise LocasError(f"unknown mlp_activation '{mlp_activation}'; choose {' or '.join(MLP_ACTIVATIONS)}")
         self.spec = get_arch(model.config)
         self.model = model
         self.tokenizer = tokenizer
         self.name = name or getattr(model.config, "_name_or_path", "") or model.config.model_type
+        self.mlp_activation = mlp_activation if self.spec.kind == MLP else "backbone"
         model.requires_grad_(False)
         self.wrappers: list[MemoryMLP] = []
         for layer in self.spec.layers(model):
             mlp = self.spec.mlp(layer)
             if not isinstance(mlp, MemoryMLP):
-                mlp = MemoryMLP(mlp, act=self.spec.activation(mlp), kind=self.spec.kind,
+                act = self.spec.activation(mlp)
+                if self.mlp_activation == "relu":
+                    act = nn.ReLU()
+                mlp = MemoryMLP(mlp, act=act, kind=self.spec.kind,
                                 value_norm=value_norm_mean(self.spec.down_weight(mlp)))
-                setattr(layer, self.spec.mlp_attr, mlp)
+                self.spec.set_mlp(layer, mlp)
             self.wrappers.append(mlp)
 
     # ---- construction --------------------------------------------------------------------
     @classmethod
-    def from_pretrained(cls, name_or_path: str = "smollm2-135m", dtype=None, device=None, **kwargs):
+    def from_pretrained(cls, name_or_path: str = "smollm2-135m", dtype=None, device=None,
+                        mlp_activation: str = "relu", **kwargs):
         """Load a model by hub id, local directory, or the alias ``smollm2-135m`` (embedded)."""
         from .models import load_model
 
         model, tokenizer = load_model(name_or_path, dtype=dtype, device=device, **kwargs)
-        return cls(model, tokenizer=tokenizer, name=name_or_path)
+        return cls(model, tokenizer=tokenizer, name=name_or_path, mlp_activation=mlp_activation)
 
     # ---- facts about the backbone ----------------------------------------------------------
     @property
@@ -156,7 +167,7 @@ class LocasForCausalLM(nn.Module):
     def detach(self) -> nn.Module:
         """Put the original MLP modules back and return the plain transformers model."""
         for layer, w in zip(self.spec.layers(self.model), self.wrappers):
-            setattr(layer, self.spec.mlp_attr, w.base_mlp)
+            self.spec.set_mlp(layer, w.base_mlp)
         self.wrappers = []
         return self.model
 
