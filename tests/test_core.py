@@ -181,6 +181,22 @@ def test_generate_with_memory_and_detach():
     assert restored.model.layers[0].mlp is original_mlp
 
 
+def test_wrapped_model_state_dict_keeps_original_keys(tmp_path):
+    base = tiny_model("llama")
+    keys = set(base.state_dict())
+    lm = LocasForCausalLM(base)
+    assert set(lm.model.state_dict()) == keys
+    lm.model.save_pretrained(tmp_path)
+    reloaded = AutoModelForCausalLM.from_pretrained(tmp_path).eval()
+    ids = random_ids(1, 9)
+    with torch.no_grad():
+        assert torch.equal(reloaded(ids).logits, lm(ids).logits)
+    fresh = LocasForCausalLM(tiny_model("llama", seed=7))
+    fresh.model.load_state_dict(lm.model.state_dict())
+    with torch.no_grad():
+        assert torch.equal(fresh(ids).logits, lm(ids).logits)
+
+
 def test_unknown_architecture_error():
     class Cfg:
         model_type = "my_new_arch"

@@ -60,6 +60,9 @@ class MemoryMLP(nn.Module):
         self.tau_scale = 1.0
         self.memory: torch.Tensor | None = None  # (B|1, r, d, C) float32
         self.enabled = True
+        # state-dict transparent: a wrapped model saves and loads under the original MLP's keys
+        self._register_state_dict_hook(_strip_base_prefix)
+        self._register_load_state_dict_pre_hook(_add_base_prefix)
 
     def tau(self, width: int) -> float:
         """Output scale ``mean_j |W_down[:, j]| / r`` (times an optional user factor)."""
@@ -80,6 +83,19 @@ class MemoryMLP(nn.Module):
     def extra_repr(self) -> str:
         width = None if self.memory is None else self.memory.shape[-3]
         return f"kind={self.kind}, width={width}, enabled={self.enabled}"
+
+
+_BASE = "base_mlp."
+
+
+def _strip_base_prefix(module, state_dict, prefix, local_metadata):
+    for key in [k for k in state_dict if k.startswith(prefix + _BASE)]:
+        state_dict[prefix + key[len(prefix + _BASE):]] = state_dict.pop(key)
+
+
+def _add_base_prefix(state_dict, prefix, *args):
+    for key in [k for k in state_dict if k.startswith(prefix) and not k.startswith(prefix + _BASE)]:
+        state_dict[prefix + _BASE + key[len(prefix):]] = state_dict.pop(key)
 
 
 @torch.no_grad()

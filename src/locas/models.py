@@ -88,18 +88,28 @@ def default_device() -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
-def load_model(name_or_path: str = DEFAULT_MODEL, dtype=None, device=None, device_map=None, **kwargs):
+def load_model(name_or_path: str = DEFAULT_MODEL, dtype=None, device=None, device_map=None, check_arch=True,
+               **kwargs):
     """(model, tokenizer) in eval mode. ``device_map="auto"`` spreads a large model over GPUs."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    from .arch import get_arch
 
     path = default_model_dir() if name_or_path.lower() in _ALIASES else name_or_path
     dtype = resolve_dtype(dtype) or torch.float32
     try:
-        model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, device_map=device_map, **kwargs)
-        tokenizer = AutoTokenizer.from_pretrained(path)
-    except OSError as exc:
+        config = AutoConfig.from_pretrained(path)
+    except (OSError, ValueError) as exc:
         raise LocasError(f"cannot load model '{name_or_path}': {str(exc).splitlines()[0]} "
                          "(give a local directory, a reachable hub id, or 'smollm2-135m')") from None
+    if check_arch:
+        get_arch(config)  # fail fast, before loading weights, on an unsupported architecture
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, device_map=device_map, **kwargs)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(path)
+    except (OSError, ValueError, TypeError) as exc:
+        raise LocasError(f"cannot load a tokenizer from '{name_or_path}' ({str(exc).splitlines()[0][:120]}); "
+                         "save one next to the model with tokenizer.save_pretrained") from None
     if device_map is None:
         model.to(device or default_device())
     model.eval()

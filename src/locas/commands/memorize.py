@@ -46,10 +46,13 @@ def run(args):
 def _text_ppl(lm, tokens, window):
     import math
 
+    import torch
+
     from ..train import window_spans
 
     nll, n = 0.0, 0
     for s, e in window_spans(len(tokens), window):
-        x = lm.compute_nll(tokens[s:e][None])
+        with torch.no_grad():
+            x = lm.compute_nll(tokens[s:e][None])
         nll, n = nll + float(x.sum()), n + x.numel()
     return math.exp(nll / n)

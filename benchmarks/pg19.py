@@ -1,0 +1,160 @@
+"""PG-19 benchmark: truncation vs full attention vs Locas vs TempLoRA, side by side in one process.
+
+Suites (combine with --suite, repeatable):
+  main        truncation, Locas r=64 and TempLoRA r=64 at their best swept settings (whole book unless --quick)
+  sweep       learning-rate sweep for Locas and TempLoRA at r=16 and r=64 on the sweep prefix
+  objectives  Locas r=64 with SD and MIX (teacher context 4 x window)
+  init        init ablation at r=64: highest, lowest, random_index, random, activation
+  layers      --memory-layers trade-off (all vs top:N) at r=64: perplexity vs time
+  full        full attention (8K context) on the quick prefix
+
+    python benchmarks/pg19.py --quick                     # < 15 min: main rows on the first 16K tokens
+    python benchmarks/pg19.py --suite sweep --suite init  # ablations on the sweep prefix
+    python benchmarks/pg19.py --suite main                # whole book 10146
+
+Prints a table with ratios to truncation and writes benchmarks/results/pg19-<suite>.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import torch
+
+from locas import LocasForCausalLM
+from locas.config import TrainConfig
+from locas.data.pg19 import load_book
+from locas.eval.pg19 import run_method, tokenize_text
+from locas.eval.report import format_table, line_plot, write_json
+from locas.train import LocasLearner
+
+RESULTS = Path(__file__).parent / "results"
+LOCAS_LRS = (1e-2, 3e-2, 1e-1)
+LORA_LRS = (3e-4, 1e-3, 3e-3)
+
+
+def run(lm, tokens, label, method, cfg, rows, curves):
+    learner = LocasLearner(lm, cfg) if method == "locas" else None
+    res = run_method(lm, method, tokens, cfg, label=label, learner=learner)
+    rows[label] = {"method": method, "ppl": res.ppl, "wall_s": res.wall_s, "extra_params": res.extra_params,
+                   "tokens": res.tokens, "skipped_updates": res.skipped_updates, "config": cfg.to_dict(),
+                   "ppl_at": {str(k): v for k, v in res.ppl_at((4096, 8192, 16384, 32768)).items()}}
+    curves[label] = res.curve()
+    print(f"  {label}: ppl {res.ppl:.3f}  {res.wall_s:.0f} s", flush=True)
+    return res
+
+
+def report(rows, name, base_params, note=""):
+    ref = rows.get("truncate")
+    table = []
+    for label, r in rows.items():
+        ratio = r["ppl"] / ref["ppl"] if ref else float("nan")
+        rel = r["wall_s"] / ref["wall_s"] if ref else float("nan")
+        r.update(ppl_ratio=ratio, rel_time=rel, extra_params_pct=100 * r["extra_params"] / base_params)
+        table.append([label, r["ppl"], ratio, r["extra_params"], f"{r['extra_params_pct']:.2f}%", r["wall_s"], rel])
+    text = format_table(["run", "ppl", "ppl/trunc", "extra params", "% base", "wall s", "time/trunc"], table)
+    print(f"\n== {name} ==\n{text}\n{note}")
+    return text
+
+
+def best(rows, prefix):
+    cands = {k: v for k, v in rows.items() if k.startswith(prefix)}
+    return min(cands.items(), key=lambda kv: kv[1]["ppl"]) if cands else (None, None)
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--suite", action="append", choices=["main", "sweep", "objectives", "init", "layers", "full"])
+    ap.add_argument("--quick", action="store_true", help="main rows on the first 16K tokens (< 15 min)")
+    ap.add_argument("--book", default="10146")
+    ap.add_argument("--window-size", type=int, default=1024)
+    ap.add_argument("--sweep-tokens", type=int, default=8192, help="prefix used by sweep/init/layers/objectives")
+    ap.add_argument("--max-tokens", type=int, default=None, help="prefix for the main suite (default: whole book)")
+    ap.add_argument("--locas-lr", type=float, default=None, help="main suite Locas lr (default: best from sweep)")
+    ap.add_argument("--lora-lr", type=float, default=None)
+    ap.add_argument("--tau-scale", type=float, default=None)
+    ap.add_argument("--model", default="smollm2-135m")
+    ap.add_argument("--tag", default="")
+    args = ap.parse_args()
+    suites = args.suite or ["main"]
+    RESULTS.mkdir(exist_ok=True)
+    lm = LocasForCausalLM.from_pretrained(args.model)
+    text = load_book(args.book)
+    base_params = lm.num_base_parameters()
+    W = args.window_size
+    swept = _load_sweep()
+    locas_lr = args.locas_lr or swept.get("locas_lr", 3e-2)
+    lora_lr = args.lora_lr or swept.get("lora_lr", 1e-3)
+    tau = args.tau_scale or swept.get("tau_scale", 1.0)
+    record = {"model": args.model, "book": args.book, "window": W, "threads": torch.get_num_threads()}
+
+    for suite in suites:
+        t0 = time.perf_counter()
+        rows, curves = {}, {}
+        n = args.max_tokens if suite == "main" and not args.quick else (16384 if suite in ("main", "full")
+                                                                          else args.sweep_tokens)
+        tokens = tokenize_text(lm.tokenizer, text, n)
+        print(f"\n### suite {suite}: {len(tokens):,} tokens of book {args.book}, window {W}", flush=True)
+        run(lm, tokens, "truncate", "truncate", TrainConfig(window_size=W), rows, curves)
+        if suite == "main":
+            run(lm, tokens, "locas-r64", "locas",
+                TrainConfig(window_size=W, lr=locas_lr, memory_width=64, tau_scale=tau), rows, curves)
+            run(lm, tokens, "lora-r64", "lora", TrainConfig(window_size=W, lr=lora_lr, lora_rank=64), rows, curves)
+            if args.quick:
+                run(lm, tokens, "locas-r16", "locas",
+                    TrainConfig(window_size=W, lr=locas_lr, memory_width=16, tau_scale=tau), rows, curves)
+        elif suite == "sweep":
+            for r in (16, 64):
+                for t in (1.0, 4.0):
+                    for lr in LOCAS_LRS:
+                        run(lm, tokens, f"locas-r{r}-tau{t:g}-lr{lr:g}", "locas",
+                            TrainConfig(window_size=W, lr=lr, memory_width=r, tau_scale=t), rows, curves)
+                for a in (1.0, 4.0):
+                    for lr in LORA_LRS:
+                        run(lm, tokens, f"lora-r{r}-alpha{a:g}r-lr{lr:g}", "lora",
+                            TrainConfig(window_size=W, lr=lr, lora_rank=r, lora_alpha=a * r), rows, curves)
+            for r in (16, 64):
+                for m in ("locas", "lora"):
+                    k, v = best(rows, f"{m}-r{r}-")
+                    print(f"best {m} r={r}: {k} ppl {v['ppl']:.3f}")
+            k, v = best(rows, "locas-r64-")
+            kl, vl = best(rows, "lora-r64-")
+            record["best"] = {"locas_lr": v["config"]["lr"], "tau_scale": v["config"]["tau_scale"],
+                              "lora_lr": vl["config"]["lr"], "lora_alpha": vl["config"]["lora_alpha"]}
+            write_json(RESULTS / "pg19-best.json", record["best"])
+        elif suite == "objectives":
+            for loss in ("NTP", "SD", "MIX"):
+                run(lm, tokens, f"locas-r64-{loss}", "locas",
+                    TrainConfig(window_size=W, lr=locas_lr, memory_width=64, tau_scale=tau, loss=loss,
+                                sd_context=4 * W, sd_topk=64), rows, curves)
+        elif suite == "init":
+            for init in ("highest", "lowest", "random_index", "random", "activation"):
+                run(lm, tokens, f"locas-r64-{init}", "locas",
+                    TrainConfig(window_size=W, lr=locas_lr, memory_width=64, tau_scale=tau, memory_init=init),
+                    rows, curves)
+        elif suite == "layers":
+            for layers in ("all", "top:20", "top:15", "top:10", "top:5"):
+                run(lm, tokens, f"locas-r64-{layers}", "locas",
+                    TrainConfig(window_size=W, lr=locas_lr, memory_width=64, tau_scale=tau, memory_layers=layers),
+                    rows, curves)
+        elif suite == "full":
+            run(lm, tokens, "full-8k", "full", TrainConfig(window_size=W), rows, curves)
+        table = report(rows, f"{suite} ({len(tokens):,} tokens)", base_params)
+        tag = f"pg19-{suite}{'-quick' if args.quick and suite == 'main' else ''}{args.tag}"
+        out = {**record, "suite": suite, "tokens": len(tokens), "rows": rows, "table": table,
+               "run_s": time.perf_counter() - t0}
+        write_json(RESULTS / f"{tag}.json", out)
+        line_plot(RESULTS / f"{tag}.png", curves, "tokens read", "cumulative perplexity", title=tag)
+        print(f"suite {suite} took {time.perf_counter() - t0:.0f} s -> {RESULTS / (tag + '.json')}")
+
+
+def _load_sweep() -> dict:
+    path = RESULTS / "pg19-best.json"
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
+if __name__ == "__main__":
+    main()
