@@ -5,8 +5,9 @@ Memory unit ``j`` of layer ``i`` becomes a new FFN unit: its gate and key rows a
 appended as a new column of ``down_proj``. Two-layer FFNs (GPT-2 ``c_fc``/``c_proj`` Conv1D,
 stored input x output; NeoX, OPT, GPT-J, Phi, Falcon) get a key row and a value column; new up
 biases are zero, the down bias is unchanged. A two-layer memory fuses only when it uses the
-backbone's activation (``mlp_activation="backbone"``, or a ReLU backbone such as OPT). The result is exact up to float rounding, loads with
-plain ``AutoModelForCausalLM.from_pretrained`` and needs no custom code. Layers without memory
+backbone's activation (``mlp_activation="backbone"``, or a ReLU backbone such as OPT).
+The result is exact up to float rounding, loads with plain
+``AutoModelForCausalLM.from_pretrained`` and needs no custom code. Layers without memory
 get zero units so every layer keeps the same width (vLLM rejects per-layer widths).
 
     >>> dense = to_dense(lm, mem)        # mem (L, B, r, d, C); row 0 is fused

@@ -31,7 +31,7 @@ def unit_importance(lm, input_ids: torch.Tensor, attention_mask: torch.Tensor | 
 
     def make_hook(i):
         def hook(_module, args):
-            inter = args[0].detach().float().abs()  # (B, T, I)
+            inter = args[0].detach().float().abs().reshape(*mask.shape, -1)  # (B, T, I) (OPT passes (B*T, I))
             sums[i] = torch.einsum("bti,bt->bi", inter, mask.to(inter.device))
 
         return hook
@@ -67,7 +67,7 @@ def _activation_keys(lm, input_ids, attention_mask, width: int) -> torch.Tensor:
 
     def make_hook(i):
         def hook(_module, args):
-            x = args[0].detach().float()  # (B, T, d)
+            x = args[0].detach().float().reshape(*input_ids.shape, -1)  # (B, T, d)
             keys[i] = torch.gather(x, 1, pos.to(x.device)[..., None].expand(-1, -1, x.shape[-1]))
 
         return hook
