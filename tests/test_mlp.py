@@ -54,6 +54,13 @@ def test_mlp_registry_wraps_every_layer_and_detach_restores(mlp_arch):
     with torch.no_grad():
         mem = lm.memorize(ids, keep_top=5).requires_grad_(True)  # values zero, memory path forced to run
         assert torch.equal(lm(ids, memory=mem).logits, ref)
+    # state dicts stay under the original keys while wrapped (OPT: fc1/fc2 on the layer itself)
+    state = lm.model.state_dict()
+    assert set(state) == keys
+    other = LocasForCausalLM(tiny_model(mlp_arch, seed=9))
+    other.model.load_state_dict(state, strict=True)
+    with torch.no_grad():
+        assert torch.equal(other(ids).logits, ref)
     plain = lm.detach()
     assert set(plain.state_dict()) == keys
     with torch.no_grad():

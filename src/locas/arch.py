@@ -73,10 +73,28 @@ class ArchSpec:
         elif isinstance(module, LayerFFN):  # restore the original projections on the layer
             for name in (self.up, self.act_attr, self.down):
                 setattr(layer, name, getattr(module, name))
+            for handle in module.hooks:
+                handle.remove()
+            module.hooks = []
         else:  # a wrapper around a LayerFFN: it computes the whole block in the ``up`` slot
             setattr(layer, self.up, module)
             setattr(layer, self.act_attr, nn.Identity())
             setattr(layer, self.down, nn.Identity())
+            module.base_mlp.hooks = [layer._register_state_dict_hook(self._save_flat),
+                                     layer._register_load_state_dict_pre_hook(self._load_flat)]
+
+    # the wrapped layer saves and loads under its original keys (``fc1.weight``, not ``fc1.fc1.weight``)
+    def _save_flat(self, _layer, state_dict, prefix, _meta):
+        for name in (self.up, self.down):
+            for inner in (f"{self.up}.base_mlp.{name}.", f"{self.up}.{name}."):
+                for key in [k for k in state_dict if k.startswith(prefix + inner)]:
+                    state_dict[prefix + name + "." + key[len(prefix + inner):]] = state_dict.pop(key)
+
+    def _load_flat(self, state_dict, prefix, *_args):
+        for name in (self.up, self.down):
+            flat = f"{prefix}{name}."
+            for key in [k for k in state_dict if k.startswith(flat) and k.count(".") == flat.count(".")]:
+                state_dict[f"{prefix}{self.up}.base_mlp.{name}.{key[len(flat):]}"] = state_dict.pop(key)
 
     def activation(self, mlp: nn.Module):
         return getattr(mlp, self.act_attr)
@@ -115,6 +133,7 @@ class LayerFFN(nn.Module):
     def __init__(self, spec: ArchSpec, up: nn.Module, act, down: nn.Module):
         super().__init__()
         self._names = (spec.up, spec.act_attr, spec.down)
+        self.hooks: list = []  # state-dict hooks on the decoder layer while wrapped
         for name, module in zip(self._names, (up, act, down)):
             setattr(self, name, module)
 
