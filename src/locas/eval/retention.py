@@ -1,0 +1,197 @@
+"""Retention after memorising: base vs Locas vs TempLoRA on MMLU and on a held-out book.
+
+A *variant* is a named way of running the model (base, a memory, a LoRA adapter, a fused
+checkpoint); ``enter()`` is a context manager that yields something called like a transformers
+causal LM. Every variant is scored on the same MMLU questions and the same held-out windows;
+KL is ``KL(p_base || p_variant)`` of the next-token distributions, averaged over held-out tokens.
+
+    >>> variants = [base_variant(lm), memory_variant(lm, memory), lora_variant(lm, learner.peft_model)]
+    >>> payload = retention_report(variants, lm.tokenizer, heldout_tokens, questions, shots=5, window=1024)
+    >>> write_retention(payload, "runs/retention")          # results.json, results.csv, retention.png
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from contextlib import ExitStack, contextmanager, nullcontext
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from tqdm.auto import tqdm
+
+from ..errors import LocasError
+from ..io import atomic_write
+from ..train import window_spans
+from .mmlu import aggregate, compare, score_questions
+from .report import format_table, write_csv, write_json
+
+
+@dataclass
+class Variant:
+    name: str
+    enter: Callable  # () -> context manager yielding a callable causal LM
+
+
+def _adapters_off(peft_model):
+    return peft_model.disable_adapter() if peft_model is not None else nullcontext()
+
+
+def base_variant(lm, peft_model=None, name: str = "base") -> Variant:
+    """The exact base model: memory off (and LoRA adapters off when ``peft_model`` is injected)."""
+
+    @contextmanager
+    def enter():
+        with _adapters_off(peft_model), lm.disabled():
+            yield lm.model
+
+    return Variant(name, enter)
+
+
+def memory_variant(lm, memory: torch.Tensor, layers=None, peft_model=None, name: str = "locas") -> Variant:
+    """``lm`` with a Locas memory (L|len(layers), 1, r, d, C) installed."""
+
+    @contextmanager
+    def enter():
+        with _adapters_off(peft_model), lm.use_memory(memory.detach(), layers):
+            yield lm.model
+
+    return Variant(name, enter)
+
+
+def lora_variant(lm, peft_model, name: str = "lora") -> Variant:
+    """The TempLoRA adapter (a peft model wrapping ``lm.model``), Locas memory off."""
+
+    @contextmanager
+    def enter():
+        with lm.disabled():
+            yield peft_model
+
+    return Variant(name, enter)
+
+
+def model_variant(model, name: str) -> Variant:
+    """Any standalone causal LM (e.g. a fused dense checkpoint) with the same tokenizer."""
+    return Variant(name, lambda: nullcontext(model))
+
+
+@torch.no_grad()
+def heldout_metrics(variants: list[Variant], tokens: torch.Tensor, window: int, progress: bool = True) -> dict:
+    """Per variant: perplexity of ``tokens`` (1-D) through windows, and mean KL(first variant || it).
+
+    The first variant is the reference (normally the base model); its KL is exactly 0.
+    """
+    if not variants:
+        raise LocasError("no model variants to compare")
+    tokens = tokens.flatten().cpu()
+    stats = {v.name: {"nll": 0.0, "kl": 0.0, "tokens": 0} for v in variants}
+    spans = window_spans(len(tokens), window)
+    for s, e in tqdm(spans, desc="held-out", disable=not progress, unit="win", dynamic_ncols=True):
+        ref = None
+        for v in variants:
+            with v.enter() as model:
+                dev = next(model.parameters()).device
+                ids = tokens[s:e][None].to(dev)  # (1, T)
+                logp = torch.log_softmax(model(input_ids=ids, use_cache=False).logits[0, :-1].float(), -1)  # (T-1, V)
+            target = ids[0, 1:]
+            st = stats[v.name]
+            st["nll"] += float(-logp.gather(1, target[:, None]).sum())
+            st["tokens"] += int(target.numel())
+            if ref is None:
+                ref = logp
+            else:
+                st["kl"] += float((ref.exp() * (ref - logp)).sum())
+    return {k: {"ppl": math.exp(st["nll"] / st["tokens"]), "kl": st["kl"] / st["tokens"], "tokens": st["tokens"]}
+            for k, st in stats.items()}
+
+
+def mmlu_runs(variants: list[Variant], tokenizer, questions, shots: int, dev, batch_size: int = 8,
+              progress: bool = True) -> dict[str, list[dict]]:
+    """Per-question records of every variant on the same questions."""
+    out = {}
+    for v in variants:
+        with v.enter() as model:
+            out[v.name] = score_questions(model, tokenizer, questions, shots, dev, batch_size, progress,
+                                          desc=f"mmlu {v.name}")
+    return out
+
+
+def retention_report(variants: list[Variant], tokenizer, heldout_tokens: torch.Tensor | None, questions, *,
+                     shots: int = 5, dev=None, window: int = 1024, cats: dict | None = None, batch_size: int = 8,
+                     progress: bool = True, meta: dict | None = None) -> dict:
+    """MMLU (with paired change vs the first variant) and held-out ppl/KL for every variant."""
+    ref = variants[0].name
+    records = mmlu_runs(variants, tokenizer, questions, shots, dev, batch_size, progress) if questions else {}
+    held = heldout_metrics(variants, heldout_tokens, window, progress) if heldout_tokens is not None else {}
+    rows = {}
+    for v in variants:
+        row: dict = {}
+        if records:
+            agg = aggregate(records[v.name], cats)
+            base = aggregate(records[ref], cats)
+            row.update(mmlu_micro=agg["micro"], mmlu_macro=agg["macro"],
+                       mmlu_delta_points=100.0 * (agg["micro"] - base["micro"]),
+                       mmlu_categories={k: c["acc"] for k, c in agg["categories"].items()},
+                       **compare(records[v.name], records[ref]))
+        if held:
+            row.update(heldout_ppl=held[v.name]["ppl"], heldout_ppl_ratio=held[v.name]["ppl"] / held[ref]["ppl"],
+                       heldout_kl=held[v.name]["kl"], heldout_tokens=held[v.name]["tokens"])
+        rows[v.name] = row
+    return {"reference": ref, "shots": shots, "mmlu_questions": len(questions or []), "window": window,
+            **(meta or {}), "variants": rows, "mmlu_records": records}
+
+
+HEADER = ["variant", "MMLU %", "dMMLU pts", "agree %", "letter KL", "held-out ppl", "ppl/base", "KL(base||.)"]
+
+
+def table_rows(payload: dict) -> list[list]:
+    rows = []
+    for name, r in payload["variants"].items():
+        rows.append([name, 100 * r["mmlu_micro"] if "mmlu_micro" in r else "", r.get("mmlu_delta_points", ""),
+                     100 * r["agreement"] if "agreement" in r else "", r.get("letter_kl", ""),
+                     r.get("heldout_ppl", ""), r.get("heldout_ppl_ratio", ""), r.get("heldout_kl", "")])
+    return rows
+
+
+def write_retention(payload: dict, out_dir) -> str:
+    """results.json, results.csv and retention.png in ``out_dir``; returns the text table."""
+    out = Path(out_dir)
+    write_json(out / "results.json", payload)
+    write_csv(out / "results.csv", HEADER, table_rows(payload))
+    plot_retention(payload, out / "retention.png")
+    return format_table(HEADER, table_rows(payload))
+
+
+def plot_retention(payload: dict, path) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = list(payload["variants"])
+    panels = [("mmlu_delta_points", "MMLU change (points)"), ("heldout_kl", "KL(base || model), nats/token"),
+              ("heldout_ppl_ratio", "held-out ppl / base")]
+    panels = [(k, t) for k, t in panels if all(k in payload["variants"][n] for n in names)]
+    fig, axes = plt.subplots(1, max(len(panels), 1), figsize=(4 * max(len(panels), 1), 3.6), dpi=120, squeeze=False)
+    for ax, (key, title) in zip(axes[0], panels):
+        vals = [payload["variants"][n][key] for n in names]
+        ax.bar(names, vals, color=[f"C{i}" for i in range(len(names))])
+        ax.set_title(title, fontsize=10)
+        ax.axhline(1.0 if key.endswith("ratio") else 0.0, color="black", linewidth=0.6)
+        ax.grid(axis="y", alpha=0.3)
+    fig.suptitle(payload.get("title", "retention after memorising"), fontsize=11)
+    fig.tight_layout()
+    atomic_write(Path(path), lambda tmp: fig.savefig(tmp, format="png"))
+    plt.close(fig)
+    return Path(path)
+
+
+def load_adapter(lm, adapter_dir):
+    """Inject a saved peft (TempLoRA) adapter into ``lm.model``; returns the peft model (call ``.unload()``)."""
+    from peft import PeftModel
+
+    if not (Path(adapter_dir) / "adapter_config.json").is_file():
+        raise LocasError(f"'{adapter_dir}' is not a peft adapter directory (no adapter_config.json)")
+    with ExitStack():
+        return PeftModel.from_pretrained(lm.model, str(adapter_dir)).eval()
