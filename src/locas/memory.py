@@ -73,6 +73,8 @@ class MemoryMLP(nn.Module):
         mem = self.memory
         if mem is None or not self.enabled:
             return out
+        if mem.device != x.device:  # layers spread over devices (device_map="auto"): memory follows
+            mem = mem.to(x.device)
         flat = x.dim() == 2  # (B*T, d): OPT flattens the batch before its FFN
         xb = x.view(mem.shape[0], -1, x.shape[-1]) if flat else x  # (B, T, d)
         extra = memory_output(xb, mem, self.act, self.kind) * self.tau(mem.shape[-3])

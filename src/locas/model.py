@@ -131,7 +131,7 @@ class LocasForCausalLM(nn.Module):
             slot = memory[j]
             if not memory.requires_grad and not slot[..., -1].any():
                 continue
-            self.wrappers[i].memory = slot.to(self.device) if slot.device != self.device else slot
+            self.wrappers[i].memory = slot  # MemoryMLP moves it to its layer's device if needed
 
     @contextmanager
     def use_memory(self, memory: torch.Tensor | None, layers: list[int] | None = None):

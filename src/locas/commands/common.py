@@ -40,6 +40,24 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--device", default=None, help="cpu, cuda, cuda:1, ... (default: cuda if available)")
     g.add_argument("--dtype", default="float32", help="float32 | bfloat16 | float16 (memory stays float32)")
     g.add_argument("--data-dir", default=None, help="data directory with pg19/, locomo/, mmlu/")
+    g.add_argument("--device-map", default=None,
+                   help="'auto' spreads a model too large for one GPU over all GPUs (accelerate)")
+
+
+def add_dist_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--num-gpus", type=int, default=0,
+                   help="re-launch through torchrun with N processes (one per GPU; CPU processes without GPUs)")
+
+
+def maybe_relaunch(args: argparse.Namespace, argv: list[str]) -> int | None:
+    """With ``--num-gpus N`` outside torchrun, re-run the command under torchrun; returns its exit code."""
+    import os
+
+    from ..distributed import relaunch_with_torchrun, strip_flag
+
+    if args.num_gpus and args.num_gpus > 1 and "WORLD_SIZE" not in os.environ:
+        return relaunch_with_torchrun(args.num_gpus, strip_flag(argv, "--num-gpus"))
+    return None
 
 
 def add_train_args(p: argparse.ArgumentParser, **defaults) -> None:
@@ -56,7 +74,10 @@ def train_config(args: argparse.Namespace) -> TrainConfig:
     return TrainConfig(**{f.name: getattr(args, f.name) for f in fields(TrainConfig)})
 
 
-def load_lm(args: argparse.Namespace):
+def load_lm(args: argparse.Namespace, ctx=None):
+    """The model named by ``--model``; under torchrun each rank takes its own device."""
     from ..model import LocasForCausalLM
 
-    return LocasForCausalLM.from_pretrained(args.model, dtype=args.dtype, device=args.device)
+    device = args.device or (ctx.device if ctx is not None else None)
+    return LocasForCausalLM.from_pretrained(args.model, dtype=args.dtype, device=device,
+                                            device_map=getattr(args, "device_map", None))

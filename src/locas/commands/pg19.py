@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from .common import add_model_args, add_train_args, load_lm, train_config
+import sys
+
+from .common import add_dist_args, add_model_args, add_train_args, load_lm, maybe_relaunch, train_config
 
 HELP = "PG-19 whole-book perplexity: truncation vs full attention vs Locas vs TempLoRA"
 
@@ -16,15 +18,25 @@ def add_arguments(p):
     p.add_argument("--checkpoint-every", type=int, default=16, help="checkpoint every N windows (0 = never)")
     p.add_argument("--resume", action="store_true", help="continue from the checkpoints in --out")
     add_model_args(p)
+    add_dist_args(p)
     add_train_args(p)
 
 
 def run(args):
+    from ..distributed import DistContext
     from ..eval.pg19 import print_summary, run_pg19
 
-    lm = load_lm(args)
-    payload = run_pg19(lm, args.book or ["10146"], args.method or ["truncate", "locas"], train_config(args),
-                       args.out, max_tokens=args.max_tokens, data_dir=args.data_dir,
-                       checkpoint_every=args.checkpoint_every, resume=args.resume)
-    print_summary(payload)
-    print(f"wrote {args.out}/results.json, results.csv, ppl_curve.png")
+    code = maybe_relaunch(args, sys.argv[1:])
+    if code is not None:
+        return code
+    ctx = DistContext.from_env()
+    try:
+        lm = load_lm(args, ctx)
+        payload = run_pg19(lm, args.book or ["10146"], args.method or ["truncate", "locas"], train_config(args),
+                           args.out, max_tokens=args.max_tokens, data_dir=args.data_dir,
+                           checkpoint_every=args.checkpoint_every, resume=args.resume, ctx=ctx)
+    finally:
+        ctx.close()
+    if payload is not None:
+        print_summary(payload)
+        print(f"wrote {args.out}/results.json, results.csv, ppl_curve.png")

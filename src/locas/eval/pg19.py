@@ -18,6 +18,7 @@ import torch
 from ..baselines import FullAttentionLearner, LoraLearner, TruncateLearner
 from ..config import TrainConfig
 from ..data.pg19 import book_path, load_book
+from ..distributed import DistContext
 from ..errors import LocasError
 from ..train import LocasLearner, StreamResult, stream
 from .report import format_table, line_plot, write_csv, write_json
@@ -80,23 +81,55 @@ def summarize(results: dict[str, list[StreamResult]], base_params: int) -> dict[
 
 
 def run_pg19(lm, books: list[str], methods: list[str], cfg: TrainConfig, out_dir, *, max_tokens: int | None = None,
-             data_dir=None, checkpoint_every: int = 0, resume: bool = False, progress: bool = True) -> dict:
-    """Run ``methods`` on each book, write results.json / results.csv / ppl_curve.png to ``out_dir``."""
+             data_dir=None, checkpoint_every: int = 0, resume: bool = False, progress: bool = True,
+             ctx: DistContext | None = None) -> dict | None:
+    """Run ``methods`` on each book; write results.json / results.csv / ppl_curve.png to ``out_dir``.
+
+    Under torchrun the (book, method) units are sharded across ranks; rank 0 gathers and writes
+    the report (other ranks return None). Each finished unit is also kept as
+    ``parts/<book>__<method>.json``; with ``resume`` those are reused and only missing units run.
+    """
+    ctx = ctx or DistContext()
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    results: dict[str, list[StreamResult]] = {m: [] for m in methods}
-    for book in books:
-        tokens = tokenize_text(lm.tokenizer, load_book(book, data_dir), max_tokens)
-        book_id = Path(book_path(book, data_dir)).stem
-        for method in methods:
+    units = [(book, method) for book in books for method in methods]
+    local: dict[str, dict] = {}
+    tokens_cache: dict[str, torch.Tensor] = {}
+    for book, method in ctx.shard(units):
+        key = f"{book}__{method}"
+        try:
+            book_id = Path(book_path(book, data_dir)).stem
             part = out / "parts" / f"{book_id}__{method}.json"
             if resume and part.is_file():  # finished earlier: keep it
-                results[method].append(StreamResult(**json.loads(part.read_text())))
+                local[key] = {"result": json.loads(part.read_text()), "kept": True}
                 continue
-            res = run_method(lm, method, tokens, cfg, label=method, checkpoint_dir=out / "ckpt" / book_id / method,
-                             checkpoint_every=checkpoint_every, resume=resume, progress=progress)
+            if book not in tokens_cache:
+                tokens_cache = {book: tokenize_text(lm.tokenizer, load_book(book, data_dir), max_tokens)}
+            res = run_method(lm, method, tokens_cache[book], cfg, label=method,
+                             checkpoint_dir=out / "ckpt" / book_id / method, checkpoint_every=checkpoint_every,
+                             resume=resume, progress=progress)
             write_json(part, res.to_dict())
-            results[method].append(res)
+            local[key] = {"result": res.to_dict(), "kept": False}
+        except Exception as exc:  # keep going: other documents still finish and are kept
+            local[key] = {"error": f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}",
+                          "rank": ctx.rank}
+    gathered = ctx.gather(local)
+    if not ctx.is_main:
+        return None
+    merged = {k: v for part in gathered for k, v in part.items()}
+    failures = {k: v for k, v in merged.items() if "error" in v}
+    results: dict[str, list[StreamResult]] = {m: [] for m in methods}
+    for book, method in units:
+        entry = merged.get(f"{book}__{method}", {})
+        if "result" in entry:
+            results[method].append(StreamResult(**entry["result"]))
+    kept = sorted(k for k, v in merged.items() if v.get("kept"))
+    if kept:
+        print(f"[locas] kept {len(kept)} finished unit(s) from an earlier run: {', '.join(kept)}")
+    if failures:
+        lines = "; ".join(f"{k.replace('__', ' / ')} failed on rank {v['rank']}: {v['error']}"
+                          for k, v in failures.items())
+        raise LocasError(f"{lines} (finished documents are kept in {out / 'parts'}; fix and rerun with --resume)")
     return write_pg19_report(out, lm, books, cfg, results, max_tokens=max_tokens)
 
 
