@@ -1,0 +1,206 @@
+"""Self-study memorisation: probes, the distillation loss, a copy-task comparison, and the CLI."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+import transformers
+
+from conftest import _COMMON, random_memory
+from locas import LocasForCausalLM, cli
+from locas.config import TrainConfig
+from locas.errors import LocasError
+from locas.selfstudy import (
+    ANSWER_FORMATS,
+    GENERATION_TEMPLATES,
+    Example,
+    ProbeConfig,
+    answer_with_teacher,
+    distillation_loss,
+    generated_probes,
+    make_probes,
+    split_chunks,
+    train_memory,
+)
+
+DOC = """In 1857 Mr. Moore bought a Hoe press in New York for the Minnesotian. The press arrived at St. Paul
+by steamboat in the spring, and Moore paid 4,000 dollars for it.
+
+The Gray Eagle left Dubuque at 9 o'clock and the Itasca left Prairie du Chien at noon. The Gray Eagle won
+the race to St. Paul by a few minutes, and Goodhue wrote about it in the Pioneer.
+
+In 1859 Governor Sibley called out the Pioneer Guards to Wright county. The Pioneer Guards marched for
+three days and found nobody to arrest, so Sibley sent them home to St. Paul."""
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """Tiny models run far faster on one thread, above all on a shared, busy machine."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def _word_tokenizer(text: str):
+    """A real fast tokenizer (word level) over the words of ``text`` and of the probe templates."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    pre = pre_tokenizers.Whitespace()
+    corpus = " ".join([text, *GENERATION_TEMPLATES.values(), *ANSWER_FORMATS.values(),
+                       "Fill in the blank ____ In which year What does the text say about comes right after this "
+                       "sentence Summarize passage that begins"])
+    words = sorted({w for w, _ in pre.pre_tokenize_str(corpus)})
+    vocab = {"<unk>": 0, "<s>": 1, "</s>": 2, **{w: i + 3 for i, w in enumerate(words)}}
+    tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
+    tok.pre_tokenizer = pre
+    return PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="<unk>", bos_token="<s>", eos_token="</s>",
+                                   pad_token="<unk>")
+
+
+def _word_lm(seed: int = 0) -> LocasForCausalLM:
+    tok = _word_tokenizer(DOC)
+    torch.manual_seed(seed)
+    config = transformers.LlamaConfig(**{**_COMMON, "vocab_size": len(tok)})
+    model = transformers.AutoModelForCausalLM.from_config(config).eval()
+    return LocasForCausalLM(model, tokenizer=tok, name="tiny-words")
+
+
+def test_probes_are_deterministic_capped_and_deduplicated():
+    lm = _word_lm()
+    chunks = split_chunks(lm.tokenizer, DOC, chunk_tokens=40)
+    assert len(chunks) >= 3
+    cfg = ProbeConfig(families=("cloze", "template", "instruction", "summary"), per_chunk=4, samples=2,
+                      max_probe_tokens=5, chunk_tokens=40)
+    a = make_probes(lm, chunks, cfg, seed=0, progress=False)
+    b = make_probes(lm, chunks, cfg, seed=0, progress=False)
+    assert [(p.family, p.chunk, p.prompt, p.reference) for p in a] == [
+        (p.family, p.chunk, p.prompt, p.reference) for p in b]
+    assert {p.family for p in a} >= {"cloze", "template", "instruction", "summary"}
+    for c in range(len(chunks)):
+        assert 1 <= sum(p.chunk == c for p in a) <= 4  # the cap holds per chunk
+    assert len({p.key for p in a}) == len(a)  # deduplicated
+    cloze = [p for p in a if p.family == "cloze"]
+    assert all("____" in p.prompt and p.reference and p.reference in DOC.replace("\n", " ") for p in cloze)
+    # another seed gives other probes; excluding the first set keeps a held-out set disjoint
+    c = make_probes(lm, chunks, cfg, seed=1, exclude={p.key for p in a}, progress=False)
+    assert c and not {p.key for p in a} & {p.key for p in c}
+    one = make_probes(lm, chunks, ProbeConfig(families=("cloze",), per_chunk=1, chunk_tokens=40), progress=False)
+    assert len(one) >= 3 and all(sum(p.chunk == c for p in one) <= 1 for c in range(len(chunks)))
+    # model-written probes: sampled, yet reproducible under the seed
+    g1 = generated_probes(lm, chunks[0], 0, "instruction", cfg, seed=5)
+    g2 = generated_probes(lm, chunks[0], 0, "instruction", cfg, seed=5)
+    g3 = generated_probes(lm, chunks[0], 0, "instruction", cfg, seed=6)
+    assert g1 and [p.prompt for p in g1] == [p.prompt for p in g2] != [p.prompt for p in g3]
+    with pytest.raises(LocasError, match="unknown probe family"):
+        ProbeConfig(families=("riddles",))
+
+
+def test_distillation_loss_is_zero_for_same_input_and_zero_memory():
+    lm = _word_lm()
+    g = torch.Generator().manual_seed(0)
+    context = torch.randint(3, len(lm.tokenizer), (30,), generator=g).tolist()
+    prompt = torch.randint(3, len(lm.tokenizer), (5,), generator=g).tolist()
+    for topk in (8, len(lm.tokenizer)):
+        a = answer_with_teacher(lm, context, [prompt], 6, set(), topk)[0]
+        ex = Example("question", context, prompt, a["answer"], a["values"], a["index"])
+        zero = lm.memorize(torch.tensor([context]), keep_top=4)  # values are zero: exactly the base model
+        same = float(distillation_loss(lm, zero, [ex], student_window=len(context)))
+        assert abs(same) < 1e-7
+        # the loss is not trivially zero: no context, or a non-zero memory, makes it positive
+        assert float(distillation_loss(lm, zero, [ex], student_window=0)) > 1e-4
+        assert float(distillation_loss(lm, random_memory(lm, width=4), [ex], student_window=len(context))) > 1e-4
+
+
+# ---- copy task: a tiny model that learned to copy a key from its context ---------------------
+BOS, KEY, SEP, Q = 1, 3, 4, 5
+SYMBOLS = range(10, 40)
+
+
+def _copy_model() -> LocasForCausalLM:
+    """2-layer llama trained (about 4 s) on [BOS KEY a b c SEP Q a b c]: answer Q by copying the key."""
+    torch.manual_seed(0)
+    config = transformers.LlamaConfig(vocab_size=40, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                                      num_attention_heads=4, num_key_value_heads=4, max_position_embeddings=64)
+    model = transformers.AutoModelForCausalLM.from_config(config)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
+    g = torch.Generator().manual_seed(0)
+    for _ in range(80):
+        key = torch.randint(10, 40, (64, 3), generator=g)
+        n = key.shape[0]
+        seq = torch.cat([torch.full((n, 1), BOS), torch.full((n, 1), KEY), key, torch.full((n, 1), SEP),
+                         torch.full((n, 1), Q), key], 1)  # (n, 10)
+        logits = model(input_ids=seq).logits
+        loss = torch.nn.functional.cross_entropy(logits[:, 6:9].reshape(-1, 40), seq[:, 7:10].reshape(-1))
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    return LocasForCausalLM(model.eval(), name="copy")
+
+
+def _answer_nll(lm, memory, prompt, answer) -> float:
+    ids = torch.tensor([prompt + answer])
+    with torch.no_grad():
+        nll = lm.compute_nll(ids, memory)[0]
+    return float(nll[len(prompt) - 1:].mean())
+
+
+def test_selfstudy_moves_the_no_context_answer_toward_the_teacher_more_than_ntp():
+    lm = _copy_model()
+    key = [17, 31, 22]
+    document = [BOS, KEY, *key, SEP]
+    teacher = answer_with_teacher(lm, document, [[Q]], 3, set(), 40)[0]
+    assert teacher["answer"] == key  # with the document in context the model copies the key
+    assert teacher["nll"] < 0.3
+    ex = Example("question", document, [Q], teacher["answer"], teacher["values"], teacher["index"])
+    cfg = TrainConfig(window_size=len(document), lr=3e-2, memory_width=8, seed=0)
+    tokens = torch.tensor(document)
+    results = {}
+    for objective in ("ntp", "selfstudy"):
+        learner, log = train_memory(lm, tokens, cfg, objective, [ex], ntp_weight=0.0, max_steps=40,
+                                    progress=False)
+        assert log.steps == 40 and log.skipped == 0
+        results[objective] = _answer_nll(lm, learner.full_memory(), [Q], key)
+    base = _answer_nll(lm, None, [Q], key)
+    gap = base - teacher["nll"]
+    closed = {k: (base - v) / gap for k, v in results.items()}
+    assert closed["selfstudy"] > 0.5  # self-study closes most of the no-context gap
+    assert closed["selfstudy"] > closed["ntp"] + 0.3, closed
+
+
+# ---- the command -----------------------------------------------------------------------------
+def test_memorize_selfstudy_command_writes_memory_cache_and_recall(tmp_path, capsys):
+    lm = _word_lm()
+    model_dir = tmp_path / "tiny"
+    lm.model.save_pretrained(model_dir)
+    lm.tokenizer.save_pretrained(model_dir)
+    text = tmp_path / "doc.txt"
+    text.write_text(DOC)
+    out = tmp_path / "doc.locas"
+    argv = ["memorize", str(text), "-o", str(out), "--model", str(model_dir), "--device", "cpu",
+            "--objective", "selfstudy", "--families", "cloze,template", "--chunk-tokens", "40",
+            "--probes-per-chunk", "3", "--heldout-per-chunk", "2", "--probe-epochs", "2", "--memory-width", "4",
+            "--window-size", "32", "--answer-tokens", "4"]
+    assert cli.main(argv) == 0
+    printed = capsys.readouterr().out
+    cache = out.with_name(out.name + ".probes.json")
+    recall = out.with_name(out.name + ".recall.json")
+    assert out.is_file() and cache.is_file() and recall.is_file()
+    assert "gap closed" in printed and "held-out" in printed
+    report = json.loads(recall.read_text())
+    assert report["summary"]["all"]["n"] >= 2 and "memory_f1" in report["summary"]["all"]
+    sets = json.loads(cache.read_text())["sets"]
+    train = {r["probe"] for r in sets["train-3"]}
+    assert train and not train & {r["probe"] for r in sets["heldout-2"]}  # held-out never trained on
+    # a rerun reads the cached probes instead of making them again
+    stamp = cache.stat().st_mtime_ns
+    assert cli.main(argv) == 0
+    assert cache.stat().st_mtime_ns == stamp
+    # bad input: one-line error
+    capsys.readouterr()
+    code = cli.main(argv[:-2] + ["--families", "riddles"])
+    err = capsys.readouterr().err
+    assert code == 2 and "unknown probe family" in err and err.count("\n") == 1
