@@ -558,7 +558,8 @@ class StudyLog:
 def train_memory(lm, tokens: torch.Tensor, cfg: TrainConfig, objective: str = "selfstudy",
                  examples: list[Example] | None = None, *, ntp_weight: float = 0.1, batch: int = 8,
                  student_window: int = 0, epochs: int = 1, budget_s: float | None = None,
-                 max_steps: int | None = None, start_memory: torch.Tensor | None = None, progress: bool = True):
+                 max_steps: int | None = None, start_memory: torch.Tensor | None = None, progress: bool = True,
+                 desc: str | None = None):
     """Train a Locas memory on a document with one objective; returns (LocasLearner, StudyLog).
 
     ``ntp``/``sd``/``mix``: one text window per step (``cfg.window_size``; SD teacher reads
@@ -589,7 +590,8 @@ def train_memory(lm, tokens: torch.Tensor, cfg: TrainConfig, objective: str = "s
     teachers: dict = {}
     log = StudyLog(objective)
     use_text = objective != "selfstudy" or ntp_weight > 0
-    bar = tqdm(total=None if budget_s else total, desc=f"memorize ({objective})", disable=not progress, unit="step")
+    bar = tqdm(total=None if budget_s else total, desc=desc or f"memorize ({objective})", disable=not progress,
+               unit="step")
     t0 = time.perf_counter()
     step = 0
     while step < total and not (budget_s and time.perf_counter() - t0 >= budget_s):
