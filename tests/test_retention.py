@@ -85,3 +85,33 @@ def test_lora_variant_and_base_with_adapter_injected():
         learner.finish()
     assert got["base"]["ppl"] == pytest.approx(before["ppl"], rel=1e-6)
     assert got["lora"]["kl"] > 1e-4 and got["lora"]["ppl"] < got["base"]["ppl"]  # it memorised the text
+
+
+def test_cli_pg19_retention_and_mmlu(tmp_path, capsys):
+    from locas.cli import main
+
+    lm, tok = tiny_lm("llama"), char_tokenizer()
+    lm.model.save_pretrained(tmp_path / "model")
+    tok.save_pretrained(tmp_path / "model")
+    data = tmp_path / "data"
+    write_mmlu(data / "mmlu", "toy", [(q, ch, i % 4) for i, (q, ch) in enumerate(QUESTIONS)], "test")
+    write_mmlu(data / "mmlu", "toy", [(f"dev {i}?", ("a", "b", "c", "d"), i % 4) for i in range(5)], "dev")
+    (tmp_path / "book.txt").write_text("the cat sat on the mat. " * 8)
+    (tmp_path / "other.txt").write_text("a different text about dogs and the sea. " * 3)
+    common = ["--model", str(tmp_path / "model"), "--data-dir", str(data), "--device", "cpu"]
+    out = tmp_path / "run"
+    code = main(["pg19", "--book", str(tmp_path / "book.txt"), "--method", "lora", "--method", "locas",
+                 "--window-size", "32", "--memory-width", "4", "--lora-rank", "2", "--lr", "3e-2",
+                 "--heldout", str(tmp_path / "other.txt"), "--heldout-tokens", "0", "--shots", "2",
+                 "--retention", "--out", str(out), *common])
+    assert code in (None, 0)
+    payload = json.loads((out / "retention" / "results.json").read_text())
+    assert list(payload["variants"]) == ["base", "locas", "lora"]
+    assert payload["variants"]["locas"]["heldout_kl"] > 0 and payload["variants"]["lora"]["heldout_kl"] > 0
+    assert (out / "results.json").is_file() and (out / "retention" / "retention.png").is_file()
+    assert not any("lora" in type(m).__name__.lower() for m in lm.model.modules())  # adapter removed again
+
+    assert main(["mmlu", "--shots", "0", "--out", str(tmp_path / "m.json"), *common]) == 0
+    assert json.loads((tmp_path / "m.json").read_text())["n"] == len(QUESTIONS)
+    assert main(["mmlu", "--subjects", "nope", *common]) == 2
+    assert "unknown MMLU subject(s) nope" in capsys.readouterr().err

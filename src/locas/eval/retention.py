@@ -195,3 +195,56 @@ def load_adapter(lm, adapter_dir):
         raise LocasError(f"'{adapter_dir}' is not a peft adapter directory (no adapter_config.json)")
     with ExitStack():
         return PeftModel.from_pretrained(lm.model, str(adapter_dir)).eval()
+
+
+# ---- memorising, then keeping the state for the comparison --------------------------------
+@dataclass
+class Memorised:
+    """One method after streaming a text: its scores, and the state needed to evaluate it."""
+
+    method: str
+    result: object  # StreamResult
+    learner: object | None = None  # kept LoraLearner (adapter still injected) or LocasLearner
+
+    @property
+    def peft_model(self):
+        return getattr(self.learner, "peft_model", None)
+
+    def release(self) -> None:
+        """Remove a kept LoRA adapter from the model (Locas memories need nothing)."""
+        if self.learner is not None:
+            self.learner.finish()
+            self.learner = None
+
+
+def memorise(lm, method: str, tokens: torch.Tensor, cfg, *, progress: bool = True, keep: bool = True) -> Memorised:
+    """Stream ``tokens`` with ``method`` (truncate/full/locas/lora); with ``keep`` the trained state is kept."""
+    from ..train import stream
+    from .pg19 import make_learner
+
+    learner = make_learner(method, lm, cfg)
+    try:
+        result = stream(learner, tokens, cfg, progress=progress, desc=method)
+    except BaseException:
+        learner.finish()
+        raise
+    result.method = method
+    kept = Memorised(method, result, learner if learner.trainable else None)
+    if not keep:
+        kept.release()
+    return kept
+
+
+def variants_for(lm, kept: list[Memorised]) -> list[Variant]:
+    """base + one variant per kept Locas memory / LoRA adapter (at most one adapter at a time)."""
+    adapters = [k for k in kept if k.peft_model is not None]
+    if len(adapters) > 1:
+        raise LocasError("only one TempLoRA adapter can be evaluated at a time")
+    peft_model = adapters[0].peft_model if adapters else None
+    out = [base_variant(lm, peft_model)]
+    for k in kept:
+        if k.peft_model is not None:
+            out.append(lora_variant(lm, k.peft_model, name=k.method))
+        elif getattr(k.learner, "memory", None) is not None:
+            out.append(memory_variant(lm, k.learner.memory, k.learner.layers, peft_model, name=k.method))
+    return out
