@@ -20,6 +20,8 @@ COMMANDS = {
     "memorize": "memorize",
     "fuse": "fuse",
     "info": "info",
+    "mmlu": "mmlu",
+    "retention": "retention",
 }
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import sys
 
 from .common import add_dist_args, add_model_args, add_train_args, load_lm, maybe_relaunch, train_config
+from .retention import add_retention_args
 
 HELP = "PG-19 whole-book perplexity: truncation vs full attention vs Locas vs TempLoRA"
 
@@ -17,15 +18,22 @@ def add_arguments(p):
     p.add_argument("--out", default="runs/pg19", help="output directory")
     p.add_argument("--checkpoint-every", type=int, default=16, help="checkpoint every N windows (0 = never)")
     p.add_argument("--resume", action="store_true", help="continue from the checkpoints in --out")
+    p.add_argument("--retention", action="store_true", help="then report MMLU / held-out ppl / KL of base vs the "
+                   "last book's Locas memory and TempLoRA adapter in <out>/retention (see locas retention)")
     add_model_args(p)
     add_dist_args(p)
     add_train_args(p)
+    add_retention_args(p)
 
 
 def run(args):
     from ..distributed import DistContext
     from ..eval.pg19 import print_summary, run_pg19
 
+    if args.retention:  # single process: the memorised states must stay in memory for the report
+        from .retention import run_with_pg19
+
+        return run_with_pg19(load_lm(args), args)
     code = maybe_relaunch(args, sys.argv[1:])
     if code is not None:
         return code
