@@ -137,3 +137,19 @@ def test_bad_input_errors(tmp_path):
     write_mmlu(tmp_path, "toy", [("q", ("a", "b", "c", "d"), 1)], "test")
     with pytest.raises(LocasError, match="5-shot needs 5 dev examples"):
         evaluate_mmlu(tiny_lm("llama").model, char_tokenizer(), shots=5, data=tmp_path, progress=False)
+
+
+@pytest.mark.integration
+def test_smollm2_real_mmlu_batched_equals_plain_forward():
+    """Real tokenizer (BPE letters), real CSVs, 5-shot: the cached, padded batch matches one plain forward each."""
+    from locas import LocasForCausalLM
+
+    lm = LocasForCausalLM.from_pretrained("smollm2-135m")
+    qs = load_questions(["astronomy"], limit_per_subject=3, seed=0)
+    shots = load_questions(["astronomy"], split="dev")
+    rep = evaluate_mmlu(lm.model, lm.tokenizer, qs, shots=5, batch_size=3, progress=False)
+    by_index = {q.index: q for q in qs}
+    for r in rep["records"]:
+        ref = reference_logp(lm.model, lm.tokenizer, by_index[r["index"]], shots)
+        assert torch.allclose(torch.tensor(r["logp"]), ref, atol=2e-3)
+    assert rep["n"] == 3 and set(rep["categories"]) == {"STEM"}
