@@ -7,9 +7,10 @@ id, local directory, fused checkpoint, or the embedded ``smollm2-135m``), instal
 type works unchanged. lm-eval has no plugin discovery, so launch it through this module (which
 registers the model type first) or ``import locas.integrations.lm_eval_harness`` in Python.
 
-    $ python -m locas.integrations.lm_eval_harness --model locas \\
-          --model_args pretrained=smollm2-135m,memory=book.locas --tasks locas_mmlu --include_path tasks/
-    >>> write_mmlu_tasks("tasks/")     # local lm-eval task definitions over the MMLU CSVs (no hub access)
+    $ python -m locas.integrations.lm_eval_harness write-mmlu-tasks tasks/     # local MMLU tasks, no hub
+    $ python -m locas.integrations.lm_eval_harness run --model locas --include_path tasks/ \\
+          --model_args pretrained=smollm2-135m,memory=book.locas --tasks locas_mmlu --num_fewshot 5
+    >>> write_mmlu_tasks("tasks/")     # the same from Python
 """
 
 from __future__ import annotations
@@ -105,11 +106,17 @@ def write_mmlu_tasks(out_dir, data=None, subjects: list[str] | None = None, grou
 
 
 def main(argv: list[str] | None = None) -> None:
-    """``lm_eval`` command line with the ``locas`` model type registered."""
+    """``lm_eval`` command line with the ``locas`` model type registered; ``write-mmlu-tasks DIR [DATA]`` first."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["write-mmlu-tasks"]:
+        if len(argv) < 2:
+            raise SystemExit("usage: python -m locas.integrations.lm_eval_harness write-mmlu-tasks DIR [DATA_DIR]")
+        names = write_mmlu_tasks(argv[1], data=argv[2] if len(argv) > 2 else None)
+        print(f"wrote {len(names)} tasks and the group 'locas_mmlu' to {argv[1]}; use --include_path {argv[1]}")
+        return
     from lm_eval.__main__ import cli_evaluate
 
-    if argv is not None:
-        sys.argv = [sys.argv[0], *argv]
+    sys.argv = [sys.argv[0], *argv]
     cli_evaluate()
 
 
