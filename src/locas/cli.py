@@ -22,6 +22,9 @@ COMMANDS = {
     "info": "info",
     "mmlu": "mmlu",
     "retention": "retention",
+    "locomo": "locomo",
+    "ask": "ask",
+    "chat": "chat",
 }
 
 
@@ -39,7 +42,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        args._run(args)
+        code = args._run(args)
     except LocasError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -49,7 +52,7 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted; rerun with --resume to continue from the last checkpoint", file=sys.stderr)
         return 130
-    return 0
+    return int(code or 0)
 
 
 if __name__ == "__main__":
