@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -288,3 +290,35 @@ def test_learner_rejects_bad_settings():
         LocasMLPLearner(lm, cfg, update="nlsvd", write_tokens="all")
     with pytest.raises(LocasError, match="bp or nlsvd"):
         LocasMLPLearner(lm, cfg, update="sgd")
+
+
+def _byte_gpt2(path):
+    """A tiny random byte-level GPT-2 saved with the (file-free) ByT5 byte tokenizer."""
+    from transformers import ByT5Tokenizer, GPT2Config, GPT2LMHeadModel
+
+    torch.manual_seed(0)
+    cfg = GPT2Config(vocab_size=384, n_embd=32, n_layer=2, n_head=4, n_inner=48, n_positions=256)
+    GPT2LMHeadModel(cfg).save_pretrained(path)
+    ByT5Tokenizer().save_pretrained(path)
+    return path
+
+
+def test_cli_pg19_variant_mlp_nlsvd(tmp_path, capsys):
+    from locas.cli import main
+
+    model = _byte_gpt2(tmp_path / "model")
+    book = tmp_path / "book.txt"
+    book.write_text("The ship sailed at dawn. " * 12)
+    out = tmp_path / "run"
+    code = main(["pg19", "--model", str(model), "--book", str(book), "--method", "truncate", "--method", "locas",
+                 "--variant", "mlp", "--update", "nlsvd", "--window-size", "40", "--memory-width", "16",
+                 "--write-count", "8", "--write-eps", "2", "--out", str(out), "--checkpoint-every", "0"])
+    assert code == 0
+    payload = json.loads((out / "results.json").read_text())
+    assert set(payload["methods"]) == {"truncate", "locas-mlp"}
+    assert payload["config"]["update"] == "nlsvd" and payload["config"]["capacity"] == 0
+    assert payload["methods"]["locas-mlp"]["ppl"] < payload["methods"]["truncate"]["ppl"]  # repetitive text
+    assert "locas-mlp" in capsys.readouterr().out
+    code = main(["pg19", "--model", str(model), "--book", str(book), "--variant", "mlp", "--update", "nlsvd",
+                 "--write-tokens", "all", "--window-size", "40", "--memory-width", "16", "--out", str(out)])
+    assert code == 2 and "--capacity" in capsys.readouterr().err

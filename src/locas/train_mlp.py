@@ -14,7 +14,8 @@ with the current memory, then learns from it with the *same* forward pass:
   ``highest``, ``activation``) initialises keys from the first window with zero values instead.
   Weight-norm clipping after each step, as for Locas-GLU.
 
-    >>> learner = LocasMLPLearner(lm, cfg, update="nlsvd", eps=4.0, write_count=128, capacity=1024)
+    >>> cfg = MLPTrainConfig(window_size=1024, update="nlsvd", write_eps=4.0, write_count=128, capacity=1024)
+    >>> learner = LocasMLPLearner(lm, cfg)        # keyword arguments override the config
     >>> result = stream(learner, tokens, cfg)
     >>> learner.timings            # seconds spent in writes, NL-SVD and backprop steps
 """
@@ -22,11 +23,13 @@ with the current memory, then learns from it with the *same* forward pass:
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 
 import torch
 
 from .config import TrainConfig, parse_layers
 from .errors import LocasError
+from .init import INITS
 from .memory import CHANNELS, MLP, clip_vectors_
 from .nlsvd import compress_memory
 from .objectives import get_objective
@@ -36,19 +39,69 @@ from .write import SELECT, append_slots, step_write
 UPDATES = ("bp", "nlsvd")
 
 
+@dataclass
+class MLPTrainConfig(TrainConfig):
+    """``TrainConfig`` plus the Locas-MLP settings (so they are saved with results and checkpoints)."""
+
+    update: str = "bp"  # bp | nlsvd
+    mlp_init: str = "write"  # write | highest | lowest | random_index | random | activation (bp only)
+    write_eps: float = 1.0  # eps of the step-wise write: v = eps * G / |G|
+    write_tokens: str = "top"  # all | top (highest-loss tokens)
+    write_count: int = 0  # slots written per window (0: capacity // 2 for nlsvd, the width for bp init)
+    capacity: int = 0  # NL-SVD capacity (0: memory_width); compressed to capacity // 2 when full
+
+    def __post_init__(self):
+        super().__post_init__()
+        if self.update not in UPDATES:
+            raise LocasError(f"unknown update '{self.update}'; choose bp or nlsvd")
+        if self.mlp_init != "write" and self.mlp_init not in INITS:
+            raise LocasError(f"unknown MLP init '{self.mlp_init}'; choose write or one of {', '.join(INITS)}")
+        if self.write_tokens not in SELECT:
+            raise LocasError(f"unknown write selection '{self.write_tokens}'; choose all or top")
+        if not self.write_eps > 0:
+            raise LocasError(f"write eps must be positive, got {self.write_eps}")
+        if self.write_count < 0 or self.capacity < 0:
+            raise LocasError("write count and capacity must be >= 0 (0 = automatic)")
+
+
+def set_mlp_activation(lm, name: str) -> None:
+    """Switch every Locas-MLP memory's activation: ``relu`` (paper) or ``backbone`` (fusable)."""
+    if name not in ("relu", "backbone"):
+        raise LocasError(f"unknown mlp_activation '{name}'; choose relu or backbone")
+    if lm.memory_kind != MLP:
+        return
+    for w in lm.wrappers:
+        w.act = torch.nn.ReLU() if name == "relu" else lm.spec.activation(w.base_mlp)
+    lm.mlp_activation = name
+
+
 class LocasMLPLearner(Learner):
-    """Locas-MLP memory on ``cfg.memory_layers``; see the module docstring for the two update rules."""
+    """Locas-MLP memory on ``cfg.memory_layers``; see the module docstring for the two update rules.
+
+    Settings come from keyword arguments, else from an ``MLPTrainConfig``, else the defaults.
+    """
 
     trainable = False  # learns inside score_only: the write needs the scoring pass's backward
 
-    def __init__(self, lm, cfg: TrainConfig, *, update: str = "bp", init: str = "write", eps: float = 1.0,
-                 write_tokens: str = "top", write_count: int | None = None, capacity: int | None = None):
+    def __init__(self, lm, cfg: TrainConfig, *, update: str | None = None, init: str | None = None,
+                 eps: float | None = None, write_tokens: str | None = None, write_count: int | None = None,
+                 capacity: int | None = None):
         super().__init__(lm, cfg)
+        d = MLPTrainConfig()
+
+        def pick(value, field):
+            return value if value is not None else getattr(cfg, field, getattr(d, field))
+
+        update, init, eps = pick(update, "update"), pick(init, "mlp_init"), pick(eps, "write_eps")
+        write_tokens, write_count = pick(write_tokens, "write_tokens"), pick(write_count, "write_count") or None
+        capacity = pick(capacity, "capacity") or None
         if lm.memory_kind != MLP:
             raise LocasError(f"Locas-MLP needs a two-layer FFN model (gpt2, gpt_neox, opt, gptj, phi, falcon); "
                              f"{lm.config.model_type} is a GLU model: use --variant glu")
         if update not in UPDATES:
             raise LocasError(f"unknown update '{update}'; choose bp or nlsvd")
+        if init != "write" and init not in INITS:
+            raise LocasError(f"unknown MLP init '{init}'; choose write or one of {', '.join(INITS)}")
         if write_tokens not in SELECT:
             raise LocasError(f"unknown write selection '{write_tokens}'; choose all or top")
         if not eps > 0:

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import sys
 
-from .common import add_dist_args, add_model_args, add_train_args, load_lm, maybe_relaunch, train_config
+from .common import add_dist_args, add_model_args, add_train_args, load_lm, maybe_relaunch
+from .mlp_args import add_mlp_args, mlp_setup
 from .retention import add_retention_args
 
 HELP = "PG-19 whole-book perplexity: truncation vs full attention vs Locas vs TempLoRA"
@@ -23,6 +24,7 @@ def add_arguments(p):
     add_model_args(p)
     add_dist_args(p)
     add_train_args(p)
+    add_mlp_args(p)
     add_retention_args(p)
 
 
@@ -40,7 +42,8 @@ def run(args):
     ctx = DistContext.from_env()
     try:
         lm = load_lm(args, ctx)
-        payload = run_pg19(lm, args.book or ["10146"], args.method or ["truncate", "locas"], train_config(args),
+        cfg, methods = mlp_setup(lm, args)
+        payload = run_pg19(lm, args.book or ["10146"], methods, cfg,
                            args.out, max_tokens=args.max_tokens, data_dir=args.data_dir,
                            checkpoint_every=args.checkpoint_every, resume=args.resume, ctx=ctx)
     finally:

@@ -21,9 +21,11 @@ from ..data.pg19 import book_path, load_book
 from ..distributed import DistContext
 from ..errors import LocasError
 from ..train import LocasLearner, StreamResult, stream
+from ..train_mlp import LocasMLPLearner
 from .report import format_table, line_plot, write_csv, write_json
 
-METHODS = {"truncate": TruncateLearner, "full": FullAttentionLearner, "locas": LocasLearner, "lora": LoraLearner}
+METHODS = {"truncate": TruncateLearner, "full": FullAttentionLearner, "locas": LocasLearner, "lora": LoraLearner,
+           "locas-mlp": LocasMLPLearner}
 CHECKPOINTS = (4096, 8192, 16384, 32768, 65536, 131072, 200000)
 
 
