@@ -204,3 +204,30 @@ def test_memorize_selfstudy_command_writes_memory_cache_and_recall(tmp_path, cap
     code = cli.main(argv[:-2] + ["--families", "riddles"])
     err = capsys.readouterr().err
     assert code == 2 and "unknown probe family" in err and err.count("\n") == 1
+
+
+@pytest.mark.parametrize("memory_type", ["locas", "lora"])
+def test_locomo_harness_runs_the_selfstudy_loss(memory_type, tmp_path):
+    from locas.data.locomo import Conversation, QAItem, Session, Turn
+    from locas.eval import locomo as harness
+    from test_locomo_support import char_lm
+
+    lm = char_lm(seed=1)
+    backbone = {k: v.clone() for k, v in lm.model.state_dict().items()}
+    sessions = [Session(1, "1:00 pm on 8 May, 2023", [Turn("Ann", "Last week I adopted a cat named Tom in Boston."),
+                                                      Turn("Bob", "My sister Lisa has 3 cats.")]),
+                Session(2, "9:15 am on 2 June, 2023", [Turn("Ann", "I ran the Boston marathon in 4 hours."),
+                                                       Turn("Bob", "I bought a red bike from Carl.")])]
+    conv = Conversation("conv-x", ("Ann", "Bob"), sessions, [QAItem("What is Ann's cat called?", 4, "Tom")])
+    settings = harness.LocomoSettings(memory_type=memory_type, ttt_loss="selfstudy", context_mode="none",
+                                      max_new_tokens=3, batch_size=2)
+    cfg = TrainConfig(window_size=64, memory_width=4, lr=5e-2, lora_rank=2)
+    out = harness.run_conversation(lm, conv, settings, cfg, memory_path=tmp_path / "m.locas", progress=False)
+    stats = out["train"]["sessions"]
+    assert len(stats) == 2 and all(s["probes"] > 0 and s["steps"] > 0 and s["skipped"] == 0 for s in stats)
+    assert len(out["answers"]["none"]["memory"]["records"]) == 1
+    assert all(torch.equal(v, backbone[k]) for k, v in lm.model.state_dict().items())  # backbone untouched
+    if memory_type == "locas":
+        from locas.io import load_memory
+
+        assert load_memory(tmp_path / "m.locas", model=lm)[..., 2].abs().sum() > 0  # the memory learned

@@ -546,6 +546,25 @@ def distillation_loss(lm, memory, examples: list[Example], student_window: int =
     return selfstudy_kl(logits, examples, spans)
 
 
+def study_step(learner, optimizer, loss: torch.Tensor) -> bool:
+    """Backward, optimiser step, norm clipping; a non-finite loss or update is skipped (state restored).
+
+    Returns True when the step was skipped.
+    """
+    if not torch.isfinite(loss):
+        return True
+    loss.backward()
+    backup = [p.detach().clone() for p in learner.parameters()]
+    optimizer.step()
+    learner.after_step()
+    if all(torch.isfinite(p).all() for p in learner.parameters()):
+        return False
+    with torch.no_grad():
+        for p, b in zip(learner.parameters(), backup):
+            p.copy_(b)
+    return True
+
+
 @dataclass
 class StudyLog:
     objective: str
@@ -616,17 +635,7 @@ def train_memory(lm, tokens: torch.Tensor, cfg: TrainConfig, objective: str = "s
             loss = loss + selfstudy_kl(learner.logits(ids), pick, answer_spans)
         for g in opt.param_groups:
             g["lr"] = lr_at(cfg, step, total) if not budget_s else cfg.lr
-        if torch.isfinite(loss):
-            loss.backward()
-            backup = learner.memory.detach().clone()
-            opt.step()
-            learner.after_step()
-            if not torch.isfinite(learner.memory).all():
-                with torch.no_grad():
-                    learner.memory.copy_(backup)
-                log.skipped += 1
-        else:
-            log.skipped += 1
+        log.skipped += int(study_step(learner, opt, loss))
         log.losses.append(float(loss.detach()))
         step += 1
         bar.update(1)
@@ -715,3 +724,45 @@ def recall_table(report: dict) -> tuple[list[str], list[list]]:
     rows = [[g, s["n"], s["teacher_nll"], s["base_nll"], s["memory_nll"], s["gap_closed"], s["teacher_f1"],
              s["base_f1"], s["memory_f1"], s["base_exact"], s["memory_exact"]] for g, s in report["summary"].items()]
     return header, rows
+
+
+# ---- LoCoMo: a TTT loss for the harness (locas.eval.locomo.TTT_LOSSES["SELFSTUDY"]) -----------
+LOCOMO_PROBES = ProbeConfig(families=("cloze", "template"), per_chunk=12, chunk_tokens=1024, answer_tokens=16)
+LOCOMO_NTP_WEIGHT = 0.1
+LOCOMO_BATCH = 8
+
+
+def _base_model(learner):
+    """Context that switches a LoRA learner's adapters off (Locas memories are switched off by the teacher)."""
+    from contextlib import nullcontext
+
+    peft_model = getattr(learner, "peft_model", None)
+    return peft_model.disable_adapter() if peft_model is not None else nullcontext()
+
+
+def selfstudy_update(learner, optimizer, job, pcfg: ProbeConfig | None = None) -> dict:
+    """Self-study on one LoCoMo session: probes from the session's text, teacher = base model with the
+    session in context, student = the learner with the question only; ``steps_per_window`` passes
+    over the probes, each step with ``LOCOMO_NTP_WEIGHT`` x NTP on one of the session's windows.
+    """
+    lm = job.lm
+    pcfg = pcfg or LOCOMO_PROBES
+    pcfg = ProbeConfig(**{**pcfg.to_dict(), "seed": job.cfg.seed * 1000 + job.session.index})
+    chunks = split_chunks(lm.tokenizer, job.session.text(), pcfg.chunk_tokens)
+    with _base_model(learner):
+        examples = teacher_examples(lm, chunks, make_probes(lm, chunks, pcfg, progress=False), pcfg, progress=False)
+    tokens = job.conv_tokens.tokens
+    kl_sum, steps, skipped = 0.0, 0, 0
+    for _ in range(job.cfg.steps_per_window if examples else 0):
+        job.rng.shuffle(examples)
+        for i in range(0, len(examples), LOCOMO_BATCH):
+            optimizer.zero_grad(set_to_none=True)
+            pick = examples[i:i + LOCOMO_BATCH]
+            ids, spans = _student_batch(pick, 0, lm.device)
+            kl = selfstudy_kl(learner.logits(ids), pick, spans)
+            s, e = job.spans[steps % len(job.spans)]
+            window = tokens[s:e][None].to(lm.device)
+            nll = F.cross_entropy(learner.logits(window)[0, :-1].float(), window[0, 1:])
+            skipped += int(study_step(learner, optimizer, kl + LOCOMO_NTP_WEIGHT * nll))
+            kl_sum, steps = kl_sum + float(kl.detach()), steps + 1
+    return {"probes": len(examples), "kl": kl_sum / max(steps, 1), "steps": steps, "skipped": skipped}

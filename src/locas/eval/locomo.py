@@ -33,6 +33,7 @@ from ..data.locomo import CATEGORIES, CATEGORY_ORDER, Conversation, Session
 from ..errors import LocasError
 from ..grpo import GRPOConfig, cloze_items, f1_reward, grpo_step
 from ..objectives import get_objective
+from ..selfstudy import selfstudy_update
 from ..train import LocasLearner, make_optimizer, train_window
 from .qa_metrics import ADVERSARIAL, TEMPORAL, score_item
 from .report import bar_plot, format_table, markdown_table, write_json
@@ -148,7 +149,7 @@ def grpo_update(learner, optimizer, job: SessionJob) -> dict:
 
 # loss name -> update(learner, optimizer, SessionJob) -> stats dict
 TTT_LOSSES = {"NTP": sequence_update, "SD": sequence_update, "ST": sequence_update, "MIX": sequence_update,
-              "GRPO": grpo_update}
+              "GRPO": grpo_update, "SELFSTUDY": selfstudy_update}
 
 
 def make_learner(lm, memory_type: str, cfg: TrainConfig):
