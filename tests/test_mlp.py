@@ -263,11 +263,11 @@ def test_learner_helps_on_repetition_and_keeps_backbone(kw):
         assert learner.memory.norm(dim=-2).max() <= 1 + 1e-6  # weight-norm clipping
 
 
-def test_learner_never_scores_its_own_update_and_resumes(tmp_path):
+@pytest.mark.parametrize("kw", [dict(update="nlsvd", eps=2.0, write_count=4), dict(update="bp")])
+def test_learner_never_scores_its_own_update_and_resumes(tmp_path, kw):
     lm = tiny_lm("gpt2")
-    cfg = TrainConfig(window_size=12, memory_width=8)
+    cfg = TrainConfig(window_size=12, memory_width=8, lr=3e-2)
     tokens = _tokens(60)
-    kw = dict(update="nlsvd", eps=2.0, write_count=4)
     full = stream(LocasMLPLearner(lm, cfg, **kw), tokens, cfg, progress=False)
     learner = LocasMLPLearner(lm, cfg, **kw)
     stream(learner, tokens, cfg, progress=False, stop_after=3)
