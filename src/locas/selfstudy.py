@@ -36,6 +36,7 @@ import random
 import re
 import string
 import time
+import weakref
 from collections import Counter
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -274,20 +275,48 @@ def generated_probes(lm, chunk: str, index: int, family: str, cfg: ProbeConfig, 
         words = re.sub(r"\s+", " ", chunk).split()[:8]
         return [Probe("summary", index, f'Summarize the passage that begins "{" ".join(words)}".')]
     template = cfg.templates.get(family, GENERATION_TEMPLATES[family])
-    ids = torch.tensor([_prompt_ids(lm, template.format(chunk=chunk), cfg.chat_template)], device=lm.device)
-    torch.manual_seed(seed)
+    prompt = _prompt_ids(lm, template.format(chunk=chunk), cfg.chat_template)
     tok = lm.tokenizer
-    pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+    stop = stop_ids(tok)
+    generator = torch.Generator().manual_seed(seed)
     with lm.disabled():
-        out = lm.model.generate(ids, attention_mask=torch.ones_like(ids), do_sample=True,
-                                temperature=cfg.temperature, top_p=cfg.top_p, num_return_sequences=cfg.samples,
-                                max_new_tokens=cfg.max_probe_tokens, pad_token_id=pad)
+        rows = sample_continuations(lm, prompt, cfg.samples, cfg.max_probe_tokens, stop, cfg.temperature,
+                                    cfg.top_p, generator)
     probes = []
-    for row in out[:, ids.shape[1]:]:
-        text = _clean_generated(tok.decode(row, skip_special_tokens=True), family)
+    for row in rows:
+        text = _clean_generated(tok.decode([t for t in row if t not in stop], skip_special_tokens=True), family)
         if text:
             probes.append(Probe(family, index, text))
     return probes
+
+
+@torch.no_grad()
+def sample_continuations(lm, prompt: list[int], n: int, max_new: int, stop: set[int], temperature: float,
+                         top_p: float, generator: torch.Generator) -> list[list[int]]:
+    """``n`` nucleus-sampled continuations of ``prompt``; the prompt is prefilled once and shared.
+
+    Each row ends at its first stop token. Deterministic under ``generator`` (CPU sampling).
+    """
+    cache = _prefill(lm, prompt[:-1])
+    cache.batch_repeat_interleave(n)
+    x = torch.tensor([prompt[-1:]] * n, device=lm.device)  # (n, 1)
+    rows: list[list[int]] = [[] for _ in range(n)]
+    done = [False] * n
+    for _ in range(max_new):
+        logits = lm.model(input_ids=x, past_key_values=cache, use_cache=True).logits[:, -1].float().cpu()  # (n, V)
+        probs = torch.softmax(logits / max(temperature, 1e-5), -1)
+        sorted_p, order = probs.sort(-1, descending=True)
+        keep = sorted_p.cumsum(-1) - sorted_p < top_p  # the smallest set with mass >= top_p
+        sorted_p = sorted_p * keep
+        pick = order.gather(-1, torch.multinomial(sorted_p, 1, generator=generator))  # (n, 1)
+        for b, t in enumerate(pick[:, 0].tolist()):
+            if not done[b]:
+                rows[b].append(t)
+                done[b] = t in stop
+        if all(done):
+            break
+        x = pick.to(lm.device)
+    return rows
 
 
 def make_probes(lm, chunks: list[str], cfg: ProbeConfig, seed: int | None = None,
@@ -318,8 +347,17 @@ def make_probes(lm, chunks: list[str], cfg: ProbeConfig, seed: int | None = None
 
 
 # ---- the teacher ----------------------------------------------------------------------------
+_STOP_CACHE: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
 def stop_ids(tokenizer) -> set[int]:
-    """Tokens that end an answer: EOS and every token containing a newline."""
+    """Tokens that end an answer: EOS and every token containing a newline (cached per tokenizer)."""
+    if tokenizer not in _STOP_CACHE:
+        _STOP_CACHE[tokenizer] = _stop_ids(tokenizer)
+    return _STOP_CACHE[tokenizer]
+
+
+def _stop_ids(tokenizer) -> set[int]:
     ids = {i for i in (tokenizer.eos_token_id,) if i is not None}
     vocab = tokenizer.get_vocab()
     for t, i in vocab.items():
