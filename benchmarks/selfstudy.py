@@ -18,7 +18,7 @@ With ``--ablate`` self-study is also trained on one probe family at a time (half
 which family helps most. Part (a), LoCoMo, is not run here (see docs/SELFSTUDY.md).
 
     flock /tmp/locas-cpu.lock python benchmarks/selfstudy.py --quick   # ~5 min: 1/3 of the chapter
-    flock /tmp/locas-cpu.lock python benchmarks/selfstudy.py           # ~20 min: the chapter, 4 x 150 s
+    flock /tmp/locas-cpu.lock python benchmarks/selfstudy.py           # ~20 min: the chapter, 4 x 90 s + ablation
 
 Writes benchmarks/results/selfstudy[-quick].json and .png (held-out answer NLL per family).
 """
@@ -46,20 +46,21 @@ def parse_args():
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--quick", action="store_true", help="a third of the chapter, 45 s per objective")
     p.add_argument("--book", default="10146")
-    p.add_argument("--budget", type=float, default=None, help="training seconds per objective (150; quick 45)")
+    p.add_argument("--budget", type=float, default=None, help="training seconds per objective (90; quick 45)")
     p.add_argument("--max-tokens", type=int, default=None, help="cut the chapter (quick: 1000 tokens)")
     p.add_argument("--objectives", default="ntp,sd,mix,selfstudy")
     p.add_argument("--families", default="cloze,template,question")
     p.add_argument("--width", type=int, default=64, help="memory width r (all objectives)")
     p.add_argument("--lr", type=float, default=3e-2, help="learning rate (all objectives)")
     p.add_argument("--window", type=int, default=512, help="text window of ntp/sd/mix (and selfstudy's ntp term)")
-    p.add_argument("--probes-per-chunk", type=int, default=12)
-    p.add_argument("--heldout-per-chunk", type=int, default=4)
+    p.add_argument("--probes-per-chunk", type=int, default=8)
+    p.add_argument("--heldout-per-chunk", type=int, default=3)
+    p.add_argument("--answer-tokens", type=int, default=16)
     p.add_argument("--ntp-weight", type=float, default=0.1)
     p.add_argument("--ablate", action=argparse.BooleanOptionalAction, default=None,
                    help="also train self-study on each family alone (default: on unless --quick)")
     p.add_argument("--reuse-probes", action="store_true", help="reuse the probe cache of a previous run")
-    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--threads", type=int, default=1, help="torch threads (1 is fastest on a shared, busy CPU)")
     p.add_argument("--out", default=None)
     return p.parse_args()
 
@@ -67,7 +68,7 @@ def parse_args():
 def main():
     args = parse_args()
     torch.set_num_threads(args.threads)
-    budget = args.budget or (45.0 if args.quick else 150.0)
+    budget = args.budget or (45.0 if args.quick else 90.0)
     max_tokens = args.max_tokens or (1000 if args.quick else None)
     ablate = (not args.quick) if args.ablate is None else args.ablate
     t_start = time.perf_counter()
@@ -76,7 +77,7 @@ def main():
     tokens = tokenize_text(lm.tokenizer, text, max_tokens)
     text = lm.tokenizer.decode(tokens)
     families = tuple(args.families.split(","))
-    pcfg = ProbeConfig(families=families, per_chunk=args.probes_per_chunk, seed=0)
+    pcfg = ProbeConfig(families=families, per_chunk=args.probes_per_chunk, answer_tokens=args.answer_tokens, seed=0)
     cache = RESULTS / f"selfstudy{'-quick' if args.quick else ''}.probes.json"
     if not args.reuse_probes:
         cache.unlink(missing_ok=True)  # measure the preparation cost afresh
