@@ -58,6 +58,7 @@ def reference_logp(model, tok, q: Question, shots: list[Question]) -> torch.Tens
 @pytest.fixture
 def setup(tmp_path):
     lm, tok = tiny_lm("llama"), char_tokenizer()
+    lm.model.config.max_position_embeddings = 1024  # rotary positions: a 5-shot character-level prompt fits
     dev = [(f"dev question {i}?", ("one", "two", "three", "four"), i % 4) for i in range(5)]
     write_mmlu(tmp_path, "toy", dev, "dev")
     shots = read_csv(tmp_path / "dev" / "toy_dev.csv", "toy")
@@ -136,6 +137,9 @@ def test_bad_input_errors(tmp_path):
         load_questions(["nope"], data=tmp_path)
     write_mmlu(tmp_path, "toy", [("q", ("a", "b", "c", "d"), 1)], "test")
     with pytest.raises(LocasError, match="5-shot needs 5 dev examples"):
+        evaluate_mmlu(tiny_lm("llama").model, char_tokenizer(), shots=5, data=tmp_path, progress=False)
+    write_mmlu(tmp_path, "toy", [("a rather long development question " * 2, ("a", "b", "c", "d"), 1)] * 5, "dev")
+    with pytest.raises(LocasError, match="more than the model's 256; use fewer --shots"):
         evaluate_mmlu(tiny_lm("llama").model, char_tokenizer(), shots=5, data=tmp_path, progress=False)
 
 

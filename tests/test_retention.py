@@ -36,6 +36,7 @@ def zero_value_memory(lm, width=4):
 
 def test_zero_memory_is_exactly_base(mmlu_dir, tmp_path):
     lm, tok = tiny_lm("llama"), char_tokenizer()
+    lm.model.config.max_position_embeddings = 1024  # rotary positions: few-shot character-level prompts fit
     qs = load_questions(data=mmlu_dir)
     dev = load_questions(split="dev", data=mmlu_dir)
     variants = [base_variant(lm), memory_variant(lm, zero_value_memory(lm), name="zero"),
@@ -91,6 +92,7 @@ def test_cli_pg19_retention_and_mmlu(tmp_path, capsys):
     from locas.cli import main
 
     lm, tok = tiny_lm("llama"), char_tokenizer()
+    lm.model.config.max_position_embeddings = 1024  # rotary positions: few-shot character-level prompts fit
     lm.model.save_pretrained(tmp_path / "model")
     tok.save_pretrained(tmp_path / "model")
     data = tmp_path / "data"

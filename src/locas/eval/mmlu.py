@@ -96,6 +96,7 @@ def score_questions(model, tokenizer, questions: list[Question], shots: int = 5,
         raise LocasError("no MMLU questions to score; check --subjects and --limit-per-subject")
     shared, letter_ids = letter_tokens(tokenizer)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    limit = getattr(getattr(model, "config", None), "max_position_embeddings", None)
     by_subject: dict[str, list[Question]] = defaultdict(list)
     for q in questions:
         by_subject[q.subject].append(q)
@@ -113,6 +114,10 @@ def score_questions(model, tokenizer, questions: list[Question], shots: int = 5,
             prefix = tokenizer(prefix_text(subject, examples))["input_ids"]
             cache = _prefix_cache(model, prefix)
             suffixes = [tokenizer(format_question(q), add_special_tokens=False)["input_ids"] + shared for q in qs]
+            longest = len(prefix) + max(len(x) for x in suffixes)
+            if limit and longest > limit:
+                raise LocasError(f"{subject}: a {shots}-shot prompt has {longest} tokens, more than the model's "
+                                 f"{limit}; use fewer --shots")
             order = sorted(range(len(qs)), key=lambda i: len(suffixes[i]))
             correct = 0
             for lo in range(0, len(order), batch_size):
