@@ -273,3 +273,27 @@ def test_grpo_cloze_items_from_a_session():
     prompt = lm.tokenizer.decode(items[0].prompt_ids)
     assert prompt.startswith('DATE: 1:00 pm on 8 May, 2023\nAnn said, "Yesterday I')
     assert (prompt.split('"', 1)[1] + " " + items[0].target).strip() in session.turns[0].text
+
+
+@pytest.mark.integration
+def test_smollm2_prefix_cache_matches_generate_on_real_conversation():
+    """SmolLM2 + conv-26: cached-prefix batched answers equal transformers' own greedy generate()."""
+    from locas import LocasForCausalLM
+    from locas.data.locomo import get_conversation
+
+    lm = LocasForCausalLM.from_pretrained("smollm2-135m")
+    conv = get_conversation("conv-26")
+    toks = harness.tokenize_conversation(lm.tokenizer, conv)
+    ctx = tail_tokens(toks.tokens.tolist(), 400, lm.tokenizer)
+    prompt = Prompt.build(lm.tokenizer, ctx)
+    assert prompt.style == "chat"
+    suffixes = [harness.question_suffix(prompt, q) for q in conv.qa[:3]]
+    with AnswerState().apply(lm) as model:
+        answerer = PrefixAnswerer(model, lm.tokenizer, prompt.prefix_ids, max_new_tokens=10, batch_size=3)
+        got = answerer.answer_ids(suffixes)
+        for s, g in zip(suffixes, got):
+            ids = torch.tensor(prompt.prefix_ids + s)[None]
+            ref = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=10, do_sample=False,
+                                 eos_token_id=sorted(answerer.stop_ids))[0, ids.shape[1]:].tolist()
+            ref = [t for t in ref if t not in answerer.stop_ids]
+            assert g == ref[:len(g)] and len(g) >= 1 and (len(g) == len(ref) or len(g) == 10)

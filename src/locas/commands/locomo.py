@@ -32,7 +32,7 @@ def add_arguments(p):
     p.add_argument("--grpo-items", type=int, default=6, help="GRPO cloze questions per session")
     p.add_argument("--out", default="runs/locomo", help="output directory")
     add_model_args(p)
-    add_train_args(p, window_size=512, lr=1e-2, memory_width=64)
+    add_train_args(p, window_size=1024, lr=3e-2, memory_width=64, sd_context=2048)
 
 
 def run(args):

@@ -1,0 +1,140 @@
+"""LoCoMo benchmark: full context vs no context vs Locas vs TempLoRA, side by side in one process.
+
+SmolLM2-135M on conversations conv-26 and conv-30 (all 304 questions). Rows:
+
+* ``no-memory [full]``        the conversation in the prompt, cut from the front to 8K tokens
+* ``no-memory [date_split]``  only the recent window in the prompt (the control for memory + window)
+* ``no-memory [none]``        no conversation at all (the control for memory alone)
+* ``locas-SD``, ``locas-NTP``, ``lora-SD``: sessions memorised in date order (one pass per session),
+  each answered twice with the same memory: ``[date_split]`` (recent window) and ``[none]``.
+
+Every method memorises the same windows with the same optimiser budget; learning rates are the
+centres of the PG-19 benchmark's sweep grids (Locas 3e-2, LoRA 1e-3), the same tuning effort for
+both (no LoCoMo-specific sweep). Prints the table, the target checks, and writes
+``results.json`` / ``results.md`` / ``f1_by_category.png`` to --out.
+
+    flock /tmp/locas-cpu.lock python benchmarks/locomo.py            # ~20-25 min on 2 cores
+    flock /tmp/locas-cpu.lock python benchmarks/locomo.py --quick    # conv-30, first 60 questions
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+import torch
+
+from locas import LocasForCausalLM
+from locas.config import TrainConfig
+from locas.data.locomo import get_conversation, load_locomo
+from locas.eval.locomo import LocomoSettings, collect, run_conversation, summarize, timing, write_report
+
+RESULTS = Path(__file__).parent / "results" / "locomo"
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--quick", action="store_true", help="conv-30 only, first 60 questions (< 15 min)")
+    ap.add_argument("--conversations", nargs="+", default=None)
+    ap.add_argument("--limit", type=int, default=None, help="first N questions per conversation")
+    ap.add_argument("--window-size", type=int, default=1024, help="memorisation window (sessions are cut to it)")
+    ap.add_argument("--sd-context", type=int, default=2048, help="SD teacher context in tokens")
+    ap.add_argument("--recent-tokens", type=int, default=1024, help="date_split prompt window")
+    ap.add_argument("--memory-width", type=int, default=64)
+    ap.add_argument("--lora-rank", type=int, default=16)
+    ap.add_argument("--locas-lr", type=float, default=3e-2)
+    ap.add_argument("--lora-lr", type=float, default=1e-3)
+    ap.add_argument("--methods", nargs="+", default=["locas-SD", "locas-NTP", "lora-SD"])
+    ap.add_argument("--no-full", action="store_true", help="skip the full-context row")
+    ap.add_argument("--batch-size", type=int, default=8)
+    ap.add_argument("--max-new-tokens", type=int, default=16)
+    ap.add_argument("--model", default="smollm2-135m")
+    ap.add_argument("--out", default=None)
+    args = ap.parse_args()
+    ids = args.conversations or (["conv-30"] if args.quick else ["conv-26", "conv-30"])
+    limit = args.limit or (60 if args.quick else None)
+    out = Path(args.out) if args.out else RESULTS / ("quick" if args.quick else "full")
+    t_start = time.perf_counter()
+
+    lm = LocasForCausalLM.from_pretrained(args.model)
+    convs = load_locomo()
+    chosen = [get_conversation(i, conversations=convs) for i in ids]
+    common = dict(recent_tokens=args.recent_tokens, max_new_tokens=args.max_new_tokens, batch_size=args.batch_size,
+                  limit=limit)
+    methods: dict[str, dict] = {}
+
+    def add(label, runs, mode, which, train=None):
+        recs = collect(runs, mode, which)
+        methods[f"{label} [{mode}]"] = {"summary": summarize(recs), **timing(runs, mode, which),
+                                        "extra_params": train["extra_params"] if train else 0,
+                                        "train_s": train["train_s"] if train else 0.0}
+
+    # the no-memory rows (also the controls of every memory row)
+    modes = ["date_split", "none"] + ([] if args.no_full else ["full"])
+    control = LocomoSettings(memory_type="none", context_mode=modes[0], extra_contexts=tuple(modes[1:]), **common)
+    cruns = []
+    for conv in chosen:
+        t0 = time.perf_counter()
+        cruns.append(run_conversation(lm, conv, control, TrainConfig()))
+        print(f"no-memory {conv.sample_id}: {time.perf_counter() - t0:.0f} s", flush=True)
+    for mode in modes:
+        add("no-memory", cruns, mode, "memory")
+
+    all_runs = {"no-memory": cruns}
+    for label in args.methods:
+        mtype, loss = label.split("-", 1)
+        lr = args.locas_lr if mtype == "locas" else args.lora_lr
+        cfg = TrainConfig(window_size=args.window_size, lr=lr, loss=loss if loss != "GRPO" else "NTP",
+                          memory_width=args.memory_width, lora_rank=args.lora_rank, sd_context=args.sd_context)
+        settings = LocomoSettings(memory_type=mtype, ttt_loss=loss, context_mode="date_split",
+                                  extra_contexts=("none",), control=False, **common)
+        runs = []
+        for conv in chosen:
+            t0 = time.perf_counter()
+            path = out / "memories" / f"{conv.sample_id}-{label}.locas" if mtype == "locas" else None
+            runs.append(run_conversation(lm, conv, settings, cfg, memory_path=path))
+            print(f"{label} {conv.sample_id}: {time.perf_counter() - t0:.0f} s "
+                  f"(train {runs[-1]['train']['train_s']:.0f} s)", flush=True)
+        train = {"extra_params": runs[0]["train"]["extra_params"], "train_s": sum(r["train"]["train_s"] for r in runs)}
+        for mode in ("date_split", "none"):
+            add(label, runs, mode, "memory", train)
+        all_runs[label] = runs
+
+    wall = time.perf_counter() - t_start
+    payload = {"model": args.model, "conversations": ids, "limit": limit, "args": vars(args), "wall_s": wall,
+               "threads": torch.get_num_threads(), "base_params": lm.num_base_parameters(),
+               "checks": checks(methods), "runs": all_runs}
+    table = write_report(out, methods, payload, f"LoCoMo {', '.join(ids)}{' (quick)' if args.quick else ''}: "
+                                                f"{args.model}")
+    print("\n" + table)
+    for name, (ok, detail) in payload["checks"].items():
+        print(f"{'MET ' if ok else 'MISS'}  {name}: {detail}")
+    print(f"\nwall time {wall / 60:.1f} min; wrote {out}/results.json, results.md, f1_by_category.png")
+
+
+def checks(methods: dict[str, dict]) -> dict[str, tuple[bool, str]]:
+    """The issue's targets, evaluated on the rows present."""
+    def f1(label, cat):
+        return methods.get(label, {}).get("summary", {}).get(cat, {}).get("f1")
+
+    out = {}
+    for label in ("locas-SD", "locas-NTP"):
+        for cat in ("single-hop", "multi-hop"):
+            a, b = f1(f"{label} [none]", cat), f1("no-memory [none]", cat)
+            if a is not None and b is not None:
+                out[f"{label} [none] beats no-memory [none] on {cat}"] = (a > b, f"{a:.2f} vs {b:.2f} F1")
+    lora = methods.get("lora-SD [date_split]")
+    for label in ("locas-SD", "locas-NTP"):
+        loc = methods.get(f"{label} [date_split]")
+        if loc and lora:
+            a, b = loc["summary"]["overall"]["f1"], lora["summary"]["overall"]["f1"]
+            fewer = loc["extra_params"] < lora["extra_params"]
+            out[f"{label} [date_split] beats lora-SD [date_split] overall at fewer params"] = (
+                a > b and fewer, f"{a:.2f} vs {b:.2f} F1 (ratio {a / b if b else float('nan'):.2f}), "
+                                 f"{loc['extra_params']:,} vs {lora['extra_params']:,} params")
+    return out
+
+
+if __name__ == "__main__":
+    main()
