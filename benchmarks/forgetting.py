@@ -9,7 +9,7 @@ projection). Then base / Locas / TempLoRA are compared on:
   * perplexity of the start of the memorised text itself (did it memorise?).
 
     python benchmarks/forgetting.py --quick        # ~3 min: 4K tokens, 8 subjects x 2 questions
-    python benchmarks/forgetting.py                # ~20 min: 16K tokens, 57 x 4 questions, 8K held-out
+    python benchmarks/forgetting.py                # ~25 min (1 thread): 16K tokens, 57 x 4 questions, 8K held-out
     python benchmarks/forgetting.py --sweep        # first pick each method's lr on a prefix (same grid size)
 
 Learning rates default to the PG-19 benchmark's (Locas 3e-2, TempLoRA 1e-3); ``--sweep`` instead gives
@@ -65,6 +65,7 @@ def main():
     ap.add_argument("--lora-lr", type=float, default=1e-3)
     ap.add_argument("--sweep", action="store_true", help="pick each method's lr from a 3-point grid first")
     ap.add_argument("--sweep-tokens", type=int, default=4096)
+    ap.add_argument("--threads", type=int, default=1, help="torch threads (1: do not fight other jobs for the cores)")
     ap.add_argument("--model", default="smollm2-135m")
     ap.add_argument("--out", default=None, help="output stem (default benchmarks/results/forgetting[-quick])")
     args = ap.parse_args()
@@ -75,6 +76,7 @@ def main():
     per_subject = args.limit_per_subject or (2 if q else 4)
     subjects = QUICK_SUBJECTS if q else None
     W, r = args.window_size, args.rank
+    torch.set_num_threads(max(1, args.threads))
     t_start = time.perf_counter()
 
     lm = LocasForCausalLM.from_pretrained(args.model)
