@@ -199,6 +199,11 @@ def test_memorize_selfstudy_command_writes_memory_cache_and_recall(tmp_path, cap
     stamp = cache.stat().st_mtime_ns
     assert cli.main(argv) == 0
     assert cache.stat().st_mtime_ns == stamp
+    # probes asked in the prompt of `locas ask --prompt-style plain`: the student sees its empty-context prefix
+    assert cli.main(argv + ["--probe-style", "plain", "--probe-cache", str(tmp_path / "plain.json")]) == 0
+    row = json.loads((tmp_path / "plain.json").read_text())["sets"]["train-3"][0]
+    prefix = row["student_prefix"]  # plain style: teacher = chunk + instruction, student = instruction
+    assert prefix and len(row["context"]) > len(prefix) and row["context"][-len(prefix):] == prefix
     # bad input: one-line error
     capsys.readouterr()
     code = cli.main(argv[:-2] + ["--families", "riddles"])

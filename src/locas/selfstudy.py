@@ -88,12 +88,15 @@ class ProbeConfig:
     chat_template: bool = True  # use the tokenizer's chat template (when it has one) to write probes
     seed: int = 0
     templates: dict = field(default_factory=dict)  # overrides of GENERATION_TEMPLATES
+    prompt_style: str = "qa"  # qa: "Question: ...\nAnswer:"; plain | chat: the `locas ask` / LoCoMo prompt
 
     def __post_init__(self):
         self.families = tuple(self.families)
         bad = [f for f in self.families if f not in FAMILIES]
         if bad or not self.families:
             raise LocasError(f"unknown probe family {bad or '(none)'}; choose from {', '.join(FAMILIES)}")
+        if self.prompt_style not in ("qa", "plain", "chat"):
+            raise LocasError(f"unknown probe prompt style '{self.prompt_style}'; use qa, plain or chat")
         if self.per_chunk < 1 or self.chunk_tokens < 16 or self.answer_tokens < 1:
             raise LocasError("probe settings need per_chunk >= 1, chunk_tokens >= 16, answer_tokens >= 1")
 
@@ -132,6 +135,7 @@ class Example:
     reference_ids: list[int] | None = None
     teacher_nll: float | None = None  # mean NLL of the target answer with the chunk in context
     probe: str = ""  # the unformatted probe text (dedup key for held-out sets)
+    student_prefix: list[int] = field(default_factory=list)  # what the student sees before ``prompt``
 
     @property
     def target(self) -> list[int]:
@@ -452,16 +456,23 @@ def teacher_examples(lm, chunks: list[str], probes: list[Probe], cfg: ProbeConfi
         by_chunk.setdefault(p.chunk, []).append(p)
     examples = []
     for c in tqdm(sorted(by_chunk), desc="teacher", disable=not progress, unit="chunk"):
-        context = _encode(tok, chunks[c] + CONTEXT_SEPARATOR)
         group = by_chunk[c]
-        prompts = [_encode(tok, p.text) for p in group]
+        if cfg.prompt_style == "qa":
+            context, student_prefix = _encode(tok, chunks[c] + CONTEXT_SEPARATOR), []
+            prompts = [_encode(tok, p.text) for p in group]
+        else:  # the prompt of `locas ask` / the LoCoMo harness, with and without the chunk
+            from .answer import Prompt
+
+            teacher = Prompt.build(tok, _encode(tok, chunks[c]), cfg.prompt_style)
+            context, student_prefix = teacher.prefix_ids, Prompt.build(tok, [], cfg.prompt_style).prefix_ids
+            prompts = [teacher.suffix_ids(p.prompt) for p in group]
         refs = [_encode(tok, " " + p.reference) if p.reference else None for p in group]
         limits = [cfg.answer_tokens * (2 if p.family == "summary" else 1) for p in group]
         answers = answer_with_teacher(lm, context, prompts, limits, stop, cfg.topk, refs)
         for p, prompt, ref, a in zip(group, prompts, refs, answers):
             examples.append(Example(p.family, context, prompt, a["answer"], a["values"], a["index"],
                                     tok.decode([t for t in a["answer"] if t not in stop]).strip(),
-                                    p.reference, ref, a["nll"], p.prompt))
+                                    p.reference, ref, a["nll"], p.prompt, student_prefix))
     return examples
 
 
@@ -492,7 +503,7 @@ class ProbeCache:
             return None
         return [Example(r["family"], r["context"], r["prompt"], r["answer"], torch.tensor(r["topk_logits"]),
                         torch.tensor(r["topk_index"], dtype=torch.long), r["answer_text"], r["reference"],
-                        r["reference_ids"], r["teacher_nll"], r["probe"]) for r in rows]
+                        r["reference_ids"], r["teacher_nll"], r["probe"], r.get("student_prefix", [])) for r in rows]
 
     def put(self, name: str, examples: list[Example]) -> list[Example]:
         from .eval.report import write_json
@@ -500,7 +511,7 @@ class ProbeCache:
         rows = []
         for e in examples:
             r = {k: getattr(e, k) for k in ("family", "context", "prompt", "answer", "answer_text", "reference",
-                                            "reference_ids", "teacher_nll", "probe")}
+                                            "reference_ids", "teacher_nll", "probe", "student_prefix")}
             r["topk_logits"] = [[round(float(x), 4) for x in row] for row in e.topk_logits.tolist()]
             r["topk_index"] = e.topk_index.tolist()
             rows.append(r)
@@ -557,8 +568,8 @@ def _student_batch(examples: list[Example], window: int, device) -> tuple[torch.
     rows, spans = [], []
     for e in examples:
         ctx = e.context[-window:] if window else []
-        seq = ctx + e.prompt + e.answer
-        start = len(ctx) + len(e.prompt)
+        seq = ctx + e.student_prefix + e.prompt + e.answer
+        start = len(seq) - len(e.answer)
         rows.append(seq)
         spans.append((start, start + len(e.answer)))
     width = max(len(r) for r in rows)
@@ -710,8 +721,8 @@ def _student_eval(lm, examples: list[Example], memory, max_new: int, stop: set[i
     ctx = lm.use_memory(memory) if memory is not None else lm.disabled()
     with ctx:
         for e in examples:
-            nll = _continuation_nll(lm, e.prompt, e.target)
-            ans, _, _ = greedy_answer(lm, e.prompt, max_new, stop)
+            nll = _continuation_nll(lm, e.student_prefix + e.prompt, e.target)
+            ans, _, _ = greedy_answer(lm, e.student_prefix + e.prompt, max_new, stop)
             text = lm.tokenizer.decode([t for t in ans if t not in stop]).strip()
             rows.append({"nll": nll, "answer": text, **dict(zip(("exact", "f1"), exact_f1(text, e.target_text)))})
     return rows
@@ -785,7 +796,10 @@ def selfstudy_update(learner, optimizer, job, pcfg: ProbeConfig | None = None) -
     """
     lm = job.lm
     pcfg = pcfg or LOCOMO_PROBES
-    pcfg = ProbeConfig(**{**pcfg.to_dict(), "seed": job.cfg.seed * 1000 + job.session.index})
+    from .answer import Prompt
+
+    style = Prompt.resolve_style(lm.tokenizer, job.settings.prompt_style)  # answer in the harness's own prompt
+    pcfg = ProbeConfig(**{**pcfg.to_dict(), "seed": job.cfg.seed * 1000 + job.session.index, "prompt_style": style})
     chunks = split_chunks(lm.tokenizer, job.session.text(), pcfg.chunk_tokens)
     with _base_model(learner):
         examples = teacher_examples(lm, chunks, make_probes(lm, chunks, pcfg, progress=False), pcfg, progress=False)

@@ -36,6 +36,9 @@ def add_arguments(p):
     g.add_argument("--probes-per-chunk", type=int, default=12, help="cap on training probes per chunk")
     g.add_argument("--heldout-per-chunk", type=int, default=4, help="held-out probes per chunk for the recall report")
     g.add_argument("--samples", type=int, default=4, help="sampled generations per chunk for model-written probes")
+    g.add_argument("--probe-style", choices=["qa", "plain", "chat"], default="qa",
+                   help="how probes are asked: qa = 'Question: ...\\nAnswer:'; plain | chat = the prompt of "
+                        "`locas ask --prompt-style plain|chat` (train in the format you will ask in)")
     g.add_argument("--answer-tokens", type=int, default=24, help="teacher answer length in tokens")
     g.add_argument("--teacher-topk", type=int, default=64, help="teacher logits kept per answer token")
     g.add_argument("--ntp-weight", type=float, default=0.1, help="weight of next-token loss on the raw text")
@@ -56,7 +59,7 @@ def probe_config(args):
     families = tuple(f.strip() for f in args.families.split(",") if f.strip())
     return ProbeConfig(families=families, chunk_tokens=args.chunk_tokens, per_chunk=args.probes_per_chunk,
                        samples=args.samples, answer_tokens=args.answer_tokens, topk=args.teacher_topk,
-                       seed=args.seed)
+                       seed=args.seed, prompt_style=args.probe_style)
 
 
 def run(args):
