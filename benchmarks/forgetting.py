@@ -3,13 +3,14 @@
 SmolLM2-135M streams a prefix of PG-19 book 10146 (window 1024, one NTP step per window, constant
 lr) once with a Locas-GLU memory (r=64) and once with a TempLoRA adapter (r=64 on every linear
 projection). Then base / Locas / TempLoRA are compared on:
-  * MMLU 5-shot (letter NLL) on a seeded stratified subset: the same N questions from each of the 57
-    subjects for every method, with paired agreement and 4-letter KL against the base;
+  * MMLU 5-shot (letter NLL) on a seeded stratified subset, the same for every method: 5 subjects
+    from each of the 4 categories, 6 questions from each (``--subjects-per-category 0`` = all 57),
+    with paired agreement and 4-letter KL against the base;
   * perplexity of a prefix of the held-out book 10321 and mean KL(p_base || p_method) per token there;
   * perplexity of the start of the memorised text itself (did it memorise?).
 
-    python benchmarks/forgetting.py --quick        # ~3 min: 4K tokens, 8 subjects x 2 questions
-    python benchmarks/forgetting.py                # ~25 min (1 thread): 16K tokens, 57 x 4 questions, 8K held-out
+    python benchmarks/forgetting.py --quick        # ~5 min: 4K tokens, 8 subjects x 2 questions, 1K held-out
+    python benchmarks/forgetting.py                # ~20 min (1 thread): 16K tokens, 20 subjects x 6, 4K held-out
     python benchmarks/forgetting.py --sweep        # first pick each method's lr on a prefix (same grid size)
 
 Learning rates default to the PG-19 benchmark's (Locas 3e-2, TempLoRA 1e-3); ``--sweep`` instead gives
@@ -27,7 +28,7 @@ import torch
 
 from locas import LocasForCausalLM
 from locas.config import TrainConfig
-from locas.data.mmlu import categories, load_questions
+from locas.data.mmlu import categories, load_questions, stratified_subjects
 from locas.data.pg19 import load_book
 from locas.eval.pg19 import tokenize_text
 from locas.eval.report import format_table, markdown_table
@@ -36,8 +37,6 @@ from locas.eval.retention import heldout_metrics, memorise, retention_report, ta
 RESULTS = Path(__file__).parent / "results"
 LOCAS_LRS = (1e-2, 3e-2, 1e-1)
 LORA_LRS = (3e-4, 1e-3, 3e-3)
-QUICK_SUBJECTS = ["abstract_algebra", "college_biology", "high_school_us_history", "philosophy",
-                  "high_school_macroeconomics", "sociology", "clinical_knowledge", "marketing"]  # 2 per category
 
 
 def sweep(lm, tokens, method, grid, make_cfg) -> tuple[float, dict]:
@@ -55,9 +54,11 @@ def main():
     ap.add_argument("--book", default="10146")
     ap.add_argument("--heldout", default="10321")
     ap.add_argument("--max-tokens", type=int, default=None, help="memorised prefix (default 16384; quick 4096)")
-    ap.add_argument("--heldout-tokens", type=int, default=None, help="held-out prefix (default 8192; quick 2048)")
-    ap.add_argument("--check-tokens", type=int, default=None, help="memorised-text check (default 4096; quick 2048)")
-    ap.add_argument("--limit-per-subject", type=int, default=None, help="MMLU questions per subject (default 4)")
+    ap.add_argument("--heldout-tokens", type=int, default=None, help="held-out prefix (default 4096; quick 1024)")
+    ap.add_argument("--check-tokens", type=int, default=None, help="memorised-text check (default 2048; quick 1024)")
+    ap.add_argument("--subjects-per-category", type=int, default=None,
+                    help="MMLU subjects drawn (seed 0) from each of the 4 categories (default 5; quick 2; 0 = all 57)")
+    ap.add_argument("--limit-per-subject", type=int, default=None, help="MMLU questions per subject (default 6)")
     ap.add_argument("--shots", type=int, default=5)
     ap.add_argument("--window-size", type=int, default=1024)
     ap.add_argument("--rank", type=int, default=64, help="Locas width r and LoRA rank")
@@ -71,10 +72,11 @@ def main():
     args = ap.parse_args()
     q = args.quick
     n_tokens = args.max_tokens or (4096 if q else 16384)
-    n_held = args.heldout_tokens or (2048 if q else 8192)
-    n_check = args.check_tokens or (2048 if q else 4096)
-    per_subject = args.limit_per_subject or (2 if q else 4)
-    subjects = QUICK_SUBJECTS if q else None
+    n_held = args.heldout_tokens or (1024 if q else 4096)
+    n_check = args.check_tokens or (1024 if q else 2048)
+    per_subject = args.limit_per_subject or (2 if q else 6)
+    per_cat = args.subjects_per_category if args.subjects_per_category is not None else (2 if q else 5)
+    subjects = stratified_subjects(per_cat, seed=0) if per_cat else None
     W, r = args.window_size, args.rank
     torch.set_num_threads(max(1, args.threads))
     t_start = time.perf_counter()
@@ -86,7 +88,8 @@ def main():
     dev = load_questions(sorted({x.subject for x in questions}), split="dev") if args.shots else []
     print(f"{lm.name}: memorise {len(tokens):,} tokens of PG-19 {args.book} (window {W}, r={r}); held-out "
           f"{len(held):,} tokens of {args.heldout}; MMLU {args.shots}-shot on {len(questions)} questions "
-          f"({per_subject} per subject x {len(questions) // per_subject} subjects, seed 0)", flush=True)
+          f"({per_subject} per subject x {len(questions) // per_subject} subjects, seed 0): {subjects or 'all'}",
+          flush=True)
 
     locas_cfg = lambda lr: TrainConfig(window_size=W, lr=lr, memory_width=r)  # noqa: E731
     lora_cfg = lambda lr: TrainConfig(window_size=W, lr=lr, lora_rank=r)  # noqa: E731
@@ -121,7 +124,8 @@ def main():
     payload.update(
         title=f"{lm.name}: after memorising {len(tokens):,} tokens of PG-19 {args.book} (r={r})",
         model=str(lm.name), book=args.book, memorised_tokens=len(tokens), heldout=args.heldout,
-        check_tokens=n_check, limit_per_subject=per_subject, subjects=sorted({x.subject for x in questions}),
+        check_tokens=n_check, limit_per_subject=per_subject, subjects_per_category=per_cat,
+        subjects=sorted({x.subject for x in questions}),
         lrs={"locas": locas_lr, "lora": lora_lr}, sweep=swept, threads=torch.get_num_threads(),
         streaming={k.method: {"ppl": k.result.ppl, "wall_s": k.result.wall_s, "extra_params": k.result.extra_params,
                               "skipped_updates": k.result.skipped_updates} for k in kept},

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import csv
+import json
 
 import pytest
 import torch
 
 from conftest import tiny_lm
-from locas.data.mmlu import LETTERS, Question, load_questions, read_csv
+from locas.data.mmlu import LETTERS, Question, load_questions, read_csv, stratified_subjects
 from locas.errors import LocasError
 from locas.eval.mmlu import aggregate, compare, evaluate_mmlu, format_question, letter_tokens, prefix_text
 
@@ -127,6 +128,10 @@ def test_stratified_subset_is_seeded_and_equal_per_subject(tmp_path):
     assert a == load_questions(limit_per_subject=6, seed=3, data=tmp_path)
     assert [q.subject for q in a].count("alpha") == 6 and [q.subject for q in a].count("beta") == 6
     assert [q.index for q in a] != [q.index for q in load_questions(limit_per_subject=6, seed=4, data=tmp_path)]
+    cats = {f"s{i}": {"category": "STEM" if i < 4 else "humanities"} for i in range(7)}
+    (tmp_path / "subject_categories.json").write_text(json.dumps(cats))
+    picked = stratified_subjects(2, seed=0, data=tmp_path)
+    assert len(picked) == 4 and sum(int(s[1:]) < 4 for s in picked) == 2 and picked == sorted(picked)
 
 
 def test_bad_input_errors(tmp_path):

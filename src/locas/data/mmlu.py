@@ -96,3 +96,16 @@ def load_questions(subjects: list[str] | None = None, split: str = "test", limit
             qs = [qs[i] for i in picks]
         out.extend(qs)
     return out
+
+
+def stratified_subjects(per_category: int, seed: int = 0, data: str | os.PathLike | None = None) -> list[str]:
+    """``per_category`` subjects drawn (seeded) from each of the four categories, sorted."""
+    by_cat: dict[str, list[str]] = {}
+    for s, c in sorted(categories(data).items()):
+        by_cat.setdefault(c, []).append(s)
+    if not by_cat:
+        raise LocasError("no subject_categories.json in the MMLU directory; pass --subjects instead")
+    picks = []
+    for c, subjects in sorted(by_cat.items()):
+        picks += random.Random(f"{seed}:{c}").sample(subjects, min(per_category, len(subjects)))
+    return sorted(picks)
