@@ -14,11 +14,11 @@ held-out book 10146, side by side in one process:
   mlp-bp-random     Locas-MLP r=64, Gaussian keys / zero values (the GLU-style random init), AdamW
   mlp-nlsvd         step-wise writes of each window's 64 highest-loss tokens, NL-SVD 128 -> 64
 
-Every Locas row gets the same three-point sweep (lr for bp, eps for NL-SVD) on a tuning slice
+Every Locas row gets the same four-point sweep (lr for bp, eps for NL-SVD) on a tuning slice
 taken from later in the same book (bytes 150K+), and the best setting runs on the evaluation prefix.
 
     python benchmarks/mlp.py --quick         # ~3 min: 1 min of pretraining, 8K-byte prefix
-    python benchmarks/mlp.py                 # ~20 min: 9 min of pretraining, 64K-byte prefix
+    python benchmarks/mlp.py                 # ~20 min: 8 min of pretraining, 64K-byte prefix
 
 Prints a table with ratios to truncation and the cost of NL-SVD vs bp, and writes
 benchmarks/results/mlp[-quick].json (+ .png).
@@ -46,8 +46,8 @@ from locas.train_mlp import LocasMLPLearner
 RESULTS = Path(__file__).parent / "results"
 CACHE = Path("~/.cache/locas").expanduser()
 TRAIN_BOOKS = ("10321", "10356", "10762")
-BP_LRS = (1e-2, 3e-2, 1e-1)
-NLSVD_EPS = (10.0, 30.0, 100.0)
+BP_LRS = (3e-3, 1e-2, 3e-2, 1e-1)  # four-point sweeps for every Locas row (same tuning effort)
+NLSVD_EPS = (0.3, 1.0, 3.0, 10.0)
 TUNE_OFFSET = 150_000  # bytes into the evaluation book where the tuning slice starts
 
 
@@ -145,17 +145,20 @@ def mlp_learner(lm, cfg, kind, eps=30.0):
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="1 min pretraining (2-layer model), 8K-byte prefix")
-    ap.add_argument("--pretrain-minutes", type=float, default=None, help="default 9 (quick: 1)")
+    ap.add_argument("--pretrain-minutes", type=float, default=None, help="default 8 (quick: 1)")
     ap.add_argument("--retrain", action="store_true", help="ignore a cached pretrained model")
     ap.add_argument("--pretrain-only", action="store_true", help="stop after pretraining (and caching) the model")
     ap.add_argument("--max-tokens", type=int, default=None, help="evaluation prefix in bytes (default 65536)")
     ap.add_argument("--tune-tokens", type=int, default=None, help="tuning slice in bytes (default 8192)")
     ap.add_argument("--window-size", type=int, default=1024)
     ap.add_argument("--book", default="10146")
+    ap.add_argument("--tag", default="", help="suffix for the result files")
+    ap.add_argument("--threads", type=int, default=1, help="torch threads (1 is fastest on the shared 2-core box)")
     args = ap.parse_args()
+    torch.set_num_threads(args.threads)
     t_all = time.perf_counter()
     size = "tiny" if args.quick else "small"
-    minutes = args.pretrain_minutes or (1.0 if args.quick else 9.0)
+    minutes = args.pretrain_minutes or (1.0 if args.quick else 8.0)
     n_eval = args.max_tokens or (8192 if args.quick else 65536)
     n_tune = args.tune_tokens or (4096 if args.quick else 8192)
     W = args.window_size
@@ -221,7 +224,7 @@ def main():
           f"{cost['nlsvd_compress_s_per_call']:.3f} s, write {cost['nlsvd_write_s_per_window']:.3f} s/window, "
           f"bp update {cost['bp_update_s_per_window']:.3f} s/window")
     RESULTS.mkdir(exist_ok=True)
-    tag = "mlp-quick" if args.quick else "mlp"
+    tag = ("mlp-quick" if args.quick else "mlp") + args.tag
     out = {**record, "best": best, "sweep": sweep, "rows": rows, "cost": cost, "table": text_table,
            "run_s": time.perf_counter() - t_all}
     write_json(RESULTS / f"{tag}.json", out)
