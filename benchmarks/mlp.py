@@ -13,6 +13,7 @@ held-out book 10146, side by side in one process:
   mlp-bp            Locas-MLP r=64, step-wise write of window 1's highest-loss tokens, then AdamW
   mlp-bp-random     Locas-MLP r=64, Gaussian keys / zero values (the GLU-style random init), AdamW
   mlp-nlsvd         step-wise writes of each window's 64 highest-loss tokens, NL-SVD 128 -> 64
+  mlp-nlsvd-clip    the same with weight-norm clipping after each write/compression (PAPER.md 4)
 
 Every Locas row gets the same four-point sweep (lr for bp, eps for NL-SVD) on a tuning slice
 taken from later in the same book (bytes 150K+), and the best setting runs on the evaluation prefix.
@@ -48,6 +49,7 @@ CACHE = Path("~/.cache/locas").expanduser()
 TRAIN_BOOKS = ("10321", "10356", "10762")
 BP_LRS = (3e-3, 1e-2, 3e-2, 1e-1)  # four-point sweeps for every Locas row (same tuning effort)
 NLSVD_EPS = (0.3, 1.0, 3.0, 10.0)
+KINDS = ("bp", "bp-random", "nlsvd", "nlsvd-clip")
 TUNE_OFFSET = 150_000  # bytes into the evaluation book where the tuning slice starts
 
 
@@ -139,7 +141,8 @@ def mlp_learner(lm, cfg, kind, eps=30.0):
         return LocasMLPLearner(lm, cfg, update="bp", init="write", eps=1.0)
     if kind == "bp-random":
         return LocasMLPLearner(lm, cfg, update="bp", init="random")
-    return LocasMLPLearner(lm, cfg, update="nlsvd", eps=eps, write_tokens="top", write_count=64, capacity=128)
+    return LocasMLPLearner(lm, cfg, update="nlsvd", eps=eps, write_tokens="top", write_count=64, capacity=128,
+                           clip=kind == "nlsvd-clip")
 
 
 def main():
@@ -184,10 +187,10 @@ def main():
     sweep, sweep_curves = {}, {}
     run(lm, tune, "truncate", TrainConfig(window_size=W), sweep, sweep_curves, progress=False)
     best = {}
-    for kind in ("bp", "bp-random", "nlsvd"):
-        for val in (NLSVD_EPS if kind == "nlsvd" else BP_LRS):
-            cfg = TrainConfig(window_size=W, lr=val if kind != "nlsvd" else 1e-2, memory_width=64)
-            label = f"mlp-{kind}-{'eps' if kind == 'nlsvd' else 'lr'}{val:g}"
+    for kind in KINDS:
+        for val in (NLSVD_EPS if kind.startswith("nlsvd") else BP_LRS):
+            cfg = TrainConfig(window_size=W, lr=val if kind.startswith("bp") else 1e-2, memory_width=64)
+            label = f"mlp-{kind}-{'lr' if kind.startswith('bp') else 'eps'}{val:g}"
             row = run(lm, tune, label, cfg, sweep, sweep_curves, progress=False,
                       learner=mlp_learner(lm, cfg, kind, eps=val))
             row.update(kind=kind, value=val)
@@ -199,8 +202,8 @@ def main():
     print(f"\n### evaluation: first {len(tokens):,} bytes of book {args.book}, window {W}", flush=True)
     rows, curves = {}, {}
     run(lm, tokens, "truncate", TrainConfig(window_size=W), rows, curves)
-    for kind in ("bp", "bp-random", "nlsvd"):
-        cfg = TrainConfig(window_size=W, lr=best[kind] if kind != "nlsvd" else 1e-2, memory_width=64)
+    for kind in KINDS:
+        cfg = TrainConfig(window_size=W, lr=best[kind] if kind.startswith("bp") else 1e-2, memory_width=64)
         run(lm, tokens, f"mlp-{kind}", cfg, rows, curves, learner=mlp_learner(lm, cfg, kind, eps=best[kind]))
 
     ref = rows["truncate"]

@@ -242,6 +242,7 @@ def _tokens(n=96, seed=4):
 
 @pytest.mark.parametrize("kw", [dict(update="nlsvd", eps=2.0, write_count=6),
                                 dict(update="nlsvd", eps=2.0, write_tokens="all", capacity=32),
+                                dict(update="nlsvd", eps=2.0, write_count=6, clip=True),
                                 dict(update="bp"), dict(update="bp", init="random")])
 def test_learner_helps_on_repetition_and_keeps_backbone(kw):
     lm = tiny_lm("gpt2")
@@ -259,6 +260,7 @@ def test_learner_helps_on_repetition_and_keeps_backbone(kw):
     if kw["update"] == "nlsvd":
         assert learner.compressions >= 1 and learner.timings["nlsvd_s"] > 0
         assert learner.memory.shape[2] == kw.get("capacity", 12)
+        assert (learner.memory.norm(dim=-2).max() <= 1 + 1e-6) == kw.get("clip", False)
     else:
         assert learner.memory.norm(dim=-2).max() <= 1 + 1e-6  # weight-norm clipping
 

@@ -7,7 +7,9 @@ with the current memory, then learns from it with the *same* forward pass:
 * ``update="nlsvd"``: the scoring backward also yields the gradients for a step-wise write
   (``locas.write``); the window's highest-loss (or all) tokens get new slots. When the next write
   would overflow the capacity, NL-SVD (``locas.nlsvd``) first compresses the memory to
-  ``capacity // 2`` slots: the expansion-compression cycle. No optimiser.
+  ``capacity // 2`` slots: the expansion-compression cycle. No optimiser; with ``clip`` the
+  weight-norm clipping of PAPER.md 4 follows each write (it bounds the memory's growth but makes
+  compression inexact for values longer than 1).
 * ``update="bp"``: a memory of ``memory_width`` slots refined by AdamW on the window loss (the
   paper's default). ``init="write"`` fills it on the first window with a step-wise write of that
   window's highest-loss tokens (principled init); any ``locas.init`` name (``random``,
@@ -49,6 +51,7 @@ class MLPTrainConfig(TrainConfig):
     write_tokens: str = "top"  # all | top (highest-loss tokens)
     write_count: int = 0  # slots written per window (0: capacity // 2 for nlsvd, the width for bp init)
     capacity: int = 0  # NL-SVD capacity (0: memory_width); compressed to capacity // 2 when full
+    nlsvd_clip: bool = False  # nlsvd: weight-norm clipping after each write/compression (PAPER.md 4)
 
     def __post_init__(self):
         super().__post_init__()
@@ -85,7 +88,7 @@ class LocasMLPLearner(Learner):
 
     def __init__(self, lm, cfg: TrainConfig, *, update: str | None = None, init: str | None = None,
                  eps: float | None = None, write_tokens: str | None = None, write_count: int | None = None,
-                 capacity: int | None = None):
+                 capacity: int | None = None, clip: bool | None = None):
         super().__init__(lm, cfg)
         d = MLPTrainConfig()
 
@@ -95,6 +98,7 @@ class LocasMLPLearner(Learner):
         update, init, eps = pick(update, "update"), pick(init, "mlp_init"), pick(eps, "write_eps")
         write_tokens, write_count = pick(write_tokens, "write_tokens"), pick(write_count, "write_count") or None
         capacity = pick(capacity, "capacity") or None
+        self.clip = bool(pick(clip, "nlsvd_clip"))
         if lm.memory_kind != MLP:
             raise LocasError(f"Locas-MLP needs a two-layer FFN model (gpt2, gpt_neox, opt, gptj, phi, falcon); "
                              f"{lm.config.model_type} is a GLU model: use --variant glu")
@@ -122,7 +126,7 @@ class LocasMLPLearner(Learner):
             self.capacity = cfg.memory_width
             per_window = self.capacity
         self.write_count = per_window
-        self.name = f"locas-mlp-{update}"
+        self.name = f"locas-mlp-{update}{'-clip' if self.clip and update == 'nlsvd' else ''}"
         shape = (len(self.layers), 1, self.capacity, lm.hidden_size, CHANNELS[MLP])
         self.memory = torch.nn.Parameter(torch.zeros(shape, dtype=torch.float32, device=lm.device))
         self.used = 0  # slots filled so far (the rest are zero)
@@ -174,6 +178,8 @@ class LocasMLPLearner(Learner):
             self.compressions += 1
             self.timings["nlsvd_s"] += time.perf_counter() - t1
         self.used = append_slots(self.memory.data, self.used, w)
+        if self.clip and self.update == "nlsvd":
+            clip_vectors_(self.memory.data)
         return w.nll
 
     def _backprop(self, tokens, start, end, ids) -> torch.Tensor:

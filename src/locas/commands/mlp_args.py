@@ -27,6 +27,8 @@ def add_mlp_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--write-count", type=int, default=0, help="slots written per window (0: capacity/2)")
     g.add_argument("--capacity", type=int, default=0,
                    help="nlsvd: slots before compression to capacity/2 (0: --memory-width)")
+    g.add_argument("--nlsvd-clip", action="store_true",
+                   help="nlsvd: weight-norm clipping after each write/compression (bounds the memory's growth)")
     g.add_argument("--mlp-activation", choices=["relu", "backbone"], default="relu",
                    help="memory activation: relu (paper) or the backbone's own (needed to fuse exactly)")
 
@@ -44,5 +46,6 @@ def mlp_setup(lm, args):
                          f"{lm.config.model_type} is a GLU model: drop --variant mlp")
     set_mlp_activation(lm, args.mlp_activation)
     cfg = MLPTrainConfig(**cfg.to_dict(), update=args.update, mlp_init=args.mlp_init, write_eps=args.write_eps,
-                         write_tokens=args.write_tokens, write_count=args.write_count, capacity=args.capacity)
+                         write_tokens=args.write_tokens, write_count=args.write_count, capacity=args.capacity,
+                         nlsvd_clip=args.nlsvd_clip)
     return cfg, ["locas-mlp" if m == "locas" else m for m in methods]
