@@ -33,6 +33,7 @@ from locas.data.pg19 import load_book
 from locas.eval.pg19 import tokenize_text
 from locas.eval.report import format_table, markdown_table
 from locas.eval.retention import heldout_metrics, memorise, retention_report, table_rows, variants_for, write_retention
+from locas.io import save_memory
 
 RESULTS = Path(__file__).parent / "results"
 LOCAS_LRS = (1e-2, 3e-2, 1e-1)
@@ -69,6 +70,8 @@ def main():
     ap.add_argument("--threads", type=int, default=1, help="torch threads (1: do not fight other jobs for the cores)")
     ap.add_argument("--model", default="smollm2-135m")
     ap.add_argument("--out", default=None, help="output stem (default benchmarks/results/forgetting[-quick])")
+    ap.add_argument("--save", default="runs/forgetting", help="where the Locas memory and TempLoRA adapter are saved "
+                    "(re-evaluate them with `locas retention --memory ... --adapter ...`)")
     args = ap.parse_args()
     q = args.quick
     n_tokens = args.max_tokens or (4096 if q else 16384)
@@ -105,6 +108,12 @@ def main():
         kept.append(memorise(lm, "locas", tokens, locas_cfg(locas_lr)))
         kept.append(memorise(lm, "lora", tokens, lora_cfg(lora_lr)))
         t_mem = time.perf_counter() - t0
+        save = Path(args.save) / ("quick" if q else "full")
+        save_memory(kept[0].learner.full_memory(), save / "locas.locas", model=lm, init="highest",
+                    extra={"train": locas_cfg(locas_lr).to_dict(), "source": f"pg19/{args.book}",
+                           "tokens": len(tokens)})
+        kept[1].peft_model.save_pretrained(str(save / "lora"))
+        print(f"  saved {save}/locas.locas and {save}/lora/", flush=True)
         for k in kept:
             print(f"  {k.method}: streaming ppl {k.result.ppl:.3f}, {k.result.extra_params:,} params, "
                   f"{k.result.wall_s:.0f} s", flush=True)
