@@ -39,16 +39,16 @@ def main():
     ap.add_argument("--conversations", nargs="+", default=None)
     ap.add_argument("--limit", type=int, default=None, help="first N questions per conversation")
     ap.add_argument("--window-size", type=int, default=1024, help="memorisation window (sessions are cut to it)")
-    ap.add_argument("--sd-context", type=int, default=2048, help="SD teacher context in tokens")
+    ap.add_argument("--sd-context", type=int, default=1536, help="SD teacher context in tokens")
     ap.add_argument("--recent-tokens", type=int, default=1024, help="date_split prompt window")
     ap.add_argument("--memory-width", type=int, default=64)
     ap.add_argument("--lora-rank", type=int, default=16)
     ap.add_argument("--locas-lr", type=float, default=3e-2)
     ap.add_argument("--lora-lr", type=float, default=1e-3)
-    ap.add_argument("--methods", nargs="+", default=["locas-SD", "locas-NTP", "lora-SD"])
+    ap.add_argument("--methods", nargs="+", default=["locas-SD", "lora-SD", "locas-NTP"])
     ap.add_argument("--no-full", action="store_true", help="skip the full-context row")
     ap.add_argument("--batch-size", type=int, default=8)
-    ap.add_argument("--max-new-tokens", type=int, default=16)
+    ap.add_argument("--max-new-tokens", type=int, default=12)
     ap.add_argument("--model", default="smollm2-135m")
     ap.add_argument("--out", default=None)
     args = ap.parse_args()
@@ -70,18 +70,30 @@ def main():
                                         "extra_params": train["extra_params"] if train else 0,
                                         "train_s": train["train_s"] if train else 0.0}
 
-    # the no-memory rows (also the controls of every memory row)
-    modes = ["date_split", "none"] + ([] if args.no_full else ["full"])
-    control = LocomoSettings(memory_type="none", context_mode=modes[0], extra_contexts=tuple(modes[1:]), **common)
-    cruns = []
-    for conv in chosen:
-        t0 = time.perf_counter()
-        cruns.append(run_conversation(lm, conv, control, TrainConfig()))
-        print(f"no-memory {conv.sample_id}: {time.perf_counter() - t0:.0f} s", flush=True)
-    for mode in modes:
-        add("no-memory", cruns, mode, "memory")
+    all_runs: dict[str, list] = {}
 
-    all_runs = {"no-memory": cruns}
+    def report(final=False):  # written after every method, so an interrupted run keeps what it measured
+        payload = {"model": args.model, "conversations": ids, "limit": limit, "args": vars(args),
+                   "wall_s": time.perf_counter() - t_start, "complete": final, "threads": torch.get_num_threads(),
+                   "base_params": lm.num_base_parameters(), "checks": checks(methods), "runs": all_runs}
+        title = f"LoCoMo {', '.join(ids)}{' (quick)' if args.quick else ''}: {args.model}"
+        return payload, write_report(out, methods, payload, title)
+
+    def controls(modes):
+        settings = LocomoSettings(memory_type="none", context_mode=modes[0], extra_contexts=tuple(modes[1:]),
+                                  **common)
+        runs = []
+        for conv in chosen:
+            t0 = time.perf_counter()
+            runs.append(run_conversation(lm, conv, settings, TrainConfig()))
+            print(f"no-memory {'/'.join(modes)} {conv.sample_id}: {time.perf_counter() - t0:.0f} s", flush=True)
+        for mode in modes:
+            add("no-memory", runs, mode, "memory")
+        all_runs.setdefault("no-memory", []).extend(runs)
+        report()
+
+    # no-memory rows with a short prompt first (the controls of every memory row); the full context last
+    controls(["date_split", "none"])
     for label in args.methods:
         mtype, loss = label.split("-", 1)
         lr = args.locas_lr if mtype == "locas" else args.lora_lr
@@ -100,17 +112,15 @@ def main():
         for mode in ("date_split", "none"):
             add(label, runs, mode, "memory", train)
         all_runs[label] = runs
+        report()
+    if not args.no_full:
+        controls(["full"])
 
-    wall = time.perf_counter() - t_start
-    payload = {"model": args.model, "conversations": ids, "limit": limit, "args": vars(args), "wall_s": wall,
-               "threads": torch.get_num_threads(), "base_params": lm.num_base_parameters(),
-               "checks": checks(methods), "runs": all_runs}
-    table = write_report(out, methods, payload, f"LoCoMo {', '.join(ids)}{' (quick)' if args.quick else ''}: "
-                                                f"{args.model}")
+    payload, table = report(final=True)
     print("\n" + table)
     for name, (ok, detail) in payload["checks"].items():
         print(f"{'MET ' if ok else 'MISS'}  {name}: {detail}")
-    print(f"\nwall time {wall / 60:.1f} min; wrote {out}/results.json, results.md, f1_by_category.png")
+    print(f"\nwall time {payload['wall_s'] / 60:.1f} min; wrote {out}/results.json, results.md, f1_by_category.png")
 
 
 def checks(methods: dict[str, dict]) -> dict[str, tuple[bool, str]]:
