@@ -36,7 +36,8 @@ from locas import LocasForCausalLM
 from locas.config import TrainConfig
 from locas.data.pg19 import first_chapter, load_book
 from locas.eval.pg19 import tokenize_text
-from locas.eval.report import bar_plot, format_table, write_json
+from locas.eval.report import bar_plot, format_table, markdown_table, write_json
+from locas.io import atomic_write
 from locas.selfstudy import ProbeConfig, build_probe_sets, recall_report, train_memory
 
 RESULTS = Path(__file__).parent / "results"
@@ -144,12 +145,14 @@ def main():
                    "train_probes": len(train), "heldout_probes": len(heldout), "probe_cfg": pcfg.to_dict()},
         "base": {"summary": s0, "text_ppl": base_ppl, "by_family": base["summary"]}, "runs": runs,
         "verdict": verdict, "prep_s": prep, "wall_s": wall})
+    md = (markdown_table(header, rows) + "\n\n" + markdown_table(fam_header, fam_rows) + "\n")
+    atomic_write(RESULTS / f"{name}.md", lambda tmp: Path(tmp).write_text(md))
     series = {"base": [base["summary"][f]["base_nll"] for f in ["all"] + fam_names],
               "teacher": [base["summary"][f]["teacher_nll"] for f in ["all"] + fam_names]}
     series.update({label: [r["summary"][f]["memory_nll"] for f in ["all"] + fam_names] for label, r in runs.items()})
     bar_plot(RESULTS / f"{name}.png", ["all"] + fam_names, series, ylabel="held-out answer NLL (no text in prompt)",
              title=f"book {args.book}: memorised with each objective, {budget:.0f} s each")
-    print(f"wrote {RESULTS / name}.json and .png; total {wall / 60:.1f} min")
+    print(f"wrote {RESULTS / name}.json, .md and .png; total {wall / 60:.1f} min")
 
 
 if __name__ == "__main__":
