@@ -36,16 +36,21 @@ def unit_importance(lm, input_ids: torch.Tensor, attention_mask: torch.Tensor | 
 
         return hook
 
-    handles = [lm.spec.down_module(w.base_mlp).register_forward_pre_hook(make_hook(i))
-               for i, w in enumerate(lm.wrappers)]
+    _base_forward_with_hooks(lm, [lm.spec.down_module(w.base_mlp) for w in lm.wrappers], make_hook,
+                             input_ids, attention_mask)
+    counts = mask.sum(dim=1, keepdim=True).clamp(min=1)  # (B, 1)
+    return torch.stack([s.to(counts.device) / counts for s in sums])  # (L, B, I)
+
+
+def _base_forward_with_hooks(lm, modules, make_hook, input_ids, attention_mask) -> None:
+    """One no-grad forward of the base model with ``make_hook(i)`` as forward-pre-hook on ``modules[i]``."""
+    handles = [m.register_forward_pre_hook(make_hook(i)) for i, m in enumerate(modules)]
     try:
         with torch.no_grad(), lm.disabled():
             lm.model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False)
     finally:
         for h in handles:
             h.remove()
-    counts = mask.sum(dim=1, keepdim=True).clamp(min=1)  # (B, 1)
-    return torch.stack([s.to(counts.device) / counts for s in sums])  # (L, B, I)
 
 
 def _token_mask(input_ids, attention_mask):
@@ -72,13 +77,7 @@ def _activation_keys(lm, input_ids, attention_mask, width: int) -> torch.Tensor:
 
         return hook
 
-    handles = [w.base_mlp.register_forward_pre_hook(make_hook(i)) for i, w in enumerate(lm.wrappers)]
-    try:
-        with torch.no_grad(), lm.disabled():
-            lm.model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False)
-    finally:
-        for h in handles:
-            h.remove()
+    _base_forward_with_hooks(lm, [w.base_mlp for w in lm.wrappers], make_hook, input_ids, attention_mask)
     return F.normalize(torch.stack(keys), dim=-1)
 
 
