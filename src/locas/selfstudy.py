@@ -372,7 +372,7 @@ def _stop_ids(tokenizer) -> set[int]:
 
 @torch.no_grad()
 def greedy_answer(lm, prompt: list[int], max_new: int, stop: set[int], cache=None, topk: int = 0):
-    """Greedy continuation of ``prompt`` (after an optional prefilled ``cache``).
+    """Greedy continuation of ``prompt`` (after an optional prefilled ``cache``); the first token is never a stop.
 
     Returns (answer ids, (A, k) top-k logits, (A, k) indices); the caller picks memory on/off.
     """
@@ -388,6 +388,11 @@ def greedy_answer(lm, prompt: list[int], max_new: int, stop: set[int], cache=Non
             values.append(v.cpu())
             index.append(i.cpu())
         t = int(logits.argmax())
+        if not answer and t in stop and len(stop) < logits.numel():  # never an empty answer: best non-stop token
+            masked = logits.clone()
+            masked[torch.tensor([i for i in sorted(stop) if i < logits.numel()], dtype=torch.long,
+                                device=logits.device)] = float("-inf")
+            t = int(masked.argmax())
         answer.append(t)
         if t in stop:
             break
