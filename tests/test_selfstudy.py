@@ -17,6 +17,7 @@ from locas.selfstudy import (
     GENERATION_TEMPLATES,
     Example,
     ProbeConfig,
+    _clean_generated,
     answer_with_teacher,
     distillation_loss,
     generated_probes,
@@ -97,6 +98,10 @@ def test_probes_are_deterministic_capped_and_deduplicated():
     assert g1 and [p.prompt for p in g1] == [p.prompt for p in g2] != [p.prompt for p in g3]
     with pytest.raises(LocasError, match="unknown probe family"):
         ProbeConfig(families=("riddles",))
+    # model-written questions must be grounded in the chunk; preambles are stripped
+    assert _clean_generated("What is the question that will be asked next?", "question", DOC) is None
+    assert _clean_generated("A question about the text is: Who won the race to St. Paul?\nMore", "question",
+                            DOC) == "Who won the race to St. Paul?"
 
 
 def test_distillation_loss_is_zero_for_same_input_and_zero_memory():

@@ -251,15 +251,30 @@ def template_probes(chunk: str, index: int, rng: random.Random) -> list[Probe]:
     return out
 
 
-def _clean_generated(text: str, family: str) -> str | None:
+_GENERIC = {"what", "which", "when", "where", "does", "text", "above", "passage", "question", "answer", "about",
+            "specific", "fact", "stated", "detail", "recall", "write", "instruction", "reader", "there", "this",
+            "that", "with", "from", "have", "were", "they", "their", "would", "could", "should", "first"}
+
+
+def _clean_generated(text: str, family: str, chunk: str | None = None) -> str | None:
+    """First line, list markers and preambles ("...: ") stripped; questions end at "?".
+
+    With ``chunk``, a probe must be grounded: at least two of its content words occur in the chunk
+    (drops the generic "What is the question that will be asked next?" that small models write).
+    """
     line = next((ln.strip() for ln in text.splitlines() if ln.strip()), "")
-    line = re.sub(r"^(?:\d+[.)]\s*|[-*]\s*|(?:question|instruction|q)\s*:\s*)", "", line, flags=re.I).strip()
+    line = re.sub(r"^(?:\d+[.)]\s*|[-*]\s*|(?:question|instruction|q|a)\s*:\s*)", "", line, flags=re.I).strip()
     if family == "question":
         if "?" not in line:
             return None
         line = line[: line.index("?") + 1]
+        line = line.rsplit(": ", 1)[-1]  # "A question about the text is: What ...?" -> "What ...?"
     if not 3 <= len(line.split()) <= 40:
         return None
+    if chunk is not None:
+        words = {w for w in re.findall(r"[a-z]{4,}", line.lower()) if w not in _GENERIC}
+        if len(words & set(re.findall(r"[a-z]{4,}", chunk.lower()))) < 2:
+            return None
     return line
 
 
@@ -288,7 +303,8 @@ def generated_probes(lm, chunk: str, index: int, family: str, cfg: ProbeConfig, 
                                     cfg.top_p, generator)
     probes = []
     for row in rows:
-        text = _clean_generated(tok.decode([t for t in row if t not in stop], skip_special_tokens=True), family)
+        text = _clean_generated(tok.decode([t for t in row if t not in stop], skip_special_tokens=True), family,
+                                chunk)
         if text:
             probes.append(Probe(family, index, text))
     return probes
