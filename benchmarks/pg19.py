@@ -7,6 +7,8 @@ Suites (combine with --suite, repeatable):
   init        init ablation at r=64: highest, lowest, random_index, random, activation
   layers      --memory-layers trade-off (all vs top:N) at r=64: perplexity vs time
   full        full attention (8K context) on the quick prefix
+  timing      time per window of each method on a short prefix (run it alone, e.g. under a CPU lock: the
+              quality suites may run beside other work, since their perplexities are deterministic)
 
     python benchmarks/pg19.py --quick                     # < 15 min: main rows on the first 16K tokens
     python benchmarks/pg19.py --suite sweep --suite init  # ablations on the sweep prefix
@@ -19,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import time
 from pathlib import Path
 
@@ -33,10 +36,13 @@ from locas.train import LocasLearner
 
 RESULTS = Path(__file__).parent / "results"
 LOCAS_LRS = (1e-2, 3e-2, 1e-1)
-LORA_LRS = (3e-4, 1e-3, 3e-3)
+LORA_LRS = (3e-4, 1e-3, 3e-3, 1e-2)
+ONLY = None
 
 
 def run(lm, tokens, label, method, cfg, rows, curves):
+    if ONLY and label != "truncate" and not re.search(ONLY, label):
+        return None
     learner = LocasLearner(lm, cfg) if method == "locas" else None
     res = run_method(lm, method, tokens, cfg, label=label, learner=learner)
     rows[label] = {"method": method, "ppl": res.ppl, "wall_s": res.wall_s, "extra_params": res.extra_params,
@@ -67,7 +73,8 @@ def best(rows, prefix):
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--suite", action="append", choices=["main", "sweep", "objectives", "init", "layers", "full"])
+    ap.add_argument("--suite", action="append",
+                    choices=["main", "sweep", "objectives", "init", "layers", "full", "timing"])
     ap.add_argument("--quick", action="store_true", help="main rows on the first 16K tokens (< 15 min)")
     ap.add_argument("--book", default="10146")
     ap.add_argument("--window-size", type=int, default=1024)
@@ -78,7 +85,13 @@ def main():
     ap.add_argument("--tau-scale", type=float, default=None)
     ap.add_argument("--model", default="smollm2-135m")
     ap.add_argument("--tag", default="")
+    ap.add_argument("--only", default=None, help="regex: run only matching rows (truncation always runs)")
+    ap.add_argument("--threads", type=int, default=None, help="torch threads (1 when sharing the CPU)")
     args = ap.parse_args()
+    global ONLY
+    ONLY = args.only
+    if args.threads:
+        torch.set_num_threads(args.threads)
     suites = args.suite or ["main"]
     RESULTS.mkdir(exist_ok=True)
     lm = LocasForCausalLM.from_pretrained(args.model)
@@ -94,8 +107,8 @@ def main():
     for suite in suites:
         t0 = time.perf_counter()
         rows, curves = {}, {}
-        n = args.max_tokens if suite == "main" and not args.quick else (16384 if suite in ("main", "full")
-                                                                          else args.sweep_tokens)
+        n = args.max_tokens if suite == "main" and not args.quick else (
+            16384 if suite in ("main", "full") else 4096 if suite == "timing" else args.sweep_tokens)
         tokens = tokenize_text(lm.tokenizer, text, n)
         print(f"\n### suite {suite}: {len(tokens):,} tokens of book {args.book}, window {W}", flush=True)
         run(lm, tokens, "truncate", "truncate", TrainConfig(window_size=W), rows, curves)
@@ -113,6 +126,7 @@ def main():
             for lr in LORA_LRS:
                 run(lm, tokens, f"lora-r64-lr{lr:g}", "lora", TrainConfig(window_size=W, lr=lr, lora_rank=64),
                     rows, curves)
+            rows.update({k: v for k, v in _load_rows("pg19-sweep-earlier").items() if k not in rows})  # earlier points
             k, v = best(rows, "locas-r64-")
             kl, vl = best(rows, "lora-r64-")
             print(f"best locas: {k} ppl {v['ppl']:.3f}; best lora: {kl} ppl {vl['ppl']:.3f}")
@@ -136,6 +150,12 @@ def main():
                     rows, curves)
         elif suite == "full":
             run(lm, tokens, "full-8k", "full", TrainConfig(window_size=W), rows, curves)
+        elif suite == "timing":
+            for layers in ("all", "top:15", "top:10"):
+                run(lm, tokens, f"locas-r64-{layers}", "locas",
+                    TrainConfig(window_size=W, lr=locas_lr, memory_width=64, memory_layers=layers), rows, curves)
+            run(lm, tokens, "lora-r64", "lora", TrainConfig(window_size=W, lr=lora_lr, lora_rank=64), rows, curves)
+            run(lm, tokens, "truncate-again", "truncate", TrainConfig(window_size=W), rows, curves)
         table = report(rows, f"{suite} ({len(tokens):,} tokens)", base_params)
         tag = f"pg19-{suite}{'-quick' if args.quick and suite == 'main' else ''}{args.tag}"
         out = {**record, "suite": suite, "tokens": len(tokens), "rows": rows, "table": table,
@@ -143,6 +163,11 @@ def main():
         write_json(RESULTS / f"{tag}.json", out)
         line_plot(RESULTS / f"{tag}.png", curves, "tokens read", "cumulative perplexity", title=tag)
         print(f"suite {suite} took {time.perf_counter() - t0:.0f} s -> {RESULTS / (tag + '.json')}")
+
+
+def _load_rows(tag: str) -> dict:
+    path = RESULTS / f"{tag}.json"
+    return json.loads(path.read_text())["rows"] if path.is_file() else {}
 
 
 def _load_sweep() -> dict:
