@@ -9,7 +9,7 @@ projection). Then base / Locas / TempLoRA are compared on:
   * perplexity of a prefix of the held-out book 10321 and mean KL(p_base || p_method) per token there;
   * perplexity of the start of the memorised text itself (did it memorise?).
 
-    python benchmarks/forgetting.py --quick        # ~5 min: 4K tokens, 8 subjects x 2 questions, 1K held-out
+    python benchmarks/forgetting.py --quick        # ~10 min here: 4K tokens, 8 subjects x 2 questions, 1K held-out
     python benchmarks/forgetting.py                # ~20 min (1 thread): 16K tokens, 20 subjects x 6, 4K held-out
     python benchmarks/forgetting.py --sweep        # first pick each method's lr on a prefix (same grid size)
 
