@@ -10,7 +10,8 @@ projection). Then base / Locas / TempLoRA are compared on:
   * perplexity of the start of the memorised text itself (did it memorise?).
 
     python benchmarks/forgetting.py --quick        # ~10 min here: 4K tokens, 8 subjects x 2 questions, 1K held-out
-    python benchmarks/forgetting.py                # ~20 min (1 thread): 16K tokens, 20 subjects x 6, 4K held-out
+    python benchmarks/forgetting.py                # 16K tokens, 20 subjects x 6, 4K held-out: ~20 min on an idle
+                                                   # core, 35 min measured here with the cores shared
     python benchmarks/forgetting.py --sweep        # first pick each method's lr on a prefix (same grid size)
 
 Learning rates default to the PG-19 benchmark's (Locas 3e-2, TempLoRA 1e-3); ``--sweep`` instead gives
