@@ -51,7 +51,10 @@ def main():
     ap.add_argument("--max-new-tokens", type=int, default=12)
     ap.add_argument("--model", default="smollm2-135m")
     ap.add_argument("--out", default=None)
+    ap.add_argument("--threads", type=int, default=0, help="torch intra-op threads (0 = default; 1 on a busy machine)")
     args = ap.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     ids = args.conversations or (["conv-30"] if args.quick else ["conv-26", "conv-30"])
     limit = args.limit or (60 if args.quick else None)
     out = Path(args.out) if args.out else RESULTS / ("quick" if args.quick else "full")
