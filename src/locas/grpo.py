@@ -29,6 +29,7 @@ import torch
 import torch.nn.functional as F
 
 from .eval.qa_metrics import f1_score, normalize_answer
+from .train import guarded_step
 
 
 @dataclass
@@ -166,12 +167,6 @@ def grpo_step(learner, optimizer, items: list, reward_fn, cfg: GRPOConfig, gener
         used += 1
         total += float(loss.detach())
     if used:
-        backup = [p.detach().clone() for p in learner.parameters()]
-        optimizer.step()
-        learner.after_step()
-        if not all(torch.isfinite(p).all() for p in learner.parameters()):
-            with torch.no_grad():
-                for p, b in zip(learner.parameters(), backup):
-                    p.copy_(b)
+        guarded_step(learner, optimizer)
     mean = float(torch.cat(rewards_all).mean()) if rewards_all else 0.0
     return {"reward": mean, "groups": used, "loss": total}

@@ -32,11 +32,11 @@ from .memory import clip_vectors_
 from .objectives import get_objective
 
 
-def window_spans(n_tokens: int, window: int) -> list[tuple[int, int]]:
-    """(start, end) of each window; consecutive windows share one token."""
-    if n_tokens < 2:
+def window_spans(n_tokens: int, window: int, start: int = 0) -> list[tuple[int, int]]:
+    """(start, end) of each window over tokens [start, n_tokens); consecutive windows share one token."""
+    if n_tokens - start < 2:
         raise LocasError("the text is too short: it needs at least 2 tokens to score anything")
-    spans, start = [], 0
+    spans = []
     while start + 1 < n_tokens:
         end = min(start + window, n_tokens)
         spans.append((start, end))
@@ -216,16 +216,23 @@ def train_window(learner: Learner, optimizer, objective, tokens, span, cfg: Trai
             skipped = True
             break
         loss.backward()
-        backup = [p.detach().clone() for p in learner.parameters()]
-        optimizer.step()
-        learner.after_step()
-        if not all(torch.isfinite(p).all() for p in learner.parameters()):
-            with torch.no_grad():
-                for p, b in zip(learner.parameters(), backup):
-                    p.copy_(b)
+        if not guarded_step(learner, optimizer):
             skipped = True
             break
     return score, skipped
+
+
+def guarded_step(learner: Learner, optimizer) -> bool:
+    """Optimiser step + the learner's post-step hook; rolled back (False) if a parameter turns non-finite."""
+    backup = [p.detach().clone() for p in learner.parameters()]
+    optimizer.step()
+    learner.after_step()
+    if all(torch.isfinite(p).all() for p in learner.parameters()):
+        return True
+    with torch.no_grad():
+        for p, b in zip(learner.parameters(), backup):
+            p.copy_(b)
+    return False
 
 
 # ---- checkpoints -------------------------------------------------------------------------

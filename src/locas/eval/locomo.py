@@ -34,7 +34,7 @@ from ..errors import LocasError
 from ..grpo import GRPOConfig, cloze_items, f1_reward, grpo_step
 from ..objectives import get_objective
 from ..selfstudy import selfstudy_update
-from ..train import LocasLearner, make_optimizer, train_window
+from ..train import LocasLearner, make_optimizer, train_window, window_spans
 from .qa_metrics import ADVERSARIAL, TEMPORAL, score_item
 from .report import bar_plot, format_table, markdown_table, write_json
 
@@ -97,12 +97,7 @@ def tokenize_conversation(tokenizer, conv: Conversation) -> ConversationTokens:
 
 def session_windows(start: int, end: int, window: int) -> list[tuple[int, int]]:
     """Cut a session [start, end) into windows of at most ``window`` tokens (sharing one token)."""
-    spans, s = [], start
-    while s + 1 < end:
-        e = min(s + window, end)
-        spans.append((s, e))
-        s = e - 1
-    return spans
+    return window_spans(end, window, start) if end - start >= 2 else []
 
 
 # ---- test-time training losses: one entry per loss, all with the same signature --------------
