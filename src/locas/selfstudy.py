@@ -48,6 +48,7 @@ from tqdm.auto import tqdm
 from .config import TrainConfig
 from .errors import LocasError
 from .objectives import TeacherTargets, distill_kl, teacher_targets
+from .train import guarded_step
 
 FAMILIES = ("cloze", "template", "question", "instruction", "summary")
 GENERATED = ("question", "instruction", "summary")
@@ -624,15 +625,7 @@ def study_step(learner, optimizer, loss: torch.Tensor) -> bool:
     if not torch.isfinite(loss):
         return True
     loss.backward()
-    backup = [p.detach().clone() for p in learner.parameters()]
-    optimizer.step()
-    learner.after_step()
-    if all(torch.isfinite(p).all() for p in learner.parameters()):
-        return False
-    with torch.no_grad():
-        for p, b in zip(learner.parameters(), backup):
-            p.copy_(b)
-    return True
+    return not guarded_step(learner, optimizer)
 
 
 @dataclass

@@ -100,15 +100,21 @@ def run(args):
         _recall(lm, learner.full_memory(), heldout, pcfg, args)
 
 
+def _ppl_without_and_with(lm, learner, tokens, window):
+    """Perplexity of the text without and with the learner's memory."""
+    with lm.disabled():
+        before = _text_ppl(lm, tokens, window)
+    with lm.use_memory(learner.memory, learner.layers):
+        after = _text_ppl(lm, tokens, window)
+    return before, after
+
+
 def _stream(lm, tokens, cfg, start):
     from ..train import LocasLearner, stream
 
     learner = LocasLearner(lm, cfg, memory=start)
     result = stream(learner, tokens, cfg, desc="memorize")
-    with lm.use_memory(learner.memory, learner.layers):
-        after = _text_ppl(lm, tokens, cfg.window_size)
-    with lm.disabled():
-        before = _text_ppl(lm, tokens, cfg.window_size)
+    before, after = _ppl_without_and_with(lm, learner, tokens, cfg.window_size)
     print(f"{len(tokens):,} tokens, {len(result.window_nll)} windows x {cfg.steps_per_window} steps, "
           f"{result.wall_s:.1f} s, {result.skipped_updates} skipped updates")
     for e, p in enumerate(result.epoch_ppl(), 1):
@@ -123,10 +129,7 @@ def _selfstudy(lm, tokens, cfg, args, train, start):
     learner, log = train_memory(lm, tokens, cfg, "selfstudy", train, ntp_weight=args.ntp_weight,
                                 batch=args.probe_batch, student_window=args.student_window,
                                 epochs=args.probe_epochs, budget_s=args.budget or None, start_memory=start)
-    with lm.use_memory(learner.memory, learner.layers):
-        after = _text_ppl(lm, tokens, cfg.window_size)
-    with lm.disabled():
-        before = _text_ppl(lm, tokens, cfg.window_size)
+    before, after = _ppl_without_and_with(lm, learner, tokens, cfg.window_size)
     print(f"self-study: {len(train)} probes, {log.steps} steps in {log.wall_s:.1f} s, loss {log.losses[0]:.3f} -> "
           f"{log.losses[-1]:.3f}, {log.skipped} skipped updates")
     print(f"perplexity of the text: {before:.3f} without memory -> {after:.3f} with memory")
