@@ -49,13 +49,18 @@ def add_dist_args(p: argparse.ArgumentParser) -> None:
                    help="re-launch through torchrun with N processes (one per GPU; CPU processes without GPUs)")
 
 
-def maybe_relaunch(args: argparse.Namespace, argv: list[str]) -> int | None:
-    """With ``--num-gpus N`` outside torchrun, re-run the command under torchrun; returns its exit code."""
+def maybe_relaunch(args: argparse.Namespace, argv: list[str] | None = None) -> int | None:
+    """With ``--num-gpus N`` outside torchrun, re-run the command under torchrun; returns its exit code.
+
+    ``argv`` defaults to the arguments ``locas.cli.main`` parsed (else ``sys.argv[1:]``).
+    """
     import os
+    import sys
 
     from ..distributed import relaunch_with_torchrun, strip_flag
 
     if args.num_gpus and args.num_gpus > 1 and "WORLD_SIZE" not in os.environ:
+        argv = argv if argv is not None else getattr(args, "_argv", None) or sys.argv[1:]
         return relaunch_with_torchrun(args.num_gpus, strip_flag(argv, "--num-gpus"))
     return None
 

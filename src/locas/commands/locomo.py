@@ -1,11 +1,12 @@
 """``locas locomo``: memorise LoCoMo conversations and answer their questions, side by side with no memory.
 
     $ locas locomo --memory-type locas --ttt-loss SD --context-mode date_split --conversations conv-26 --out runs/lc
+    $ torchrun --nproc-per-node 2 -m locas.cli locomo --conversations all --out runs/lc   # or: --num-gpus 2
 """
 
 from __future__ import annotations
 
-from .common import add_model_args, add_train_args, load_lm, train_config
+from .common import add_dist_args, add_model_args, add_train_args, load_lm, maybe_relaunch, train_config
 
 HELP = "LoCoMo QA: memorise each conversation (Locas / LoRA / none), answer its questions, F1 per category"
 
@@ -31,7 +32,10 @@ def add_arguments(p):
     p.add_argument("--grpo-beta", type=float, default=0.04, help="GRPO KL weight towards the base model")
     p.add_argument("--grpo-items", type=int, default=6, help="GRPO cloze questions per session")
     p.add_argument("--out", default="runs/locomo", help="output directory")
+    p.add_argument("--resume", action="store_true",
+                   help="reuse the conversations already finished in <out>/parts and run only the missing ones")
     add_model_args(p)
+    add_dist_args(p)
     add_train_args(p, window_size=1024, lr=3e-2, memory_width=64, sd_context=2048)
 
 
@@ -39,12 +43,15 @@ def run(args):
     from pathlib import Path
 
     from ..data.locomo import get_conversation, load_locomo
+    from ..distributed import DistContext
     from ..errors import LocasError
-    from ..eval.locomo import LocomoSettings, collect, run_conversation, summarize, timing, write_report
+    from ..eval.locomo import LocomoSettings, method_results, run_conversations, write_report
     from ..grpo import GRPOConfig
 
     convs = load_locomo(args.data_dir)
     ids = [c.sample_id for c in convs] if args.conversations == ["all"] else args.conversations
+    if len(set(ids)) != len(ids):
+        raise LocasError("a conversation is listed twice in --conversations; list each once")
     chosen = [get_conversation(i, conversations=convs) for i in ids]
     settings = LocomoSettings(memory_type=args.memory_type, ttt_loss=args.ttt_loss, context_mode=args.context_mode,
                               extra_contexts=tuple(args.also_context), recent_tokens=args.recent_tokens,
@@ -57,23 +64,19 @@ def run(args):
     cfg = train_config(args)
     if args.batch_size < 1 or args.max_new_tokens < 1:
         raise LocasError("--batch-size and --max-new-tokens must be at least 1")
-    lm = load_lm(args)
+    code = maybe_relaunch(args)
+    if code is not None:
+        return code
+    ctx = DistContext.from_env()
+    try:
+        lm = load_lm(args, ctx)
+        runs = run_conversations(lm, chosen, settings, cfg, args.out, resume=args.resume, ctx=ctx)
+    finally:
+        ctx.close()
+    if runs is None:  # not rank 0: rank 0 writes the report
+        return None
     out = Path(args.out)
-    runs = []
-    for conv in chosen:
-        path = out / "memories" / f"{conv.sample_id}.locas" if args.memory_type == "locas" else None
-        runs.append(run_conversation(lm, conv, settings, cfg, memory_path=path))
-    methods = {}
-    for mode in settings.contexts:
-        for which, label in (("memory", settings.label()), ("control", "no-memory")):
-            if which == "control" and (args.memory_type == "none" or not settings.control):
-                continue
-            recs = collect(runs, mode, which)
-            trained = which == "memory" and args.memory_type != "none"
-            methods[f"{label} [{mode}]"] = {
-                "summary": summarize(recs), **timing(runs, mode, which),
-                "extra_params": runs[0]["train"]["extra_params"] if trained else 0,
-                "train_s": sum(r["train"]["train_s"] for r in runs) if trained else 0.0}
+    methods = method_results(runs, settings)
     payload = {"model": str(lm.name), "conversations": ids, "settings": settings.to_dict(), "config": cfg.to_dict(),
                "runs": runs}
     table = write_report(out, methods, payload, f"LoCoMo {', '.join(ids)}: {lm.name}")

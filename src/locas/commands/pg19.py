@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import sys
-
 from .common import add_dist_args, add_model_args, add_train_args, load_lm, maybe_relaunch
 from .mlp_args import add_mlp_args, mlp_setup
 from .retention import add_retention_args
@@ -36,7 +34,7 @@ def run(args):
         from .retention import run_with_pg19
 
         return run_with_pg19(load_lm(args), args)
-    code = maybe_relaunch(args, sys.argv[1:])
+    code = maybe_relaunch(args)
     if code is not None:
         return code
     ctx = DistContext.from_env()

@@ -30,6 +30,7 @@ from tqdm.auto import tqdm
 from ..answer import TEMPORAL_HINT, AnswerState, PrefixAnswerer, Prompt, tail_tokens
 from ..config import TrainConfig
 from ..data.locomo import CATEGORIES, CATEGORY_ORDER, Conversation, Session
+from ..distributed import DistContext, run_sharded
 from ..errors import LocasError
 from ..grpo import GRPOConfig, cloze_items, f1_reward, grpo_step
 from ..objectives import get_objective
@@ -267,6 +268,42 @@ def run_conversation(lm, conv: Conversation, settings: LocomoSettings, cfg: Trai
         if learner is not None:
             learner.finish()
     return out
+
+
+def run_conversations(lm, convs: list[Conversation], settings: LocomoSettings, cfg: TrainConfig, out_dir, *,
+                      save_memories: bool = True, resume: bool = False, ctx: DistContext | None = None,
+                      progress: bool = True) -> list[dict] | None:
+    """``run_conversation`` on each conversation; under torchrun the conversations are sharded across ranks.
+
+    Each finished conversation is kept as ``<out_dir>/parts/<sample_id>.json`` (Locas memories in
+    ``<out_dir>/memories/``); with ``resume`` kept ones are reused. Rank 0 returns the runs in the
+    order of ``convs``; other ranks return None. Every conversation starts from ``cfg.seed``, so the
+    runs do not depend on how many processes share the work.
+    """
+    out = Path(out_dir)
+
+    def work(conv: Conversation) -> dict:
+        path = out / "memories" / f"{conv.sample_id}.locas" if save_memories and settings.memory_type == "locas" \
+            else None
+        return run_conversation(lm, conv, settings, cfg, memory_path=path, progress=progress)
+
+    return run_sharded(ctx, convs, work, name=lambda c: c.sample_id, parts_dir=out / "parts", resume=resume,
+                       fingerprint={"model": str(lm.name), "settings": settings.to_dict(), "config": cfg.to_dict()})
+
+
+def method_results(runs: list[dict], settings: LocomoSettings) -> dict[str, dict]:
+    """label -> summary, timing, extra params and training time, pooled over ``runs`` (one row a method)."""
+    methods = {}
+    for mode in settings.contexts:
+        for which, label in (("memory", settings.label()), ("control", "no-memory")):
+            if which == "control" and (settings.memory_type == "none" or not settings.control):
+                continue
+            trained = which == "memory" and settings.memory_type != "none"
+            methods[f"{label} [{mode}]"] = {
+                "summary": summarize(collect(runs, mode, which)), **timing(runs, mode, which),
+                "extra_params": runs[0]["train"]["extra_params"] if trained else 0,
+                "train_s": sum(r["train"]["train_s"] for r in runs) if trained else 0.0}
+    return methods
 
 
 # ---- scoring summaries -------------------------------------------------------------------------

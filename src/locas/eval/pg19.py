@@ -9,7 +9,6 @@ docs/SCORING.md); only what it keeps between windows differs.
 
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 
@@ -18,7 +17,7 @@ import torch
 from ..baselines import FullAttentionLearner, LoraLearner, TruncateLearner
 from ..config import TrainConfig
 from ..data.pg19 import book_path, load_book
-from ..distributed import DistContext
+from ..distributed import DistContext, run_sharded
 from ..errors import LocasError
 from ..train import LocasLearner, StreamResult, stream
 from ..train_mlp import LocasMLPLearner
@@ -82,6 +81,10 @@ def summarize(results: dict[str, list[StreamResult]], base_params: int) -> dict[
     return out
 
 
+def book_stem(book: str, data_dir=None) -> str:
+    return Path(book_path(book, data_dir)).stem
+
+
 def run_pg19(lm, books: list[str], methods: list[str], cfg: TrainConfig, out_dir, *, max_tokens: int | None = None,
              data_dir=None, checkpoint_every: int = 0, resume: bool = False, progress: bool = True,
              ctx: DistContext | None = None) -> dict | None:
@@ -91,47 +94,29 @@ def run_pg19(lm, books: list[str], methods: list[str], cfg: TrainConfig, out_dir
     the report (other ranks return None). Each finished unit is also kept as
     ``parts/<book>__<method>.json``; with ``resume`` those are reused and only missing units run.
     """
-    ctx = ctx or DistContext()
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     units = [(book, method) for book in books for method in methods]
-    local: dict[str, dict] = {}
     tokens_cache: dict[str, torch.Tensor] = {}
-    for book, method in ctx.shard(units):
-        key = f"{book}__{method}"
-        try:
-            book_id = Path(book_path(book, data_dir)).stem
-            part = out / "parts" / f"{book_id}__{method}.json"
-            if resume and part.is_file():  # finished earlier: keep it
-                local[key] = {"result": json.loads(part.read_text()), "kept": True}
-                continue
-            if book not in tokens_cache:
-                tokens_cache = {book: tokenize_text(lm.tokenizer, load_book(book, data_dir), max_tokens)}
-            res = run_method(lm, method, tokens_cache[book], cfg, label=method,
-                             checkpoint_dir=out / "ckpt" / book_id / method, checkpoint_every=checkpoint_every,
-                             resume=resume, progress=progress)
-            write_json(part, res.to_dict())
-            local[key] = {"result": res.to_dict(), "kept": False}
-        except Exception as exc:  # keep going: other documents still finish and are kept
-            local[key] = {"error": f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}",
-                          "rank": ctx.rank}
-    gathered = ctx.gather(local)
-    if not ctx.is_main:
+
+    def work(unit) -> dict:
+        book, method = unit
+        if book not in tokens_cache:  # one book in memory at a time
+            tokens_cache.clear()
+            tokens_cache[book] = tokenize_text(lm.tokenizer, load_book(book, data_dir), max_tokens)
+        res = run_method(lm, method, tokens_cache[book], cfg, label=method,
+                         checkpoint_dir=out / "ckpt" / book_stem(book, data_dir) / method,
+                         checkpoint_every=checkpoint_every, resume=resume, progress=progress)
+        return res.to_dict()
+
+    done = run_sharded(ctx, units, work, name=lambda u: f"{u[0]} / {u[1]}",
+                       part=lambda u: f"{book_stem(u[0], data_dir)}__{u[1]}", parts_dir=out / "parts", resume=resume,
+                       fingerprint={"model": str(lm.name), "config": cfg.to_dict(), "max_tokens": max_tokens})
+    if done is None:
         return None
-    merged = {k: v for part in gathered for k, v in part.items()}
-    failures = {k: v for k, v in merged.items() if "error" in v}
     results: dict[str, list[StreamResult]] = {m: [] for m in methods}
-    for book, method in units:
-        entry = merged.get(f"{book}__{method}", {})
-        if "result" in entry:
-            results[method].append(StreamResult(**entry["result"]))
-    kept = sorted(k for k, v in merged.items() if v.get("kept"))
-    if kept:
-        print(f"[locas] kept {len(kept)} finished unit(s) from an earlier run: {', '.join(kept)}")
-    if failures:
-        lines = "; ".join(f"{k.replace('__', ' / ')} failed on rank {v['rank']}: {v['error']}"
-                          for k, v in failures.items())
-        raise LocasError(f"{lines} (finished documents are kept in {out / 'parts'}; fix and rerun with --resume)")
+    for (_, method), res in zip(units, done):
+        results[method].append(StreamResult(**res))
     return write_pg19_report(out, lm, books, cfg, results, max_tokens=max_tokens)
 
 

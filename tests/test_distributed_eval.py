@@ -1,0 +1,111 @@
+"""``locas locomo`` and ``locas retention`` under torchrun (2 gloo processes on CPU) equal one process; resume."""
+
+from __future__ import annotations
+
+import copy
+import json
+
+import pytest
+
+from locas.cli import main
+from test_locomo import _write_dataset
+from test_locomo_support import char_lm, single_thread  # noqa: F401 (fixture)
+
+pytestmark = pytest.mark.usefixtures("single_thread")
+VARYING = ("train_s", "prefill_s", "answer_s", "questions_per_s", "questions_per_s_with_prefill", "memory_file")
+
+
+def untimed(obj):
+    """``obj`` without wall-clock fields and output paths (the only values allowed to differ between runs)."""
+    if isinstance(obj, dict):
+        return {k: untimed(v) for k, v in obj.items() if k not in VARYING}
+    if isinstance(obj, list):
+        return [untimed(v) for v in obj]
+    return obj
+
+
+@pytest.fixture
+def locomo_setup(tmp_path):
+    """A tiny chat model and a LoCoMo file with three different conversations."""
+    lm = char_lm(seed=2, chat=True)
+    lm.model.save_pretrained(tmp_path / "model")
+    lm.tokenizer.save_pretrained(tmp_path / "model")
+    _write_dataset(tmp_path / "data")
+    path = tmp_path / "data" / "locomo" / "locomo10.json"
+    raw = json.loads(path.read_text())[0]
+    convs = []
+    for k in range(3):
+        conv = copy.deepcopy(raw)
+        conv["sample_id"] = f"conv-{k}"
+        for key, turns in conv["conversation"].items():
+            if key.startswith("session_") and isinstance(turns, list):
+                for t in turns:
+                    t["text"] = f"{t['text']} {'Ok. ' * k}"
+        convs.append(conv)
+    path.write_text(json.dumps(convs))
+    return ["--model", str(tmp_path / "model"), "--data-dir", str(tmp_path / "data"), "--device", "cpu",
+            "--memory-type", "locas", "--ttt-loss", "ntp", "--context-mode", "date_split", "--recent-tokens", "80",
+            "--conversations", "conv-0", "conv-1", "conv-2", "--window-size", "64", "--memory-width", "4",
+            "--lr", "0.05", "--max-new-tokens", "3"]
+
+
+def _locomo(out):
+    payload = json.loads((out / "results.json").read_text())
+    return untimed(payload["runs"]), untimed(payload["methods"])
+
+
+@pytest.mark.slow
+def test_locomo_two_processes_match_one_and_resume(locomo_setup, tmp_path, capfd):
+    assert main(["locomo", *locomo_setup, "--out", str(tmp_path / "one")]) == 0
+    one_runs, one_methods = _locomo(tmp_path / "one")
+    assert [r["sample_id"] for r in one_runs] == ["conv-0", "conv-1", "conv-2"]
+    assert len({json.dumps(r["answers"]) for r in one_runs}) == 3  # the conversations really differ
+    capfd.readouterr()
+
+    two = tmp_path / "two"
+    assert main(["locomo", *locomo_setup, "--out", str(two), "--num-gpus", "2"]) == 0  # re-launches via torchrun
+    err = capfd.readouterr().err
+    assert (two / "results.json").is_file(), err[-2000:]
+    assert _locomo(two) == (one_runs, one_methods)
+    assert sorted(p.name for p in (two / "memories").iterdir()) == [f"conv-{k}.locas" for k in range(3)]
+
+    # a removed part (e.g. a killed document) is recomputed alone, the others are kept untouched
+    parts = two / "parts"
+    (parts / "conv-1.json").unlink()
+    mtimes = {p.name: p.stat().st_mtime_ns for p in parts.glob("*.json")}
+    assert main(["locomo", *locomo_setup, "--out", str(two), "--resume"]) == 0
+    assert "kept 2 finished unit(s) from an earlier run: conv-0, conv-2" in capfd.readouterr().out
+    assert {p: (parts / p).stat().st_mtime_ns for p in mtimes} == mtimes and (parts / "conv-1.json").is_file()
+    assert _locomo(two) == (one_runs, one_methods)
+
+
+def test_locomo_failure_names_the_conversation_and_resume_reruns_it(locomo_setup, tmp_path, capsys, monkeypatch):
+    from locas.eval import locomo as harness
+
+    real = harness.run_conversation
+    calls = []
+
+    def flaky(lm, conv, *args, **kwargs):
+        calls.append(conv.sample_id)
+        if conv.sample_id == "conv-1":
+            raise RuntimeError("out of memory\nlong trace")
+        return real(lm, conv, *args, **kwargs)
+
+    monkeypatch.setattr(harness, "run_conversation", flaky)
+    out = tmp_path / "run"
+    args = ["locomo", *locomo_setup, "--out", str(out), "--limit", "2"]
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert "conv-1 failed on rank 0: RuntimeError: out of memory (finished documents are kept in" in err
+    assert sorted(p.name for p in (out / "parts").glob("*.json")) == ["conv-0.json", "conv-2.json"]
+    assert not (out / "results.json").exists()
+    monkeypatch.setattr(harness, "run_conversation", lambda *a, **k: (calls.append(a[1].sample_id), real(*a, **k))[1])
+    calls.clear()
+    assert main([*args, "--resume"]) == 0
+    assert calls == ["conv-1"]  # only the missing conversation ran
+    # other settings: a kept part is not reused
+    calls.clear()
+    assert main([*args[:-1], "3", "--resume"]) == 0
+    assert calls == ["conv-0", "conv-1", "conv-2"] and "reran 3 unit(s)" in capsys.readouterr().out
+    summary = json.loads((out / "results.json").read_text())["methods"]["locas-NTP [date_split]"]["summary"]
+    assert summary["overall"]["n"] == 9  # 3 questions (none adversarial) of each of the 3 conversations
