@@ -109,3 +109,46 @@ def test_locomo_failure_names_the_conversation_and_resume_reruns_it(locomo_setup
     assert calls == ["conv-0", "conv-1", "conv-2"] and "reran 3 unit(s)" in capsys.readouterr().out
     summary = json.loads((out / "results.json").read_text())["methods"]["locas-NTP [date_split]"]["summary"]
     assert summary["overall"]["n"] == 9  # 3 questions (none adversarial) of each of the 3 conversations
+
+
+@pytest.fixture
+def retention_setup(tmp_path):
+    """A tiny model, a memory file, two MMLU subjects and a held-out text of several windows."""
+    from conftest import random_memory, tiny_lm
+    from locas.io import save_memory
+    from test_mmlu import QUESTIONS, char_tokenizer, write_mmlu
+
+    lm, tok = tiny_lm("llama"), char_tokenizer()
+    lm.model.config.max_position_embeddings = 1024  # rotary positions: few-shot character-level prompts fit
+    lm.model.save_pretrained(tmp_path / "model")
+    tok.save_pretrained(tmp_path / "model")
+    save_memory(random_memory(lm), tmp_path / "book.locas", model=lm)
+    for subject in ("toy", "other"):
+        write_mmlu(tmp_path / "data" / "mmlu", subject, [(f"{subject} {q}", ch, i % 4)
+                                                        for i, (q, ch) in enumerate(QUESTIONS)], "test")
+        write_mmlu(tmp_path / "data" / "mmlu", subject, [(f"dev {i}?", ("a", "b", "c", "d"), i % 4)
+                                                        for i in range(2)], "dev")
+    (tmp_path / "heldout.txt").write_text("a different text about dogs and the sea. " * 4)
+    return ["--model", str(tmp_path / "model"), "--data-dir", str(tmp_path / "data"), "--device", "cpu",
+            "--memory", str(tmp_path / "book.locas"), "--heldout", str(tmp_path / "heldout.txt"),
+            "--heldout-tokens", "0", "--shots", "2", "--mmlu-batch-size", "2", "--window-size", "48"]
+
+
+@pytest.mark.slow
+def test_retention_two_processes_match_one_and_resume(retention_setup, tmp_path, capfd):
+    assert main(["retention", *retention_setup, "--out", str(tmp_path / "one")]) == 0
+    one = json.loads((tmp_path / "one" / "results.json").read_text())
+    assert one["variants"]["book"]["heldout_kl"] > 0 and len(one["mmlu_records"]["book"]) == 8  # 4 a subject
+    capfd.readouterr()
+    two = tmp_path / "two"
+    assert main(["retention", *retention_setup, "--out", str(two), "--num-gpus", "2"]) == 0
+    err = capfd.readouterr().err
+    assert (two / "results.json").is_file(), err[-2000:]
+    assert json.loads((two / "results.json").read_text()) == one  # every number, exactly
+    parts = sorted(p.name for p in (two / "parts").glob("*.json"))
+    assert parts[:2] == ["heldout__00000.json", "heldout__00001.json"] and parts[-2:] == ["mmlu__other.json",
+                                                                                           "mmlu__toy.json"]
+    (two / "parts" / "mmlu__toy.json").unlink()
+    assert main(["retention", *retention_setup, "--out", str(two), "--resume"]) == 0
+    assert f"kept {len(parts) - 1} finished unit(s)" in capfd.readouterr().out
+    assert json.loads((two / "results.json").read_text()) == one

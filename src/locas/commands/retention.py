@@ -1,12 +1,13 @@
 """``locas retention``: base vs a memory file vs a TempLoRA adapter on MMLU and a held-out book.
 
     $ locas retention --memory book.locas --adapter lora_dir/ --limit-per-subject 4 --out runs/retention
+    $ torchrun --nproc-per-node 2 -m locas.cli retention --memory book.locas --out runs/retention  # or --num-gpus 2
     $ locas pg19 --book 10146 --method locas --method lora --retention      # memorise, then this report
 """
 
 from __future__ import annotations
 
-from .common import add_model_args
+from .common import add_dist_args, add_model_args, maybe_relaunch
 
 HELP = "forgetting report: MMLU change, held-out perplexity and KL vs the base model"
 
@@ -30,7 +31,10 @@ def add_arguments(p):
     p.add_argument("--dense", default=None, help="fused checkpoint directory (from `locas fuse`)")
     p.add_argument("--window-size", type=int, default=1024, help="window for held-out perplexity / KL")
     p.add_argument("--out", default="runs/retention", help="output directory")
+    p.add_argument("--resume", action="store_true",
+                   help="reuse the MMLU subjects and held-out windows already finished in <out>/parts")
     add_model_args(p)
+    add_dist_args(p)
     add_retention_args(p)
 
 
@@ -51,40 +55,73 @@ def inputs(lm, args):
     return tokens, qs, dev, categories(args.data_dir)
 
 
-def report(variants, lm, args, window: int, meta: dict) -> dict:
+def report(variants, lm, args, window: int, meta: dict, ctx=None, resume: bool = False, files=()) -> dict | None:
+    """The retention report of ``variants`` in ``args.out_retention`` (sharded under torchrun; rank 0 writes)."""
+    from pathlib import Path
+
     from ..eval.retention import retention_report, write_retention
 
     tokens, qs, dev, cats = inputs(lm, args)
     meta = {"model": str(lm.name), "heldout": args.heldout, "heldout_tokens_requested": args.heldout_tokens,
             "limit_per_subject": args.limit_per_subject, "mmlu_seed": args.mmlu_seed, **meta}
+    fingerprint = {**meta, "variants": [v.name for v in variants], "shots": args.shots, "window": window,
+                   "subjects": args.subjects, "batch_size": args.mmlu_batch_size,
+                   "files": {str(f): file_stamp(f) for f in files}}
     payload = retention_report(variants, lm.tokenizer, tokens, qs, shots=args.shots, dev=dev, window=window,
-                               cats=cats, batch_size=args.mmlu_batch_size, meta=meta)
+                               cats=cats, batch_size=args.mmlu_batch_size, meta=meta, ctx=ctx, resume=resume,
+                               parts_dir=Path(args.out_retention) / "parts" if ctx is not None else None,
+                               fingerprint=fingerprint)
+    if payload is None:  # not rank 0
+        return None
     print(write_retention(payload, args.out_retention))
     print(f"wrote {args.out_retention}/results.json, results.csv, retention.png")
     return payload
 
 
+def file_stamp(path) -> list:
+    """(name, size, mtime) of a file or of every file in a directory: a kept result is reused only if unchanged."""
+    from pathlib import Path
+
+    path = Path(path)
+    files = sorted(f for f in path.rglob("*") if f.is_file()) if path.is_dir() else [path]
+    return [[str(f.relative_to(path)) if path.is_dir() else f.name, f.stat().st_size, f.stat().st_mtime_ns]
+            for f in files if f.exists()]
+
+
 def run(args):
     from pathlib import Path
 
+    from ..distributed import DistContext
+    from ..errors import LocasError
     from ..eval.retention import base_variant, load_adapter, lora_variant, memory_variant, model_variant
     from ..io import load_memory
     from ..models import load_model
     from .common import load_lm
 
-    lm = load_lm(args)
-    peft_model = load_adapter(lm, args.adapter) if args.adapter else None
-    variants = [base_variant(lm, peft_model)]
-    for path in args.memory:
-        variants.append(memory_variant(lm, load_memory(path, model=lm), peft_model=peft_model, name=Path(path).stem))
-    if peft_model is not None:
-        variants.append(lora_variant(lm, peft_model, name="lora"))
-    if args.dense:
-        dense, _ = load_model(args.dense, dtype=args.dtype, device=str(lm.device))
-        variants.append(model_variant(dense, name="dense"))
-    args.out_retention = args.out
-    report(variants, lm, args, args.window_size, {"memories": args.memory, "adapter": args.adapter,
-                                                   "dense": args.dense})
+    code = maybe_relaunch(args)
+    if code is not None:
+        return code
+    ctx = DistContext.from_env()
+    try:
+        lm = load_lm(args, ctx)
+        peft_model = load_adapter(lm, args.adapter) if args.adapter else None
+        variants = [base_variant(lm, peft_model)]
+        for path in args.memory:
+            variants.append(memory_variant(lm, load_memory(path, model=lm), peft_model=peft_model,
+                                           name=Path(path).stem))
+        if peft_model is not None:
+            variants.append(lora_variant(lm, peft_model, name="lora"))
+        if args.dense:
+            dense, _ = load_model(args.dense, dtype=args.dtype, device=str(lm.device))
+            variants.append(model_variant(dense, name="dense"))
+        if len({v.name for v in variants}) != len(variants):
+            raise LocasError("two variants share a name (memory files with the same stem); rename one")
+        args.out_retention = args.out
+        files = [*args.memory, *([args.adapter] if args.adapter else []), *([args.dense] if args.dense else [])]
+        report(variants, lm, args, args.window_size, {"memories": args.memory, "adapter": args.adapter,
+                                                       "dense": args.dense}, ctx=ctx, resume=args.resume, files=files)
+    finally:
+        ctx.close()
 
 
 def run_with_pg19(lm, args) -> None:

@@ -21,6 +21,7 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
+from ..distributed import DistContext, run_sharded
 from ..errors import LocasError
 from ..io import atomic_write
 from ..train import window_spans
@@ -77,6 +78,35 @@ def model_variant(model, name: str) -> Variant:
 
 
 @torch.no_grad()
+def window_stats(variants: list[Variant], tokens: torch.Tensor, span: tuple[int, int]) -> dict[str, dict]:
+    """Per variant: summed NLL and KL(first variant || it) over one window ``tokens[s:e]`` (1-D tokens)."""
+    s, e = span
+    ref, out = None, {}
+    for v in variants:
+        with v.enter() as model:
+            dev = next(model.parameters()).device
+            ids = tokens[s:e][None].to(dev)  # (1, T)
+            logp = torch.log_softmax(model(input_ids=ids, use_cache=False).logits[0, :-1].float(), -1)  # (T-1, V)
+        target = ids[0, 1:]
+        kl = 0.0 if ref is None else float((ref.exp() * (ref - logp)).sum())
+        out[v.name] = {"nll": float(-logp.gather(1, target[:, None]).sum()), "kl": kl, "tokens": int(target.numel())}
+        ref = logp if ref is None else ref
+    return out
+
+
+def pool_windows(per_window: list[dict[str, dict]]) -> dict:
+    """Per variant: perplexity and mean KL over all windows (summed in window order)."""
+    stats: dict[str, dict] = {}
+    for w in per_window:
+        for name, st in w.items():
+            acc = stats.setdefault(name, {"nll": 0.0, "kl": 0.0, "tokens": 0})
+            acc["nll"] += st["nll"]
+            acc["kl"] += st["kl"]
+            acc["tokens"] += st["tokens"]
+    return {k: {"ppl": math.exp(st["nll"] / st["tokens"]), "kl": st["kl"] / st["tokens"], "tokens": st["tokens"]}
+            for k, st in stats.items()}
+
+
 def heldout_metrics(variants: list[Variant], tokens: torch.Tensor, window: int, progress: bool = True) -> dict:
     """Per variant: perplexity of ``tokens`` (1-D) through windows, and mean KL(first variant || it).
 
@@ -85,25 +115,9 @@ def heldout_metrics(variants: list[Variant], tokens: torch.Tensor, window: int, 
     if not variants:
         raise LocasError("no model variants to compare")
     tokens = tokens.flatten().cpu()
-    stats = {v.name: {"nll": 0.0, "kl": 0.0, "tokens": 0} for v in variants}
     spans = window_spans(len(tokens), window)
-    for s, e in tqdm(spans, desc="held-out", disable=not progress, unit="win", dynamic_ncols=True):
-        ref = None
-        for v in variants:
-            with v.enter() as model:
-                dev = next(model.parameters()).device
-                ids = tokens[s:e][None].to(dev)  # (1, T)
-                logp = torch.log_softmax(model(input_ids=ids, use_cache=False).logits[0, :-1].float(), -1)  # (T-1, V)
-            target = ids[0, 1:]
-            st = stats[v.name]
-            st["nll"] += float(-logp.gather(1, target[:, None]).sum())
-            st["tokens"] += int(target.numel())
-            if ref is None:
-                ref = logp
-            else:
-                st["kl"] += float((ref.exp() * (ref - logp)).sum())
-    return {k: {"ppl": math.exp(st["nll"] / st["tokens"]), "kl": st["kl"] / st["tokens"], "tokens": st["tokens"]}
-            for k, st in stats.items()}
+    return pool_windows([window_stats(variants, tokens, sp) for sp in tqdm(
+        spans, desc="held-out", disable=not progress, unit="win", dynamic_ncols=True)])
 
 
 def mmlu_runs(variants: list[Variant], tokenizer, questions, shots: int, dev, batch_size: int = 8,
@@ -117,13 +131,55 @@ def mmlu_runs(variants: list[Variant], tokenizer, questions, shots: int, dev, ba
     return out
 
 
+def retention_units(questions, heldout_tokens: torch.Tensor | None, window: int) -> list[tuple]:
+    """The independent pieces of a report: one MMLU subject, or one held-out window."""
+    units: list[tuple] = [("mmlu", subject) for subject in dict.fromkeys(q.subject for q in questions or [])]
+    if heldout_tokens is not None:
+        units += [("heldout", k, s, e) for k, (s, e) in enumerate(window_spans(heldout_tokens.numel(), window))]
+    return units
+
+
+def unit_name(unit: tuple) -> str:
+    return f"mmlu {unit[1]}" if unit[0] == "mmlu" else f"held-out window {unit[1]} (tokens {unit[2]}-{unit[3]})"
+
+
+def unit_part(unit: tuple) -> str:
+    return f"mmlu__{unit[1]}" if unit[0] == "mmlu" else f"heldout__{unit[1]:05d}"
+
+
 def retention_report(variants: list[Variant], tokenizer, heldout_tokens: torch.Tensor | None, questions, *,
                      shots: int = 5, dev=None, window: int = 1024, cats: dict | None = None, batch_size: int = 8,
-                     progress: bool = True, meta: dict | None = None) -> dict:
-    """MMLU (with paired change vs the first variant) and held-out ppl/KL for every variant."""
+                     progress: bool = True, meta: dict | None = None, ctx: DistContext | None = None,
+                     parts_dir=None, resume: bool = False, fingerprint=None) -> dict | None:
+    """MMLU (with paired change vs the first variant) and held-out ppl/KL for every variant.
+
+    The work is split into MMLU subjects and held-out windows (``retention_units``); under
+    torchrun they are sharded across ranks and rank 0 returns the payload (others None). With
+    ``parts_dir`` each finished piece is kept there and ``resume`` reuses it (see ``run_sharded``).
+    """
+    if not variants:
+        raise LocasError("no model variants to compare")
     ref = variants[0].name
-    records = mmlu_runs(variants, tokenizer, questions, shots, dev, batch_size, progress) if questions else {}
-    held = heldout_metrics(variants, heldout_tokens, window, progress) if heldout_tokens is not None else {}
+    tokens = heldout_tokens.flatten().cpu() if heldout_tokens is not None else None
+
+    def work(unit: tuple) -> dict:
+        if unit[0] == "heldout":
+            return window_stats(variants, tokens, (unit[2], unit[3]))
+        subject = [q for q in questions if q.subject == unit[1]]
+        return mmlu_runs(variants, tokenizer, subject, shots, dev, batch_size, progress=False)
+
+    units = retention_units(questions, tokens, window)
+    done = run_sharded(ctx, units, work, name=unit_name, part=unit_part, parts_dir=parts_dir, resume=resume,
+                       fingerprint=fingerprint, progress=progress, desc="retention")
+    if done is None:
+        return None
+    records: dict[str, list[dict]] = {}
+    for unit, res in zip(units, done):
+        if unit[0] == "mmlu":
+            for v in variants:
+                records.setdefault(v.name, []).extend(res[v.name])
+    windows = [res for unit, res in zip(units, done) if unit[0] == "heldout"]
+    held = pool_windows(windows) if windows else {}
     rows = {}
     for v in variants:
         row: dict = {}
