@@ -2,9 +2,11 @@
 
 Suites (combine with --suite, repeatable):
   main        truncation, Locas r=64 and TempLoRA r=64 at their best swept settings (whole book unless --quick)
-  sweep       learning-rate sweep for Locas and TempLoRA at r=16 and r=64 on the sweep prefix
+  sweep       learning-rate sweep for Locas and TempLoRA at r=64 on the sweep prefix (r=16 and r=11: the ranks suite)
   objectives  Locas r=64 with SD and MIX (teacher context 4 x window)
   init        init ablation at r=64: highest, lowest, random_index, random, activation
+  ranks       smaller memories with the same lr sweep each: Locas r=16, TempLoRA r=16, and TempLoRA r=11
+              (the LoRA rank with Locas r=64's parameter count: the equal-parameters comparison)
   layers      --memory-layers trade-off (all vs top:N) at r=64: perplexity vs time
   full        full attention (8K context) on the quick prefix
   timing      time per window of each method on a short prefix (run it alone, e.g. under a CPU lock: the
@@ -74,7 +76,7 @@ def best(rows, prefix):
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--suite", action="append",
-                    choices=["main", "sweep", "objectives", "init", "layers", "full", "timing"])
+                    choices=["main", "sweep", "objectives", "init", "ranks", "layers", "full", "timing"])
     ap.add_argument("--quick", action="store_true", help="main rows on the first 16K tokens (< 15 min)")
     ap.add_argument("--book", default="10146")
     ap.add_argument("--window-size", type=int, default=1024)
@@ -143,6 +145,14 @@ def main():
                 run(lm, tokens, f"locas-r64-{init}", "locas",
                     TrainConfig(window_size=W, lr=locas_lr, memory_width=64, tau_scale=tau, memory_init=init),
                     rows, curves)
+        elif suite == "ranks":  # each row gets the sweep grid its method got at r=64
+            for lr in LOCAS_LRS:
+                run(lm, tokens, f"locas-r16-lr{lr:g}", "locas", TrainConfig(window_size=W, lr=lr, memory_width=16),
+                    rows, curves)
+            for rank in (16, 11):
+                for lr in LORA_LRS:
+                    run(lm, tokens, f"lora-r{rank}-lr{lr:g}", "lora",
+                        TrainConfig(window_size=W, lr=lr, lora_rank=rank), rows, curves)
         elif suite == "layers":
             for layers in ("all", "top:20", "top:15", "top:10", "top:5"):
                 run(lm, tokens, f"locas-r64-{layers}", "locas",

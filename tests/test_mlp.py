@@ -14,6 +14,7 @@ from locas import LocasForCausalLM
 from locas.baselines import TruncateLearner
 from locas.config import TrainConfig
 from locas.errors import LocasError
+from locas.io import load_memory, read_memory_info, save_memory
 from locas.nlsvd import compress_memory
 from locas.train import stream, window_spans
 from locas.train_mlp import LocasMLPLearner
@@ -99,6 +100,22 @@ def test_relu_memory_refuses_inexact_fusion_but_relu_backbone_fuses():
         assert (opt.to_dense(mem)(ids).logits - opt(ids, memory=mem).logits).abs().max() <= 1e-5
     with pytest.raises(LocasError, match="mlp_activation"):
         tiny_lm("gpt2", mlp_activation="tanh")
+
+
+def test_memory_file_records_and_restores_its_activation(tmp_path):
+    lm = tiny_lm("gpt2", mlp_activation="backbone")
+    ids = random_ids(1, 16)
+    mem = random_memory(lm, width=4)
+    with torch.no_grad():
+        expected = lm(ids, memory=mem).logits
+    save_memory(mem, tmp_path / "m.locas", lm)
+    assert read_memory_info(tmp_path / "m.locas")["mlp_activation"] == "backbone"
+    other = tiny_lm("gpt2")  # relu by default: loading the file switches it back
+    assert other.mlp_activation == "relu"
+    loaded = load_memory(tmp_path / "m.locas", model=other)
+    assert other.mlp_activation == "backbone"
+    with torch.no_grad():
+        assert torch.allclose(other(ids, memory=loaded).logits, expected, atol=1e-6)
 
 
 def test_glu_models_ignore_mlp_activation():

@@ -80,7 +80,8 @@ def save_memory(memory: torch.Tensor, path, model=None, *, layers=None, init: st
     if model is not None:
         meta.update(base_model=str(model.name), model_type=model.config.model_type,
                     model_layers=model.num_layers, kind=model.memory_kind,
-                    tau=model.taus(memory.shape[2]), fingerprint=model_fingerprint(model))
+                    tau=model.taus(memory.shape[2]), fingerprint=model_fingerprint(model),
+                    mlp_activation=model.mlp_activation)
     return atomic_write(Path(path), lambda tmp: save_file({"memory": memory}, tmp,
                                                           metadata={"locas": json.dumps(meta)}))
 
@@ -106,7 +107,10 @@ def read_memory_info(path) -> dict:
 
 
 def load_memory(path, model=None, *, device=None, strict: bool = True) -> torch.Tensor:
-    """Read a memory file; with ``model``, check it was made for that model (``strict`` = fingerprint too)."""
+    """Read a memory file; with ``model``, check it was made for that model (``strict`` = fingerprint too).
+
+    A Locas-MLP file also switches ``model`` to the memory activation it was trained with.
+    """
     meta = read_memory_info(path)
     try:
         with safe_open(str(path), framework="pt") as f:
@@ -127,6 +131,8 @@ def load_memory(path, model=None, *, device=None, strict: bool = True) -> torch.
             raise MemoryFileError(
                 f"'{path}' was made for different weights ({meta.get('base_model')}); use that model, "
                 "or pass strict=False (--no-strict) to load anyway")
+        if meta.get("mlp_activation") and meta["mlp_activation"] != model.mlp_activation:
+            model.set_mlp_activation(meta["mlp_activation"])  # the units must fire as they did in training
         memory = _expand_layers(memory, meta["layers"], model.num_layers)
         memory = memory.to(device or model.device)
     elif device is not None:

@@ -40,19 +40,31 @@ class LocasForCausalLM(nn.Module):
         self.model = model
         self.tokenizer = tokenizer
         self.name = name or getattr(model.config, "_name_or_path", "") or model.config.model_type
-        self.mlp_activation = mlp_activation if self.spec.kind == MLP else "backbone"
         model.requires_grad_(False)
         self.wrappers: list[MemoryMLP] = []
         for layer in self.spec.layers(model):
             mlp = self.spec.mlp(layer)
             if not isinstance(mlp, MemoryMLP):
-                act = self.spec.activation(mlp)
-                if self.mlp_activation == "relu":
-                    act = nn.ReLU()
-                mlp = MemoryMLP(mlp, act=act, kind=self.spec.kind,
+                mlp = MemoryMLP(mlp, act=self.spec.activation(mlp), kind=self.spec.kind,
                                 value_norm=value_norm_mean(self.spec.down_weight(mlp)))
                 self.spec.set_mlp(layer, mlp)
             self.wrappers.append(mlp)
+        self.mlp_activation = "backbone"
+        self.set_mlp_activation(mlp_activation)
+
+    def set_mlp_activation(self, name: str) -> None:
+        """Locas-MLP only: the memory units fire with ``relu`` (the paper) or the ``backbone``'s activation
+        (fusable); GLU memories always use the backbone's gate.
+
+            >>> lm.set_mlp_activation("backbone")
+        """
+        if name not in MLP_ACTIVATIONS:
+            raise LocasError(f"unknown mlp_activation '{name}'; choose {' or '.join(MLP_ACTIVATIONS)}")
+        if self.spec.kind != MLP:
+            return
+        for w in self.wrappers:
+            w.act = nn.ReLU() if name == "relu" else self.spec.activation(w.base_mlp)
+        self.mlp_activation = name
 
     # ---- construction --------------------------------------------------------------------
     @classmethod

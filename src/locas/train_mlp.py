@@ -69,13 +69,7 @@ class MLPTrainConfig(TrainConfig):
 
 def set_mlp_activation(lm, name: str) -> None:
     """Switch every Locas-MLP memory's activation: ``relu`` (paper) or ``backbone`` (fusable)."""
-    if name not in ("relu", "backbone"):
-        raise LocasError(f"unknown mlp_activation '{name}'; choose relu or backbone")
-    if lm.memory_kind != MLP:
-        return
-    for w in lm.wrappers:
-        w.act = torch.nn.ReLU() if name == "relu" else lm.spec.activation(w.base_mlp)
-    lm.mlp_activation = name
+    lm.set_mlp_activation(name)
 
 
 class LocasMLPLearner(Learner):
