@@ -152,3 +152,28 @@ def test_retention_two_processes_match_one_and_resume(retention_setup, tmp_path,
     assert main(["retention", *retention_setup, "--out", str(two), "--resume"]) == 0
     assert f"kept {len(parts) - 1} finished unit(s)" in capfd.readouterr().out
     assert json.loads((two / "results.json").read_text()) == one
+
+
+def test_a_conversation_does_not_depend_on_its_company(tmp_path):
+    """Self-study shuffles its probes: each conversation is seeded on its own, so its company changes nothing."""
+    import torch
+
+    from locas.config import TrainConfig
+    from locas.eval import locomo as harness
+    from test_locomo import _conv
+
+    lm = char_lm(seed=1)
+    first, second = _conv(), _conv()
+    second.sample_id = "conv-y"
+    second.sessions[0].turns[0].text = "I adopted a dog named Rex in Boston last week."
+    settings = harness.LocomoSettings(memory_type="locas", ttt_loss="selfstudy", context_mode="none",
+                                      max_new_tokens=3, batch_size=2, limit=2, control=False)
+    cfg = TrainConfig(window_size=64, memory_width=4, lr=5e-2)
+    both = harness.run_conversations(lm, [first, second], settings, cfg, tmp_path / "both", progress=False)
+    torch.manual_seed(1234)  # whatever the global random state was before
+    torch.rand(7)
+    alone = harness.run_conversations(lm, [second], settings, cfg, tmp_path / "alone", progress=False)
+    assert untimed(both[1]) == untimed(alone[0])
+    mem = "memories/conv-y.locas"
+    assert (tmp_path / "both" / mem).read_bytes() == (tmp_path / "alone" / mem).read_bytes()
+    assert untimed(both[0]["train"]) != untimed(both[1]["train"])  # the two conversations really differ

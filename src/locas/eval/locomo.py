@@ -161,9 +161,9 @@ def make_learner(lm, memory_type: str, cfg: TrainConfig):
 def memorize_conversation(lm, conv_tokens: ConversationTokens, settings: LocomoSettings, cfg: TrainConfig,
                           progress: bool = True, desc: str = "memorise"):
     """Sessions in date order, one update pass each (``cfg.epochs`` passes). Returns (learner, stats)."""
+    torch.manual_seed(cfg.seed)  # every conversation starts from the seed: no dependence on rank or order
     learner = make_learner(lm, settings.memory_type, cfg)
     update = TTT_LOSSES[settings.ttt_loss]
-    torch.manual_seed(cfg.seed)
     first = conv_tokens.sessions[0]
     learner.begin(conv_tokens.tokens, (first[1], min(first[2], first[1] + cfg.window_size)))
     optimizer = make_optimizer(learner.parameters(), cfg)
