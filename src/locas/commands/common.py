@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 import argparse
+from contextlib import contextmanager
 from dataclasses import fields
 
 from ..config import TrainConfig
@@ -77,6 +78,19 @@ def add_train_args(p: argparse.ArgumentParser, **defaults) -> None:
 
 def train_config(args: argparse.Namespace) -> TrainConfig:
     return TrainConfig(**{f.name: getattr(args, f.name) for f in fields(TrainConfig)})
+
+
+@contextmanager
+def rank_lm(args: argparse.Namespace):
+    """``(lm, ctx)`` for this process: under torchrun the process group is joined (and left on exit)
+    and the model sits on this rank's device; without torchrun ``ctx`` is a world of one."""
+    from ..distributed import DistContext
+
+    ctx = DistContext.from_env()
+    try:
+        yield load_lm(args, ctx), ctx
+    finally:
+        ctx.close()
 
 
 def load_lm(args: argparse.Namespace, ctx=None):

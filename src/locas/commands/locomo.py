@@ -6,7 +6,7 @@
 
 from __future__ import annotations
 
-from .common import add_dist_args, add_model_args, add_train_args, load_lm, maybe_relaunch, train_config
+from .common import add_dist_args, add_model_args, add_train_args, maybe_relaunch, rank_lm, train_config
 
 HELP = "LoCoMo QA: memorise each conversation (Locas / LoRA / none), answer its questions, F1 per category"
 
@@ -43,7 +43,6 @@ def run(args):
     from pathlib import Path
 
     from ..data.locomo import get_conversation, load_locomo
-    from ..distributed import DistContext
     from ..errors import LocasError
     from ..eval.locomo import LocomoSettings, method_results, run_conversations, write_report
     from ..grpo import GRPOConfig
@@ -67,12 +66,8 @@ def run(args):
     code = maybe_relaunch(args)
     if code is not None:
         return code
-    ctx = DistContext.from_env()
-    try:
-        lm = load_lm(args, ctx)
+    with rank_lm(args) as (lm, ctx):
         runs = run_conversations(lm, chosen, settings, cfg, args.out, resume=args.resume, ctx=ctx)
-    finally:
-        ctx.close()
     if runs is None:  # not rank 0: rank 0 writes the report
         return None
     out = Path(args.out)

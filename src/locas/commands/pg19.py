@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from .common import add_dist_args, add_model_args, add_train_args, load_lm, maybe_relaunch
+from .common import add_dist_args, add_model_args, add_train_args, load_lm, maybe_relaunch, rank_lm
 from .mlp_args import add_mlp_args, mlp_setup
 from .retention import add_retention_args
 
@@ -27,7 +27,6 @@ def add_arguments(p):
 
 
 def run(args):
-    from ..distributed import DistContext
     from ..eval.pg19 import print_summary, run_pg19
 
     if args.retention:  # single process: the memorised states must stay in memory for the report
@@ -37,15 +36,11 @@ def run(args):
     code = maybe_relaunch(args)
     if code is not None:
         return code
-    ctx = DistContext.from_env()
-    try:
-        lm = load_lm(args, ctx)
+    with rank_lm(args) as (lm, ctx):
         cfg, methods = mlp_setup(lm, args)
         payload = run_pg19(lm, args.book or ["10146"], methods, cfg,
                            args.out, max_tokens=args.max_tokens, data_dir=args.data_dir,
                            checkpoint_every=args.checkpoint_every, resume=args.resume, ctx=ctx)
-    finally:
-        ctx.close()
     if payload is not None:
         print_summary(payload)
         print(f"wrote {args.out}/results.json, results.csv, ppl_curve.png")

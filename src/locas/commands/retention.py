@@ -91,19 +91,16 @@ def file_stamp(path) -> list:
 def run(args):
     from pathlib import Path
 
-    from ..distributed import DistContext
     from ..errors import LocasError
     from ..eval.retention import base_variant, load_adapter, lora_variant, memory_variant, model_variant
     from ..io import load_memory
     from ..models import load_model
-    from .common import load_lm
+    from .common import rank_lm
 
     code = maybe_relaunch(args)
     if code is not None:
         return code
-    ctx = DistContext.from_env()
-    try:
-        lm = load_lm(args, ctx)
+    with rank_lm(args) as (lm, ctx):
         peft_model = load_adapter(lm, args.adapter) if args.adapter else None
         variants = [base_variant(lm, peft_model)]
         for path in args.memory:
@@ -120,8 +117,6 @@ def run(args):
         files = [*args.memory, *([args.adapter] if args.adapter else []), *([args.dense] if args.dense else [])]
         report(variants, lm, args, args.window_size, {"memories": args.memory, "adapter": args.adapter,
                                                        "dense": args.dense}, ctx=ctx, resume=args.resume, files=files)
-    finally:
-        ctx.close()
 
 
 def run_with_pg19(lm, args) -> None:
