@@ -97,6 +97,8 @@ def load_lm(args: argparse.Namespace, ctx=None):
     """The model named by ``--model``; under torchrun each rank takes its own device."""
     from ..model import LocasForCausalLM
 
-    device = args.device or (ctx.device if ctx is not None else None)
+    device = args.device
+    if ctx is not None and ctx.world > 1 and device in (None, "cuda"):  # plain "cuda" means this rank's GPU
+        device = ctx.device
     return LocasForCausalLM.from_pretrained(args.model, dtype=args.dtype, device=device,
                                             device_map=getattr(args, "device_map", None))
