@@ -11,7 +11,9 @@ SmolLM2-135M on conversations conv-26 and conv-30 (all 304 questions). Rows:
 Every method memorises the same windows with the same optimiser budget; learning rates are the
 centres of the PG-19 benchmark's sweep grids (Locas 3e-2, LoRA 1e-3), the same tuning effort for
 both (no LoCoMo-specific sweep). Prints the table, the target checks, and writes
-``results.json`` / ``results.md`` / ``f1_by_category.png`` to --out.
+``results.json`` / ``results.md`` / ``f1_by_category.png`` to --out. Each finished (method,
+conversation) run is kept in ``--out/runs/<method>/parts/`` (Locas memories in ``.../memories/``),
+so an interrupted benchmark continues with ``--resume``.
 
     flock /tmp/locas-cpu.lock python benchmarks/locomo.py            # ~20-25 min on 2 cores
     flock /tmp/locas-cpu.lock python benchmarks/locomo.py --quick    # conv-30, first 60 questions
@@ -28,7 +30,7 @@ import torch
 from locas import LocasForCausalLM
 from locas.config import TrainConfig
 from locas.data.locomo import get_conversation, load_locomo
-from locas.eval.locomo import LocomoSettings, collect, run_conversation, summarize, timing, write_report
+from locas.eval.locomo import LocomoSettings, collect, run_conversations, summarize, timing, write_report
 
 RESULTS = Path(__file__).parent / "results" / "locomo"
 
@@ -51,6 +53,8 @@ def main():
     ap.add_argument("--max-new-tokens", type=int, default=12)
     ap.add_argument("--model", default="smollm2-135m")
     ap.add_argument("--out", default=None)
+    ap.add_argument("--resume", action="store_true",
+                    help="reuse (method, conversation) runs finished by an earlier run with the same settings")
     ap.add_argument("--threads", type=int, default=0, help="torch intra-op threads (0 = default; 1 on a busy machine)")
     args = ap.parse_args()
     if args.threads:
@@ -85,11 +89,10 @@ def main():
     def controls(modes):
         settings = LocomoSettings(memory_type="none", context_mode=modes[0], extra_contexts=tuple(modes[1:]),
                                   **common)
-        runs = []
-        for conv in chosen:
-            t0 = time.perf_counter()
-            runs.append(run_conversation(lm, conv, settings, TrainConfig()))
-            print(f"no-memory {'/'.join(modes)} {conv.sample_id}: {time.perf_counter() - t0:.0f} s", flush=True)
+        t0 = time.perf_counter()
+        runs = run_conversations(lm, chosen, settings, TrainConfig(), out / "runs" / f"no-memory-{'-'.join(modes)}",
+                                 resume=args.resume)
+        print(f"no-memory {'/'.join(modes)}: {time.perf_counter() - t0:.0f} s", flush=True)
         for mode in modes:
             add("no-memory", runs, mode, "memory")
         all_runs.setdefault("no-memory", []).extend(runs)
@@ -104,13 +107,10 @@ def main():
                           memory_width=args.memory_width, lora_rank=args.lora_rank, sd_context=args.sd_context)
         settings = LocomoSettings(memory_type=mtype, ttt_loss=loss, context_mode="date_split",
                                   extra_contexts=("none",), control=False, **common)
-        runs = []
-        for conv in chosen:
-            t0 = time.perf_counter()
-            path = out / "memories" / f"{conv.sample_id}-{label}.locas" if mtype == "locas" else None
-            runs.append(run_conversation(lm, conv, settings, cfg, memory_path=path))
-            print(f"{label} {conv.sample_id}: {time.perf_counter() - t0:.0f} s "
-                  f"(train {runs[-1]['train']['train_s']:.0f} s)", flush=True)
+        t0 = time.perf_counter()
+        runs = run_conversations(lm, chosen, settings, cfg, out / "runs" / label, resume=args.resume)
+        print(f"{label}: {time.perf_counter() - t0:.0f} s (train "
+              f"{sum(r['train']['train_s'] for r in runs):.0f} s)", flush=True)
         train = {"extra_params": runs[0]["train"]["extra_params"], "train_s": sum(r["train"]["train_s"] for r in runs)}
         for mode in ("date_split", "none"):
             add(label, runs, mode, "memory", train)
