@@ -1,7 +1,9 @@
 """Self-study vs NTP vs SD vs MIX: memorise a text so the model answers questions about it without it.
 
 Side by side in one process on SmolLM2-135M, one Locas-GLU memory width and one learning rate
-for every objective (no per-objective tuning), and the same wall-time training budget each:
+for every objective (no per-objective tuning), and the same training budget each, counted in CPU
+seconds of this process (``time.process_time``, one thread), so that other work on the machine
+does not shorten one objective's budget more than another's:
 
   ntp        next-token prediction on the text's windows
   sd         self-distillation from the base model reading a 4x longer context (the streaming SD)
@@ -47,7 +49,8 @@ def parse_args():
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--quick", action="store_true", help="a third of the chapter, 45 s per objective")
     p.add_argument("--book", default="10146")
-    p.add_argument("--budget", type=float, default=None, help="training seconds per objective (90; quick 45)")
+    p.add_argument("--budget", type=float, default=None,
+                   help="training CPU seconds of this process per objective (90; quick 45)")
     p.add_argument("--max-tokens", type=int, default=None, help="cut the chapter (quick: 1000 tokens)")
     p.add_argument("--objectives", default="ntp,sd,mix,selfstudy")
     p.add_argument("--families", default="cloze,template,question")
@@ -95,7 +98,7 @@ def main():
     for label, objective, fams, seconds in plan:
         pick = [e for e in train if e.family in fams]
         learner, log = train_memory(lm, tokens, cfg, objective, pick, ntp_weight=args.ntp_weight,
-                                    budget_s=seconds, desc=label)
+                                    budget_s=seconds, desc=label, clock=time.process_time)
         memory = learner.full_memory()
         report = recall_report(lm, memory, heldout, pcfg, base_rows=base["rows"]["base"], progress=False)
         with lm.use_memory(memory):
