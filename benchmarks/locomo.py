@@ -15,7 +15,7 @@ both (no LoCoMo-specific sweep). Prints the table, the target checks, and writes
 conversation) run is kept in ``--out/runs/<method>/parts/`` (Locas memories in ``.../memories/``),
 so an interrupted benchmark continues with ``--resume``.
 
-    flock /tmp/locas-cpu.lock python benchmarks/locomo.py            # ~20-25 min on 2 cores
+    flock /tmp/locas-cpu.lock python benchmarks/locomo.py            # ~2 h here (SD and LoRA training dominate)
     flock /tmp/locas-cpu.lock python benchmarks/locomo.py --quick    # conv-30, first 60 questions
 """
 
