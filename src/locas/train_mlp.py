@@ -67,11 +67,6 @@ class MLPTrainConfig(TrainConfig):
             raise LocasError("write count and capacity must be >= 0 (0 = automatic)")
 
 
-def set_mlp_activation(lm, name: str) -> None:
-    """Switch every Locas-MLP memory's activation: ``relu`` (paper) or ``backbone`` (fusable)."""
-    lm.set_mlp_activation(name)
-
-
 class LocasMLPLearner(Learner):
     """Locas-MLP memory on ``cfg.memory_layers``; see the module docstring for the two update rules.
 

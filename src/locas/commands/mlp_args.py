@@ -35,7 +35,7 @@ def add_mlp_args(p: argparse.ArgumentParser) -> None:
 
 def mlp_setup(lm, args):
     """(TrainConfig or MLPTrainConfig, methods) for ``args``; switches the memory activation if asked."""
-    from ..train_mlp import MLPTrainConfig, set_mlp_activation
+    from ..train_mlp import MLPTrainConfig
 
     cfg = train_config(args)
     methods = list(getattr(args, "method", None) or ["truncate", "locas"])
@@ -44,7 +44,7 @@ def mlp_setup(lm, args):
     if lm.memory_kind != "mlp":
         raise LocasError(f"--variant mlp needs a two-layer FFN model (gpt2, gpt_neox, opt, gptj, phi, falcon); "
                          f"{lm.config.model_type} is a GLU model: drop --variant mlp")
-    set_mlp_activation(lm, args.mlp_activation)
+    lm.set_mlp_activation(args.mlp_activation)
     cfg = MLPTrainConfig(**cfg.to_dict(), update=args.update, mlp_init=args.mlp_init, write_eps=args.write_eps,
                          write_tokens=args.write_tokens, write_count=args.write_count, capacity=args.capacity,
                          nlsvd_clip=args.nlsvd_clip)
