@@ -33,13 +33,17 @@ from locas.data.locomo import get_conversation, load_locomo
 from locas.eval.locomo import LocomoSettings, collect, run_conversations, summarize, timing, write_report
 
 RESULTS = Path(__file__).parent / "results" / "locomo"
+QUICK_SESSIONS = 6  # conv-30: 6 of 19 sessions (~4.6K tokens), 44 of 105 questions
 
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--quick", action="store_true", help="conv-30 only, first 60 questions (< 15 min)")
+    ap.add_argument("--quick", action="store_true",
+                    help="conv-30, its first 6 sessions and the questions they answer (< 15 min)")
     ap.add_argument("--conversations", nargs="+", default=None)
     ap.add_argument("--limit", type=int, default=None, help="first N questions per conversation")
+    ap.add_argument("--max-sessions", type=int, default=None,
+                    help="first K sessions of each conversation and only the questions they answer (--quick: 6)")
     ap.add_argument("--window-size", type=int, default=1024, help="memorisation window (sessions are cut to it)")
     ap.add_argument("--sd-context", type=int, default=1536, help="SD teacher context in tokens")
     ap.add_argument("--recent-tokens", type=int, default=1024, help="date_split prompt window")
@@ -60,7 +64,8 @@ def main():
     if args.threads:
         torch.set_num_threads(args.threads)
     ids = args.conversations or (["conv-30"] if args.quick else ["conv-26", "conv-30"])
-    limit = args.limit or (60 if args.quick else None)
+    limit = args.limit
+    max_sessions = args.max_sessions or (QUICK_SESSIONS if args.quick else None)
     out = Path(args.out) if args.out else RESULTS / ("quick" if args.quick else "full")
     t_start = time.perf_counter()
 
@@ -68,7 +73,7 @@ def main():
     convs = load_locomo()
     chosen = [get_conversation(i, conversations=convs) for i in ids]
     common = dict(recent_tokens=args.recent_tokens, max_new_tokens=args.max_new_tokens, batch_size=args.batch_size,
-                  limit=limit)
+                  limit=limit, max_sessions=max_sessions)
     methods: dict[str, dict] = {}
 
     def add(label, runs, mode, which, train=None):
@@ -80,7 +85,8 @@ def main():
     all_runs: dict[str, list] = {}
 
     def report(final=False):  # written after every method, so an interrupted run keeps what it measured
-        payload = {"model": args.model, "conversations": ids, "limit": limit, "args": vars(args),
+        payload = {"model": args.model, "conversations": ids, "limit": limit, "max_sessions": max_sessions,
+                   "args": vars(args),
                    "wall_s": time.perf_counter() - t_start, "complete": final, "threads": torch.get_num_threads(),
                    "base_params": lm.num_base_parameters(), "checks": checks(methods), "runs": all_runs}
         title = f"LoCoMo {', '.join(ids)}{' (quick)' if args.quick else ''}: {args.model}"
@@ -101,8 +107,8 @@ def main():
     # no-memory rows with a short prompt first (the controls of every memory row); the full context last
     controls(["date_split", "none"])
     for label in args.methods:
-        mtype, loss = label.split("-", 1)
-        lr = args.locas_lr if mtype == "locas" else args.lora_lr
+        mtype, loss, lr = parse_method(label)
+        lr = lr or (args.locas_lr if mtype == "locas" else args.lora_lr)
         cfg = TrainConfig(window_size=args.window_size, lr=lr, loss=loss if loss != "GRPO" else "NTP",
                           memory_width=args.memory_width, lora_rank=args.lora_rank, sd_context=args.sd_context)
         settings = LocomoSettings(memory_type=mtype, ttt_loss=loss, context_mode="date_split",
@@ -126,26 +132,41 @@ def main():
     print(f"\nwall time {payload['wall_s'] / 60:.1f} min; wrote {out}/results.json, results.md, f1_by_category.png")
 
 
+def parse_method(label: str) -> tuple[str, str, float | None]:
+    """``locas-SD`` -> (locas, SD, None); ``lora-SD@3e-4`` -> (lora, SD, 3e-4): a learning-rate override."""
+    name, _, lr = label.partition("@")
+    mtype, _, loss = name.partition("-")
+    if mtype not in ("locas", "lora") or not loss:
+        raise SystemExit(f"method '{label}' is not <locas|lora>-<LOSS>[@lr], e.g. locas-SD or lora-SD@3e-4")
+    return mtype, loss, float(lr) if lr else None
+
+
 def checks(methods: dict[str, dict]) -> dict[str, tuple[bool, str]]:
-    """The issue's targets, evaluated on the rows present."""
+    """The issue's targets, evaluated on the rows present (with an lr sweep: each method's best row)."""
     def f1(label, cat):
         return methods.get(label, {}).get("summary", {}).get(cat, {}).get("f1")
 
     out = {}
-    for label in ("locas-SD", "locas-NTP"):
+    trained = sorted({k.split(" [")[0] for k in methods if not k.startswith("no-memory")})
+    for label in (t for t in trained if t.startswith("locas-")):
         for cat in ("single-hop", "multi-hop"):
             a, b = f1(f"{label} [none]", cat), f1("no-memory [none]", cat)
             if a is not None and b is not None:
                 out[f"{label} [none] beats no-memory [none] on {cat}"] = (a > b, f"{a:.2f} vs {b:.2f} F1")
-    lora = methods.get("lora-SD [date_split]")
-    for label in ("locas-SD", "locas-NTP"):
-        loc = methods.get(f"{label} [date_split]")
+
+    def best(prefix):  # the best [date_split] row of a method family over its learning rates
+        rows = [(f1(f"{t} [date_split]", "overall"), t) for t in trained if t.split("@")[0] == prefix]
+        rows = [r for r in rows if r[0] is not None]
+        return max(rows) if rows else (None, None)
+
+    b, lora = best("lora-SD")
+    for family in sorted({t.split("@")[0] for t in trained if t.startswith("locas-")}):
+        a, loc = best(family)
         if loc and lora:
-            a, b = loc["summary"]["overall"]["f1"], lora["summary"]["overall"]["f1"]
-            fewer = loc["extra_params"] < lora["extra_params"]
-            out[f"{label} [date_split] beats lora-SD [date_split] overall at fewer params"] = (
-                a > b and fewer, f"{a:.2f} vs {b:.2f} F1 (ratio {a / b if b else float('nan'):.2f}), "
-                                 f"{loc['extra_params']:,} vs {lora['extra_params']:,} params")
+            pa, pb = methods[f"{loc} [date_split]"]["extra_params"], methods[f"{lora} [date_split]"]["extra_params"]
+            out[f"{loc} [date_split] beats {lora} [date_split] overall at fewer params"] = (
+                a > b and pa < pb, f"{a:.2f} vs {b:.2f} F1 (ratio {a / b if b else float('nan'):.2f}), "
+                                   f"{pa:,} vs {pb:,} params")
     return out
 
 

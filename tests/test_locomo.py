@@ -63,6 +63,22 @@ def test_chronological_order_and_rendering():
     assert 'Bob said, "I bought a red bike." and shared a photo of a bike.' in text
 
 
+def test_first_sessions_keeps_only_questions_they_answer():
+    conv = _conv()
+    for q, ev in zip(conv.qa, (["D1:1"], ["D2:1"], ["D2:2", "D1:1"], ["D3:1; D1:2"], [])):
+        q.evidence = ev
+    cut = conv.first_sessions(2)  # chronological: sessions 2 (January) and 1 (May)
+    assert [s.index for s in cut.chronological()] == [2, 1] and len(conv.sessions) == 3
+    assert [q.question for q in cut.qa] == [q.question for q in conv.qa[:3]]  # D3 evidence and no evidence dropped
+    assert [q.question for q in conv.first_sessions(1).qa] == ["When did Ann hike?"]
+    assert conv.qa[3].evidence_sessions == {3, 1}
+    with pytest.raises(LocasError, match="max-sessions"):
+        conv.first_sessions(0)
+    real = next(c for c in load_locomo() if c.sample_id == "conv-30").first_sessions(6)
+    assert len(real.sessions) == 6 and len(real.qa) == 44
+    assert all(q.evidence_sessions <= {s.index for s in real.sessions} for q in real.qa)
+
+
 # ---- scoring ----------------------------------------------------------------------------------
 
 
@@ -200,6 +216,25 @@ def test_end_to_end_every_mode_memory_and_loss(memory_type, loss, tmp_path):
         again = harness.answer_conversation(lm, conv, toks, AnswerState(memory=mem), "none", settings)
         assert [r["prediction"] for r in again["records"]] == [
             r["prediction"] for r in out["answers"]["none"]["memory"]["records"]]
+
+
+def test_max_sessions_cuts_memorisation_and_questions():
+    lm = char_lm(seed=1)
+    conv = _conv()
+    for q, ev in zip(conv.qa, (["D1:1"], ["D2:1"], ["D1:2"], ["D3:1"], ["D3:2"])):
+        q.evidence = ev
+    settings = harness.LocomoSettings(memory_type="locas", ttt_loss="NTP", context_mode="full", max_new_tokens=2,
+                                      max_sessions=2)
+    cfg = TrainConfig(window_size=64, memory_width=4, lr=5e-2)
+    out = harness.run_conversation(lm, conv, settings, cfg, progress=False)
+    assert out["sessions"] == 2 and [s["session"] for s in out["train"]["sessions"]] == [2, 1]
+    recs = out["answers"]["full"]["memory"]["records"]
+    assert [r["question"] for r in recs] == [q.question for q in conv.qa[:3]]
+    full_tokens = len(harness.tokenize_conversation(lm.tokenizer, conv).tokens)
+    assert out["tokens"] < full_tokens and "fish" not in lm.tokenizer.decode(
+        harness.tokenize_conversation(lm.tokenizer, conv.first_sessions(2)).tokens)
+    with pytest.raises(LocasError, match="raise --max-sessions"):
+        harness.run_conversation(lm, _conv(), settings, cfg, progress=False)  # no evidence: no question left
 
 
 def test_settings_validation():

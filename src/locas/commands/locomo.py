@@ -23,6 +23,8 @@ def add_arguments(p):
                    help="also answer in this context mode with the same memory (repeatable)")
     p.add_argument("--conversations", nargs="+", default=["conv-26"], help="sample ids, e.g. conv-26 conv-30, or all")
     p.add_argument("--limit", type=int, default=None, help="only the first N questions of each conversation")
+    p.add_argument("--max-sessions", type=int, default=None,
+                   help="memorise only the first K sessions (by date) and ask only the questions they answer")
     p.add_argument("--recent-tokens", type=int, default=1024, help="context kept in date_split mode")
     p.add_argument("--max-new-tokens", type=int, default=24, help="answer length limit")
     p.add_argument("--batch-size", type=int, default=16, help="questions decoded together on the cached prefix")
@@ -55,7 +57,8 @@ def run(args):
     settings = LocomoSettings(memory_type=args.memory_type, ttt_loss=args.ttt_loss, context_mode=args.context_mode,
                               extra_contexts=tuple(args.also_context), recent_tokens=args.recent_tokens,
                               max_new_tokens=args.max_new_tokens, batch_size=args.batch_size,
-                              prompt_style=args.prompt_style, limit=args.limit, control=not args.no_control,
+                              prompt_style=args.prompt_style, limit=args.limit, max_sessions=args.max_sessions,
+                              control=not args.no_control,
                               grpo=GRPOConfig(group_size=args.grpo_group_size, beta=args.grpo_beta,
                                               items_per_session=args.grpo_items))
     if args.memory_type != "none" and args.ttt_loss in ("NTP", "SD", "ST", "MIX"):

@@ -68,6 +68,11 @@ class QAItem:
     def category_name(self) -> str:
         return CATEGORIES[self.category]
 
+    @property
+    def evidence_sessions(self) -> set[int]:
+        """Session numbers the evidence points to: ``["D1:3", "D4:2"]`` -> ``{1, 4}``."""
+        return {int(n) for e in self.evidence for n in re.findall(r"D(\d+):", e)}
+
 
 @dataclass
 class Conversation:
@@ -86,6 +91,19 @@ class Conversation:
 
     def text(self) -> str:
         return "".join(s.text() for s in self.chronological())
+
+    def first_sessions(self, k: int) -> Conversation:
+        """The conversation cut to its ``k`` chronologically first sessions, with only the questions
+        whose evidence lies entirely in them (questions without evidence are dropped).
+
+            >>> get_conversation("conv-30").first_sessions(6)  # 6 sessions, 44 questions
+        """
+        if k < 1:
+            raise LocasError("--max-sessions must be at least 1")
+        kept = self.chronological()[:k]
+        keep = {s.index for s in kept}
+        qa = [q for q in self.qa if q.evidence_sessions and q.evidence_sessions <= keep]
+        return Conversation(self.sample_id, self.speakers, sorted(kept, key=lambda s: s.index), qa)
 
     @property
     def num_turns(self) -> int:

@@ -54,6 +54,7 @@ class LocomoSettings:
     batch_size: int = 16
     prompt_style: str = "auto"  # auto | chat | plain
     limit: int | None = None  # first N questions per conversation
+    max_sessions: int | None = None  # only the first K sessions (by date) and the questions they answer
     control: bool = True  # also answer with the memory off
     grpo: GRPOConfig = field(default_factory=GRPOConfig)
 
@@ -68,6 +69,8 @@ class LocomoSettings:
             raise LocasError(f"unknown TTT loss '{self.ttt_loss}'; choose {', '.join(TTT_LOSSES)}")
         if self.limit is not None and self.limit < 1:
             raise LocasError("--limit must be at least 1")
+        if self.max_sessions is not None and self.max_sessions < 1:
+            raise LocasError("--max-sessions must be at least 1")
 
     @property
     def contexts(self) -> list[str]:
@@ -77,7 +80,10 @@ class LocomoSettings:
         return "no-memory" if self.memory_type == "none" else f"{self.memory_type}-{self.ttt_loss}"
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        d = asdict(self)
+        if d["max_sessions"] is None:  # unset: the fingerprint of runs made before the option existed
+            del d["max_sessions"]
+        return d
 
 
 # ---- the conversation as one token stream --------------------------------------------------
@@ -231,8 +237,15 @@ def run_conversation(lm, conv: Conversation, settings: LocomoSettings, cfg: Trai
                      progress: bool = True, control_cache: dict | None = None) -> dict:
     """Memorise (unless memory type none), answer in every requested context, with and without memory.
 
-    ``control_cache`` maps (sample_id, mode) -> no-memory answers, so a benchmark computes them once.
+    ``control_cache`` maps (sample_id, mode, limit, max_sessions) -> no-memory answers, so a
+    benchmark computes them once. With ``settings.max_sessions`` the conversation is first cut to
+    its first sessions (``Conversation.first_sessions``).
     """
+    if settings.max_sessions:
+        conv = conv.first_sessions(settings.max_sessions)
+        if not conv.qa:
+            raise LocasError(f"{conv.sample_id}: no question has all its evidence in the first "
+                             f"{settings.max_sessions} sessions; raise --max-sessions")
     conv_tokens = tokenize_conversation(lm.tokenizer, conv)
     out = {"sample_id": conv.sample_id, "tokens": len(conv_tokens.tokens), "sessions": len(conv_tokens.sessions),
            "answers": {}}
@@ -253,7 +266,7 @@ def run_conversation(lm, conv: Conversation, settings: LocomoSettings, cfg: Trai
             part = {}
             if learner is not None:
                 part["memory"] = answer_conversation(lm, conv, conv_tokens, state, mode, settings)
-            key = (conv.sample_id, mode, settings.limit)
+            key = (conv.sample_id, mode, settings.limit, settings.max_sessions)
             if learner is None or settings.control:
                 if control_cache is not None and key in control_cache:
                     part["control"] = control_cache[key]
