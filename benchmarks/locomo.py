@@ -16,7 +16,7 @@ conversation) run is kept in ``--out/runs/<method>/parts/`` (Locas memories in `
 so an interrupted benchmark continues with ``--resume``.
 
     flock /tmp/locas-cpu.lock python benchmarks/locomo.py            # ~2 h here (SD and LoRA training dominate)
-    flock /tmp/locas-cpu.lock python benchmarks/locomo.py --quick    # conv-30, first 60 questions
+    flock /tmp/locas-cpu.lock python benchmarks/locomo.py --quick    # conv-30: first 6 sessions, their 44 questions
 """
 
 from __future__ import annotations

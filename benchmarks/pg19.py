@@ -118,9 +118,6 @@ def main():
             run(lm, tokens, "locas-r64", "locas",
                 TrainConfig(window_size=W, lr=locas_lr, memory_width=64, tau_scale=tau), rows, curves)
             run(lm, tokens, "lora-r64", "lora", TrainConfig(window_size=W, lr=lora_lr, lora_rank=64), rows, curves)
-            if args.quick:
-                run(lm, tokens, "locas-r16", "locas",
-                    TrainConfig(window_size=W, lr=locas_lr, memory_width=16, tau_scale=tau), rows, curves)
         elif suite == "sweep":  # the same number of learning rates for each method, at r=64
             for lr in LOCAS_LRS:
                 run(lm, tokens, f"locas-r64-lr{lr:g}", "locas",

@@ -237,6 +237,16 @@ def test_max_sessions_cuts_memorisation_and_questions():
         harness.run_conversation(lm, _conv(), settings, cfg, progress=False)  # no evidence: no question left
 
 
+def test_tables_show_missing_categories_as_dash():
+    from locas.eval.report import format_table, markdown_table
+
+    row = harness.table_rows({"m [none]": {"summary": harness.summarize([
+        {"category": 4, "f1": 0.5, "em": 0.0}]), "extra_params": 0, "train_s": 0.0}})[1][0]
+    assert row[1] == 50.0 and row[2] != row[2]  # single-hop measured; multi-hop has no question (NaN)
+    assert "nan" not in format_table(["a", "b"], [["x", float("nan")]]) + markdown_table(["a"], [[float("nan")]])
+    assert format_table(["a", "b"], [["x", float("nan")]]).splitlines()[-1].split() == ["x", "-"]
+
+
 def test_settings_validation():
     with pytest.raises(LocasError, match="context mode"):
         harness.LocomoSettings(context_mode="half")
