@@ -65,7 +65,7 @@ def parse_args():
                    help="also train self-study on each family alone (default: on unless --quick)")
     p.add_argument("--reuse-probes", action="store_true", help="reuse the probe cache of a previous run")
     p.add_argument("--threads", type=int, default=1, help="torch threads (1 is fastest on a shared, busy CPU)")
-    p.add_argument("--out", default=None)
+    p.add_argument("--out", default=None, help="result name in benchmarks/results/ (default selfstudy[-quick])")
     return p.parse_args()
 
 
