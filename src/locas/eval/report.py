@@ -16,9 +16,9 @@ from ..io import atomic_write
 
 
 def _fmt(v) -> str:
-    if isinstance(v, float) and v != v:  # NaN: nothing to report (e.g. a category with no questions)
-        return "-"
     if isinstance(v, float):
+        if v != v:  # NaN: nothing to report (e.g. a category with no questions)
+            return "-"
         return f"{v:.4g}" if abs(v) < 1e4 else f"{v:,.0f}"
     if isinstance(v, int):
         return f"{v:,}"
