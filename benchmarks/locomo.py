@@ -17,6 +17,10 @@ so an interrupted benchmark continues with ``--resume``.
 
     flock /tmp/locas-cpu.lock python benchmarks/locomo.py            # ~2 h here (SD and LoRA training dominate)
     flock /tmp/locas-cpu.lock python benchmarks/locomo.py --quick    # conv-30: first 6 sessions, their 44 questions
+
+Equal compute instead of one pass (issue 8: NTP vs SD vs self-study with no conversation in the
+prompt): ``--session-budget 60 --contexts none --methods locas-NTP locas-SD locas-SELFSTUDY --no-full``
+trains every method for 60 CPU-seconds per session (self-study's probe making included).
 """
 
 from __future__ import annotations
@@ -30,7 +34,16 @@ import torch
 from locas import LocasForCausalLM
 from locas.config import TrainConfig
 from locas.data.locomo import get_conversation, load_locomo
-from locas.eval.locomo import LocomoSettings, collect, run_conversations, summarize, timing, write_report
+from locas.eval.locomo import (
+    CONTEXT_MODES,
+    LocomoSettings,
+    collect,
+    run_conversations,
+    summarize,
+    timing,
+    train_totals,
+    write_report,
+)
 
 RESULTS = Path(__file__).parent / "results" / "locomo"
 QUICK_SESSIONS = 6  # conv-30: 6 of 19 sessions (~4.6K tokens), 44 of 105 questions
@@ -53,6 +66,10 @@ def main():
     ap.add_argument("--lora-lr", type=float, default=1e-3)
     ap.add_argument("--methods", nargs="+", default=["locas-SD", "lora-SD", "locas-NTP"])
     ap.add_argument("--no-full", action="store_true", help="skip the full-context row")
+    ap.add_argument("--contexts", nargs="+", default=["date_split", "none"], choices=CONTEXT_MODES[1:],
+                    help="context modes every memory answers in (and the no-memory controls)")
+    ap.add_argument("--session-budget", type=float, default=None,
+                    help="CPU-seconds of training per session for every method (equal compute), instead of one pass")
     ap.add_argument("--batch-size", type=int, default=8)
     ap.add_argument("--max-new-tokens", type=int, default=12)
     ap.add_argument("--model", default="smollm2-135m")
@@ -65,6 +82,7 @@ def main():
         torch.set_num_threads(args.threads)
     ids = args.conversations or (["conv-30"] if args.quick else ["conv-26", "conv-30"])
     limit = args.limit
+    contexts = list(dict.fromkeys(args.contexts))
     max_sessions = args.max_sessions or (QUICK_SESSIONS if args.quick else None)
     out = Path(args.out) if args.out else RESULTS / ("quick" if args.quick else "full")
     t_start = time.perf_counter()
@@ -76,11 +94,10 @@ def main():
                   limit=limit, max_sessions=max_sessions)
     methods: dict[str, dict] = {}
 
-    def add(label, runs, mode, which, train=None):
+    def add(label, runs, mode, which, trained=False):
         recs = collect(runs, mode, which)
         methods[f"{label} [{mode}]"] = {"summary": summarize(recs), **timing(runs, mode, which),
-                                        "extra_params": train["extra_params"] if train else 0,
-                                        "train_s": train["train_s"] if train else 0.0}
+                                        **train_totals(runs if trained else None)}
 
     all_runs: dict[str, list] = {}
 
@@ -105,21 +122,22 @@ def main():
         report()
 
     # no-memory rows with a short prompt first (the controls of every memory row); the full context last
-    controls(["date_split", "none"])
+    controls(contexts)
     for label in args.methods:
         mtype, loss, lr = parse_method(label)
         lr = lr or (args.locas_lr if mtype == "locas" else args.lora_lr)
         cfg = TrainConfig(window_size=args.window_size, lr=lr, loss=loss if loss != "GRPO" else "NTP",
                           memory_width=args.memory_width, lora_rank=args.lora_rank, sd_context=args.sd_context)
-        settings = LocomoSettings(memory_type=mtype, ttt_loss=loss, context_mode="date_split",
-                                  extra_contexts=("none",), control=False, **common)
+        settings = LocomoSettings(memory_type=mtype, ttt_loss=loss, context_mode=contexts[0],
+                                  extra_contexts=tuple(contexts[1:]), control=False,
+                                  session_budget=args.session_budget, **common)
         t0 = time.perf_counter()
         runs = run_conversations(lm, chosen, settings, cfg, out / "runs" / label, resume=args.resume)
-        print(f"{label}: {time.perf_counter() - t0:.0f} s (train "
-              f"{sum(r['train']['train_s'] for r in runs):.0f} s)", flush=True)
-        train = {"extra_params": runs[0]["train"]["extra_params"], "train_s": sum(r["train"]["train_s"] for r in runs)}
-        for mode in ("date_split", "none"):
-            add(label, runs, mode, "memory", train)
+        train = train_totals(runs)
+        print(f"{label}: {time.perf_counter() - t0:.0f} s (train {train['train_s']:.0f} s, "
+              f"{train['train_cpu_s']:.0f} CPU-s)", flush=True)
+        for mode in contexts:
+            add(label, runs, mode, "memory", trained=True)
         all_runs[label] = runs
         report()
     if not args.no_full:
@@ -154,6 +172,12 @@ def checks(methods: dict[str, dict]) -> dict[str, tuple[bool, str]]:
             if a is not None and b is not None:
                 out[f"{label} [none] beats no-memory [none] on {cat}"] = (a > b, f"{a:.2f} vs {b:.2f} F1")
 
+    ss, ntp = best_none("locas-SELFSTUDY", trained, f1), best_none("locas-NTP", trained, f1)
+    if ss and ntp:
+        for cat in ("single-hop", "multi-hop"):
+            a, b = f1(f"{ss} [none]", cat), f1(f"{ntp} [none]", cat)
+            out[f"{ss} [none] beats {ntp} [none] on {cat}"] = (a > b, f"{a:.2f} vs {b:.2f} F1")
+
     def best(prefix):  # the best [date_split] row of a method family over its learning rates
         rows = [(f1(f"{t} [date_split]", "overall"), t) for t in trained if t.split("@")[0] == prefix]
         rows = [r for r in rows if r[0] is not None]
@@ -168,6 +192,13 @@ def checks(methods: dict[str, dict]) -> dict[str, tuple[bool, str]]:
                 a > b and pa < pb, f"{a:.2f} vs {b:.2f} F1 (ratio {a / b if b else float('nan'):.2f}), "
                                    f"{pa:,} vs {pb:,} params")
     return out
+
+
+def best_none(family: str, trained: list[str], f1) -> str | None:
+    """The label of ``family``'s row (over its learning rates) with the best overall F1 in [none], if any."""
+    rows = [(f1(f"{t} [none]", "overall"), t) for t in trained if t.split("@")[0] == family]
+    rows = [r for r in rows if r[0] is not None]
+    return max(rows)[1] if rows else None
 
 
 if __name__ == "__main__":

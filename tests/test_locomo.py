@@ -237,6 +237,45 @@ def test_max_sessions_cuts_memorisation_and_questions():
         harness.run_conversation(lm, _conv(), settings, cfg, progress=False)  # no evidence: no question left
 
 
+def _job(steps_per_window=2, deadline=None):
+    return harness.SessionJob(None, None, None, [], TrainConfig(steps_per_window=steps_per_window), None,
+                              random.Random(0), None, deadline=deadline)
+
+
+def test_schedule_passes_then_cpu_deadline():
+    import itertools
+    import time
+
+    assert list(_job().schedule([1, 2, 3], batch=2)) == [[1, 2], [3], [1, 2], [3]]  # steps_per_window passes
+    assert list(_job().schedule([1, 2, 3], passes=1)) == [[1], [2], [3]]
+    assert list(_job().schedule([], passes=5)) == []
+    assert list(_job(deadline=time.process_time() - 1).schedule([1, 2, 3])) == [[1]]  # spent: the first batch only
+    running = _job(deadline=time.process_time() + 60).schedule([1, 2, 3], batch=2)
+    assert len(list(itertools.islice(running, 10))) == 10  # budget left: keeps cycling past the pass count
+    items = list(range(8))
+    shuffled = list(_job().schedule(items, batch=8, shuffle=True))
+    assert len(shuffled) == 2 and sorted(shuffled[0]) == list(range(8)) and shuffled[0] != list(range(8))
+
+
+def test_session_budget_trains_each_session_for_its_cpu_seconds():
+    lm = char_lm(seed=1)
+    cfg = TrainConfig(window_size=64, memory_width=4, lr=5e-2)
+    base = dict(memory_type="locas", ttt_loss="NTP", context_mode="none", max_new_tokens=2)
+    one_pass = harness.run_conversation(lm, _conv(), harness.LocomoSettings(**base), cfg, progress=False)["train"]
+    budget = 0.25
+    timed = harness.run_conversation(lm, _conv(), harness.LocomoSettings(**base, session_budget=budget), cfg,
+                                     progress=False)["train"]
+    for a, b in zip(one_pass["sessions"], timed["sessions"]):
+        assert b["steps"] > a["steps"] >= 1 and b["cpu_s"] >= budget  # more passes, until the budget is spent
+    first = one_pass["sessions"][0]["nll"], timed["sessions"][0]["nll"]  # scored before any training: the same
+    assert first[0] == pytest.approx(first[1], rel=1e-5)
+    assert timed["train_cpu_s"] >= budget * len(timed["sessions"])
+    assert "session_budget" not in harness.LocomoSettings(**base).to_dict()  # old run fingerprints still match
+    assert harness.LocomoSettings(**base, session_budget=2.0).to_dict()["session_budget"] == 2.0
+    with pytest.raises(LocasError, match="session-budget"):
+        harness.LocomoSettings(**base, session_budget=0)
+
+
 def test_tables_show_missing_categories_as_dash():
     from locas.eval.report import format_table, markdown_table
 

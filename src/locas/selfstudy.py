@@ -808,7 +808,8 @@ def _base_model(learner):
 def selfstudy_update(learner, optimizer, job, pcfg: ProbeConfig | None = None) -> dict:
     """Self-study on one LoCoMo session: probes from the session's text, teacher = base model with the
     session in context, student = the learner with the question only; ``steps_per_window`` passes
-    over the probes, each step with ``LOCOMO_NTP_WEIGHT`` x NTP on one of the session's windows.
+    over the probes (or passes until the session's CPU budget, which includes making the probes, is
+    spent), each step with ``LOCOMO_NTP_WEIGHT`` x NTP on one of the session's windows.
     """
     lm = job.lm
     pcfg = pcfg or LOCOMO_PROBES
@@ -816,21 +817,21 @@ def selfstudy_update(learner, optimizer, job, pcfg: ProbeConfig | None = None) -
 
     style = Prompt.resolve_style(lm.tokenizer, job.settings.prompt_style)  # answer in the harness's own prompt
     pcfg = ProbeConfig(**{**pcfg.to_dict(), "seed": job.cfg.seed * 1000 + job.session.index, "prompt_style": style})
+    c0 = time.process_time()
     chunks = split_chunks(lm.tokenizer, job.session.text(), pcfg.chunk_tokens)
     with _base_model(learner):
         examples = teacher_examples(lm, chunks, make_probes(lm, chunks, pcfg, progress=False), pcfg, progress=False)
+    prep_cpu_s = time.process_time() - c0
     tokens = job.conv_tokens.tokens
     kl_sum, steps, skipped = 0.0, 0, 0
-    for _ in range(job.cfg.steps_per_window if examples else 0):
-        job.rng.shuffle(examples)
-        for i in range(0, len(examples), LOCOMO_BATCH):
-            optimizer.zero_grad(set_to_none=True)
-            pick = examples[i:i + LOCOMO_BATCH]
-            ids, spans = _student_batch(pick, 0, lm.device)
-            kl = selfstudy_kl(learner.logits(ids), pick, spans)
-            s, e = job.spans[steps % len(job.spans)]
-            window = tokens[s:e][None].to(lm.device)
-            nll = F.cross_entropy(learner.logits(window)[0, :-1].float(), window[0, 1:])
-            skipped += int(study_step(learner, optimizer, kl + LOCOMO_NTP_WEIGHT * nll))
-            kl_sum, steps = kl_sum + float(kl.detach()), steps + 1
-    return {"probes": len(examples), "kl": kl_sum / max(steps, 1), "steps": steps, "skipped": skipped}
+    for pick in job.schedule(examples, batch=LOCOMO_BATCH, shuffle=True):
+        optimizer.zero_grad(set_to_none=True)
+        ids, spans = _student_batch(pick, 0, lm.device)
+        kl = selfstudy_kl(learner.logits(ids), pick, spans)
+        s, e = job.spans[steps % len(job.spans)]
+        window = tokens[s:e][None].to(lm.device)
+        nll = F.cross_entropy(learner.logits(window)[0, :-1].float(), window[0, 1:])
+        skipped += int(study_step(learner, optimizer, kl + LOCOMO_NTP_WEIGHT * nll))
+        kl_sum, steps = kl_sum + float(kl.detach()), steps + 1
+    return {"probes": len(examples), "kl": kl_sum / max(steps, 1), "steps": steps, "skipped": skipped,
+            "prep_cpu_s": prep_cpu_s}

@@ -25,6 +25,8 @@ def add_arguments(p):
     p.add_argument("--limit", type=int, default=None, help="only the first N questions of each conversation")
     p.add_argument("--max-sessions", type=int, default=None,
                    help="memorise only the first K sessions (by date) and ask only the questions they answer")
+    p.add_argument("--session-budget", type=float, default=None,
+                   help="train each session for this many CPU-seconds (repeated passes) instead of one pass")
     p.add_argument("--recent-tokens", type=int, default=1024, help="context kept in date_split mode")
     p.add_argument("--max-new-tokens", type=int, default=24, help="answer length limit")
     p.add_argument("--batch-size", type=int, default=16, help="questions decoded together on the cached prefix")
@@ -58,7 +60,7 @@ def run(args):
                               extra_contexts=tuple(args.also_context), recent_tokens=args.recent_tokens,
                               max_new_tokens=args.max_new_tokens, batch_size=args.batch_size,
                               prompt_style=args.prompt_style, limit=args.limit, max_sessions=args.max_sessions,
-                              control=not args.no_control,
+                              session_budget=args.session_budget, control=not args.no_control,
                               grpo=GRPOConfig(group_size=args.grpo_group_size, beta=args.grpo_beta,
                                               items_per_session=args.grpo_items))
     if args.memory_type != "none" and args.ttt_loss in ("NTP", "SD", "ST", "MIX"):

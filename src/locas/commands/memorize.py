@@ -158,6 +158,6 @@ def _text_ppl(lm, tokens, window):
 
     nll, n = 0.0, 0
     for s, e in window_spans(len(tokens), window):
-        x = lm.compute_nll(tokens[s:e][None])
+        x = lm.compute_nll(tokens[s:e][None]).detach()
         nll, n = nll + float(x.sum()), n + x.numel()
     return math.exp(nll / n)

@@ -9,8 +9,9 @@ Context modes (what the prompt holds when answering):
 Memory types: ``locas``, ``lora`` (TempLoRA via peft) and ``none``. Memorisation is the same in
 every context mode: sessions in date order, each cut into windows of at most ``window_size``
 tokens, one update pass per session with the chosen TTT loss (``TTT_LOSSES`` below; add an
-entry to plug in another objective). Every run also answers with the memory switched off in
-the same context mode (the no-memory control), side by side.
+entry to plug in another objective), or, with ``session_budget``, as many passes as fit in that
+many CPU-seconds per session (the same compute for every objective). Every run also answers with
+the memory switched off in the same context mode (the no-memory control), side by side.
 
     >>> conv = get_conversation("conv-26")
     >>> out = run_conversation(lm, conv, LocomoSettings(memory_type="locas", ttt_loss="SD"), cfg)
@@ -21,6 +22,7 @@ from __future__ import annotations
 
 import random
 import time
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -55,6 +57,7 @@ class LocomoSettings:
     prompt_style: str = "auto"  # auto | chat | plain
     limit: int | None = None  # first N questions per conversation
     max_sessions: int | None = None  # only the first K sessions (by date) and the questions they answer
+    session_budget: float | None = None  # CPU-seconds of training per session (None: a fixed number of passes)
     control: bool = True  # also answer with the memory off
     grpo: GRPOConfig = field(default_factory=GRPOConfig)
 
@@ -71,6 +74,8 @@ class LocomoSettings:
             raise LocasError("--limit must be at least 1")
         if self.max_sessions is not None and self.max_sessions < 1:
             raise LocasError("--max-sessions must be at least 1")
+        if self.session_budget is not None and not self.session_budget > 0:
+            raise LocasError("--session-budget must be a positive number of CPU-seconds")
 
     @property
     def contexts(self) -> list[str]:
@@ -81,8 +86,9 @@ class LocomoSettings:
 
     def to_dict(self) -> dict:
         d = asdict(self)
-        if d["max_sessions"] is None:  # unset: the fingerprint of runs made before the option existed
-            del d["max_sessions"]
+        for key in ("max_sessions", "session_budget"):  # unset: the fingerprint of runs made before they existed
+            if d[key] is None:
+                del d[key]
         return d
 
 
@@ -120,18 +126,40 @@ class SessionJob:
     settings: LocomoSettings
     rng: random.Random
     generator: torch.Generator
+    deadline: float | None = None  # ``time.process_time()`` at which this session's CPU budget runs out
+
+    def schedule(self, items: list, batch: int = 1, passes: int | None = None, shuffle: bool = False
+                 ) -> Iterator[list]:
+        """Batches of ``items`` to train on: ``passes`` passes (default ``cfg.steps_per_window``), or, with a
+        ``deadline``, as many passes as fit in the budget. The clock is read before every batch; the first
+        batch always runs, and ``shuffle`` reshuffles ``items`` (in place, with ``rng``) before each pass.
+
+        >>> [b for b in job.schedule([1, 2, 3], batch=2, passes=2)]   # no deadline
+        [[1, 2], [3], [1, 2], [3]]
+        """
+        passes = self.cfg.steps_per_window if passes is None else passes
+        done = 0
+        while items and (self.deadline is not None or done < passes):
+            if shuffle:
+                self.rng.shuffle(items)
+            for i in range(0, len(items), batch):
+                if self.deadline is not None and (done or i) and time.process_time() >= self.deadline:
+                    return
+                yield items[i:i + batch]
+            done += 1
 
 
 def sequence_update(learner, optimizer, job: SessionJob) -> dict:
-    """NTP / SD / MIX through the streaming trainer's ``train_window`` (one pass over the session)."""
+    """NTP / SD / MIX through the streaming trainer's ``train_window``: one pass over the session's
+    windows (``steps_per_window`` steps each), or passes until the session's CPU budget is spent."""
     objective = get_objective(job.settings.ttt_loss, job.cfg.mix_weight, job.cfg.sd_topk)
-    nll, n, skipped = 0.0, 0, 0
-    for span in job.spans:
+    nll, n, skipped, windows = 0.0, 0, 0, 0
+    for (span,) in job.schedule(list(job.spans), passes=1):
         score, skip = train_window(learner, optimizer, objective, job.conv_tokens.tokens, span, job.cfg)
-        if score is not None:
+        if score is not None and windows < len(job.spans):  # NLL before training, first pass only
             nll, n = nll + float(score.sum()), n + score.numel()
-        skipped += int(skip)
-    return {"nll": nll / max(n, 1), "skipped": skipped}
+        skipped, windows = skipped + int(skip), windows + 1
+    return {"nll": nll / max(n, 1), "skipped": skipped, "steps": windows * job.cfg.steps_per_window}
 
 
 def grpo_update(learner, optimizer, job: SessionJob) -> dict:
@@ -141,12 +169,11 @@ def grpo_update(learner, optimizer, job: SessionJob) -> dict:
     items = cloze_items(job.session, tok, job.rng, g.items_per_session, g)
     rewards, groups = [], 0
     reward = f1_reward(tok)
-    for _ in range(job.cfg.steps_per_window):
-        for i in range(0, len(items), g.items_per_step):
-            st = grpo_step(learner, optimizer, items[i:i + g.items_per_step], reward, g, job.generator, tok)
-            rewards.append(st["reward"])
-            groups += st["groups"]
-    return {"reward": sum(rewards) / max(len(rewards), 1), "groups": groups}
+    for pick in job.schedule(items, batch=g.items_per_step):
+        st = grpo_step(learner, optimizer, pick, reward, g, job.generator, tok)
+        rewards.append(st["reward"])
+        groups += st["groups"]
+    return {"reward": sum(rewards) / max(len(rewards), 1), "groups": groups, "steps": len(rewards)}
 
 
 # loss name -> update(learner, optimizer, SessionJob) -> stats dict
@@ -166,7 +193,8 @@ def make_learner(lm, memory_type: str, cfg: TrainConfig):
 
 def memorize_conversation(lm, conv_tokens: ConversationTokens, settings: LocomoSettings, cfg: TrainConfig,
                           progress: bool = True, desc: str = "memorise"):
-    """Sessions in date order, one update pass each (``cfg.epochs`` passes). Returns (learner, stats)."""
+    """Sessions in date order, one update pass each (``cfg.epochs`` passes), or ``settings.session_budget``
+    CPU-seconds each. Returns (learner, stats): wall and CPU seconds, per-session stats."""
     torch.manual_seed(cfg.seed)  # every conversation starts from the seed: no dependence on rank or order
     learner = make_learner(lm, settings.memory_type, cfg)
     update = TTT_LOSSES[settings.ttt_loss]
@@ -174,16 +202,19 @@ def memorize_conversation(lm, conv_tokens: ConversationTokens, settings: LocomoS
     learner.begin(conv_tokens.tokens, (first[1], min(first[2], first[1] + cfg.window_size)))
     optimizer = make_optimizer(learner.parameters(), cfg)
     rng, gen = random.Random(cfg.seed), torch.Generator().manual_seed(cfg.seed)
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     per_session = []
     jobs = [(e, s) for e in range(cfg.epochs) for s in conv_tokens.sessions]
     for epoch, (session, start, end) in tqdm(jobs, desc=desc, disable=not progress, unit="session",
                                              dynamic_ncols=True):
+        c = time.process_time()
         job = SessionJob(lm, conv_tokens, session, session_windows(start, end, cfg.window_size), cfg, settings,
-                         rng, gen)
+                         rng, gen, deadline=c + settings.session_budget if settings.session_budget else None)
         stats = update(learner, optimizer, job)
-        per_session.append({"epoch": epoch, "session": session.index, "date": session.date, **stats})
-    return learner, {"train_s": time.perf_counter() - t0, "extra_params": learner.extra_params(),
+        per_session.append({"epoch": epoch, "session": session.index, "date": session.date, **stats,
+                            "cpu_s": time.process_time() - c})
+    return learner, {"train_s": time.perf_counter() - t0, "train_cpu_s": time.process_time() - c0,
+                     "extra_params": learner.extra_params(),
                      "sessions": per_session, "order": [s.index for s, _, _ in conv_tokens.sessions]}
 
 
@@ -312,11 +343,18 @@ def method_results(runs: list[dict], settings: LocomoSettings) -> dict[str, dict
             if which == "control" and (settings.memory_type == "none" or not settings.control):
                 continue
             trained = which == "memory" and settings.memory_type != "none"
-            methods[f"{label} [{mode}]"] = {
-                "summary": summarize(collect(runs, mode, which)), **timing(runs, mode, which),
-                "extra_params": runs[0]["train"]["extra_params"] if trained else 0,
-                "train_s": sum(r["train"]["train_s"] for r in runs) if trained else 0.0}
+            methods[f"{label} [{mode}]"] = {"summary": summarize(collect(runs, mode, which)),
+                                            **timing(runs, mode, which), **train_totals(runs if trained else None)}
     return methods
+
+
+def train_totals(runs: list[dict] | None) -> dict:
+    """Extra parameters and training wall / CPU seconds summed over ``runs`` (None: an untrained row).
+    Runs kept from before the CPU clock existed give NaN CPU seconds."""
+    if not runs:
+        return {"extra_params": 0, "train_s": 0.0, "train_cpu_s": 0.0}
+    return {"extra_params": runs[0]["train"]["extra_params"], "train_s": sum(r["train"]["train_s"] for r in runs),
+            "train_cpu_s": sum(r["train"].get("train_cpu_s", float("nan")) for r in runs)}
 
 
 # ---- scoring summaries -------------------------------------------------------------------------
@@ -362,7 +400,7 @@ COLUMNS = ["single-hop", "multi-hop", "temporal", "open-domain", "overall"]
 def table_rows(methods: dict[str, dict]) -> tuple[list[str], list[list]]:
     """methods: label -> {"summary": summarize(...), "extra_params": int, "wall_s": float, ...}."""
     header = ["method", *[f"{c} F1" for c in COLUMNS], "overall EM", "adv -F1", "adv refused %", "extra params",
-              "train s", "q/s"]
+              "train s", "train CPU s", "q/s"]
     rows = []
     for label, m in methods.items():
         s = m["summary"]
@@ -370,7 +408,8 @@ def table_rows(methods: dict[str, dict]) -> tuple[list[str], list[list]]:
         rows.append([label, *[round(s.get(c, {}).get("f1", float("nan")), 1) for c in COLUMNS],
                      round(s.get("overall", {}).get("em", float("nan")), 1), round(adv.get("f1", float("nan")), 1),
                      round(adv.get("refused", float("nan")), 1), m.get("extra_params", 0),
-                     round(m.get("train_s", 0.0), 1), round(m.get("questions_per_s", 0.0), 2)])
+                     round(m.get("train_s", 0.0), 1), round(m.get("train_cpu_s", float("nan")), 1),
+                     round(m.get("questions_per_s", 0.0), 2)])
     return header, rows
 
 

@@ -1,0 +1,1 @@
+"""Evaluation harnesses (PG-19 streaming perplexity, ...) and reporting helpers."""

@@ -1,0 +1,116 @@
+"""The memory modules: a small side feed-forward network beside each frozen MLP.
+
+A memory tensor holds, for every layer and batch row, ``r`` slots of ``d``-dimensional
+vectors. Layout (the reference implementation's): ``(L, B, r, d, C)`` with
+
+* ``C = 3`` for Locas-GLU: (key/up, gate, value/down), ``out = V^T (act(G^T x) * (K^T x))``
+* ``C = 2`` for Locas-MLP: (key, value),              ``out = V^T act(K^T x)``
+
+Memory weights are float32 whatever the model dtype; inputs are cast up at the boundary and
+the output is cast back. Row ``b`` of a batch uses memory row ``b`` (a memory with one row is
+broadcast over the batch). This module has no transformers imports.
+
+    >>> wrapped = MemoryMLP(layer.mlp, act=layer.mlp.act_fn, kind="glu", value_norm=0.9)
+    >>> wrapped.memory = mem[i]            # (B, r, d, 3), float32
+    >>> y = wrapped(x)                     # mlp(x) + tau * memory(x), tau = value_norm / r
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+GLU, MLP = "glu", "mlp"
+CHANNELS = {GLU: 3, MLP: 2}
+
+
+def memory_output(x: torch.Tensor, mem: torch.Tensor, act, kind: str = GLU) -> torch.Tensor:
+    """Side-FFN output for hidden states ``x`` (B, T, d) and one layer's memory (B|1, r, d, C).
+
+    Returns float32 (B, T, d); the caller applies ``tau`` and casts back.
+    """
+    xf = x.to(mem.dtype)  # (B, T, d)
+    if kind == GLU:
+        key, gate, value = mem.unbind(-1)  # each (B, r, d)
+        h = act(xf @ gate.transpose(-1, -2)) * (xf @ key.transpose(-1, -2))  # (B, T, r)
+    else:
+        key, value = mem.unbind(-1)
+        h = act(xf @ key.transpose(-1, -2))  # (B, T, r)
+    return h @ value  # (B, T, d)
+
+
+class MemoryMLP(nn.Module):
+    """Wraps a frozen feed-forward block: ``base_mlp(x) + tau * memory(x)``.
+
+    ``act`` is the memory's activation: the backbone's own for GLU, ReLU (the paper's choice) or
+    the backbone's for two-layer "mlp" memories.
+
+    ``memory`` is a plain attribute (not a parameter or buffer) so it never enters the base
+    model's state dict; ``None`` or ``enabled = False`` gives the base output bit-exactly.
+    """
+
+    def __init__(self, base_mlp: nn.Module, act, kind: str = GLU, value_norm: float = 1.0):
+        super().__init__()
+        if kind not in CHANNELS:
+            raise ValueError(f"unknown memory kind '{kind}' (expected one of {sorted(CHANNELS)})")
+        self.base_mlp = base_mlp
+        self.act = act
+        self.kind = kind
+        self.value_norm = float(value_norm)  # mean |W_down[:, j]|_2 of the backbone
+        self.tau_scale = 1.0
+        self.memory: torch.Tensor | None = None  # (B|1, r, d, C) float32
+        self.enabled = True
+        # state-dict transparent: a wrapped model saves and loads under the original MLP's keys
+        self._register_state_dict_hook(_strip_base_prefix)
+        self._register_load_state_dict_pre_hook(_add_base_prefix)
+
+    def tau(self, width: int) -> float:
+        """Output scale ``mean_j |W_down[:, j]| / r`` (times an optional user factor)."""
+        return self.tau_scale * self.value_norm / width
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.base_mlp(x)
+        mem = self.memory
+        if mem is None or not self.enabled:
+            return out
+        if mem.device != x.device:  # layers spread over devices (device_map="auto"): memory follows
+            mem = mem.to(x.device)
+        flat = x.dim() == 2  # (B*T, d): OPT flattens the batch before its FFN
+        xb = x.view(mem.shape[0], -1, x.shape[-1]) if flat else x  # (B, T, d)
+        extra = memory_output(xb, mem, self.act, self.kind) * self.tau(mem.shape[-3])
+        if flat:
+            extra = extra.reshape(x.shape)
+        return out + extra.to(out.dtype)
+
+    def extra_repr(self) -> str:
+        width = None if self.memory is None else self.memory.shape[-3]
+        return f"kind={self.kind}, width={width}, enabled={self.enabled}"
+
+
+_BASE = "base_mlp."
+
+
+def _strip_base_prefix(module, state_dict, prefix, local_metadata):
+    for key in [k for k in state_dict if k.startswith(prefix + _BASE)]:
+        state_dict[prefix + key[len(prefix + _BASE):]] = state_dict.pop(key)
+
+
+def _add_base_prefix(state_dict, prefix, *args):
+    for key in [k for k in state_dict if k.startswith(prefix) and not k.startswith(prefix + _BASE)]:
+        state_dict[prefix + _BASE + key[len(prefix):]] = state_dict.pop(key)
+
+
+@torch.no_grad()
+def clip_vectors_(memory: torch.Tensor) -> torch.Tensor:
+    """Weight-norm clipping in place: every key/gate/value vector ``w <- w / max(|w|_2, 1)``.
+
+    ``memory`` is (..., r, d, C); norms are taken over ``d``. Short vectors are unchanged.
+    """
+    norms = memory.norm(dim=-2, keepdim=True)  # (..., r, 1, C)
+    memory.div_(norms.clamp(min=1.0))
+    return memory
+
+
+def value_norm_mean(down_weight: torch.Tensor) -> float:
+    """Mean L2 norm of the backbone's value vectors (columns of ``down_weight``, (d, I))."""
+    return down_weight.detach().float().norm(dim=0).mean().item()
