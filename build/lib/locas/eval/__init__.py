@@ -1,1 +1,0 @@
-"""Evaluation harnesses (PG-19 streaming perplexity, ...) and reporting helpers."""

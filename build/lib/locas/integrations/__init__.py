@@ -1,1 +1,0 @@
-"""Bridges to other tools. ``lm_eval_harness``: a ``locas`` model type for EleutherAI's lm-evaluation-harness."""
