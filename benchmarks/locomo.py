@@ -38,6 +38,7 @@ from locas.eval.locomo import (
     CONTEXT_MODES,
     LocomoSettings,
     collect,
+    paired_f1_difference,
     run_conversations,
     summarize,
     timing,
@@ -105,7 +106,7 @@ def main():
         payload = {"model": args.model, "conversations": ids, "limit": limit, "max_sessions": max_sessions,
                    "args": vars(args),
                    "wall_s": time.perf_counter() - t_start, "complete": final, "threads": torch.get_num_threads(),
-                   "base_params": lm.num_base_parameters(), "checks": checks(methods), "runs": all_runs}
+                   "base_params": lm.num_base_parameters(), "checks": checks(methods, all_runs), "runs": all_runs}
         title = f"LoCoMo {', '.join(ids)}{' (quick)' if args.quick else ''}: {args.model}"
         return payload, write_report(out, methods, payload, title)
 
@@ -159,8 +160,9 @@ def parse_method(label: str) -> tuple[str, str, float | None]:
     return mtype, loss, float(lr) if lr else None
 
 
-def checks(methods: dict[str, dict]) -> dict[str, tuple[bool, str]]:
-    """The issue's targets, evaluated on the rows present (with an lr sweep: each method's best row)."""
+def checks(methods: dict[str, dict], runs: dict[str, list]) -> dict[str, tuple[bool, str]]:
+    """The issue's targets, evaluated on the rows present (with an lr sweep: each method's best row);
+    ``runs`` (label -> runs) gives the per-question records for paired confidence intervals."""
     def f1(label, cat):
         return methods.get(label, {}).get("summary", {}).get(cat, {}).get("f1")
 
@@ -176,7 +178,10 @@ def checks(methods: dict[str, dict]) -> dict[str, tuple[bool, str]]:
     if ss and ntp:
         for cat in ("single-hop", "multi-hop"):
             a, b = f1(f"{ss} [none]", cat), f1(f"{ntp} [none]", cat)
-            out[f"{ss} [none] beats {ntp} [none] on {cat}"] = (a > b, f"{a:.2f} vs {b:.2f} F1")
+            d, lo, hi = paired_f1_difference(collect(runs[ss], "none", "memory"),
+                                             collect(runs[ntp], "none", "memory"), cat)
+            out[f"{ss} [none] beats {ntp} [none] on {cat}"] = (
+                a > b, f"{a:.2f} vs {b:.2f} F1 (paired difference {d:+.2f}, 95% bootstrap CI {lo:+.2f} .. {hi:+.2f})")
 
     def best(prefix):  # the best [date_split] row of a method family over its learning rates
         rows = [(f1(f"{t} [date_split]", "overall"), t) for t in trained if t.split("@")[0] == prefix]

@@ -276,6 +276,24 @@ def test_session_budget_trains_each_session_for_its_cpu_seconds():
         harness.LocomoSettings(**base, session_budget=0)
 
 
+def test_paired_f1_difference_is_a_paired_bootstrap():
+    rng = random.Random(0)
+    a = [{"question": f"q{i}", "category": 4 if i % 2 else 1, "f1": rng.random()} for i in range(200)]
+    same = harness.paired_f1_difference(a, [dict(r) for r in a])
+    assert same == (0.0, 0.0, 0.0)
+    better = [{**r, "f1": r["f1"] + (0.1 if r["category"] == 4 else 0.0)} for r in a]
+    d, lo, hi = harness.paired_f1_difference(better, a, "single-hop")  # category 4 = single-hop
+    assert d == pytest.approx(10.0) and lo == pytest.approx(10.0) and hi == pytest.approx(10.0)  # constant shift
+    d, lo, hi = harness.paired_f1_difference(better, a)  # half the questions move: 5 points, interval around it
+    assert d == pytest.approx(5.0) and lo < 5.0 < hi and hi - lo < 10
+    noisy = [{**r, "f1": rng.random()} for r in a]
+    d, lo, hi = harness.paired_f1_difference(noisy, a)
+    assert lo < d < hi and lo < 0 < hi  # unrelated scores: the interval covers zero
+    assert all(x != x for x in harness.paired_f1_difference(a, a, "temporal"))  # no such question: NaN
+    with pytest.raises(LocasError, match="different questions"):
+        harness.paired_f1_difference(a, a[::-1])
+
+
 def test_tables_show_missing_categories_as_dash():
     from locas.eval.report import format_table, markdown_table
 

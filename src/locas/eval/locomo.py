@@ -380,6 +380,29 @@ def summarize(records: list[dict]) -> dict:
     return out
 
 
+def paired_f1_difference(a: list[dict], b: list[dict], category: str | None = None, samples: int = 2000,
+                         seed: int = 0) -> tuple[float, float, float]:
+    """Mean F1 difference a - b (x100) over the same questions, with a 95 % paired bootstrap interval.
+
+    ``a`` and ``b`` are answer records of the same questions in the same order (two methods on the
+    same conversations); ``category`` (a name of ``CATEGORIES``, e.g. "single-hop") keeps one kind.
+
+    >>> paired_f1_difference(collect(runs_a, "none", "memory"), collect(runs_b, "none", "memory"), "multi-hop")
+    (1.2, -2.5, 4.9)
+    """
+    if [r["question"] for r in a] != [r["question"] for r in b]:
+        raise LocasError("the two methods answered different questions; compare runs of the same conversations")
+    diffs = [100 * (x["f1"] - y["f1"]) for x, y in zip(a, b)
+             if category is None or CATEGORIES[x["category"]] == category]
+    if not diffs:
+        return float("nan"), float("nan"), float("nan")
+    d = torch.tensor(diffs, dtype=torch.float64)  # (Q,)
+    pick = torch.randint(len(diffs), (samples, len(diffs)), generator=torch.Generator().manual_seed(seed))
+    means = d[pick].mean(dim=1)  # (samples,)
+    lo, hi = torch.quantile(means, torch.tensor([0.025, 0.975], dtype=torch.float64)).tolist()
+    return float(d.mean()), lo, hi
+
+
 def collect(runs: list[dict], mode: str, which: str) -> list[dict]:
     return [r for run in runs for r in run["answers"][mode][which]["records"]]
 
