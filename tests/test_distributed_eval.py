@@ -12,11 +12,12 @@ from test_locomo import _write_dataset
 from test_locomo_support import char_lm, single_thread  # noqa: F401 (fixture)
 
 pytestmark = pytest.mark.usefixtures("single_thread")
-VARYING = ("train_s", "prefill_s", "answer_s", "questions_per_s", "questions_per_s_with_prefill", "memory_file")
+VARYING = ("train_s", "train_cpu_s", "cpu_s", "prep_cpu_s", "prefill_s", "answer_s", "questions_per_s",
+           "questions_per_s_with_prefill", "memory_file")
 
 
 def untimed(obj):
-    """``obj`` without wall-clock fields and output paths (the only values allowed to differ between runs)."""
+    """``obj`` without clock fields (wall and CPU seconds) and output paths (the only values allowed to differ between runs)."""
     if isinstance(obj, dict):
         return {k: untimed(v) for k, v in obj.items() if k not in VARYING}
     if isinstance(obj, list):
