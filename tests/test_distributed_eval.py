@@ -17,7 +17,8 @@ VARYING = ("train_s", "train_cpu_s", "cpu_s", "prep_cpu_s", "prefill_s", "answer
 
 
 def untimed(obj):
-    """``obj`` without clock fields (wall and CPU seconds) and output paths (the only values allowed to differ between runs)."""
+    """``obj`` without clock fields (wall and CPU seconds) and output paths, the only values allowed to differ
+    between runs."""
     if isinstance(obj, dict):
         return {k: untimed(v) for k, v in obj.items() if k not in VARYING}
     if isinstance(obj, list):
