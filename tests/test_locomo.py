@@ -286,6 +286,9 @@ def test_paired_f1_difference_is_a_paired_bootstrap():
     assert d == pytest.approx(10.0) and lo == pytest.approx(10.0) and hi == pytest.approx(10.0)  # constant shift
     d, lo, hi = harness.paired_f1_difference(better, a)  # half the questions move: 5 points, interval around it
     assert d == pytest.approx(5.0) and lo < 5.0 < hi and hi - lo < 10
+    trap = [{**r, "category": 5, "f1": 1.0} for r in a[:3]] + a[3:]  # adversarial questions stay out of "overall"
+    assert harness.paired_f1_difference(trap, [{**r, "f1": 0.0} if r["category"] == 5 else r for r in trap]) == (
+        0.0, 0.0, 0.0)
     noisy = [{**r, "f1": rng.random()} for r in a]
     d, lo, hi = harness.paired_f1_difference(noisy, a)
     assert lo < d < hi and lo < 0 < hi  # unrelated scores: the interval covers zero

@@ -380,20 +380,21 @@ def summarize(records: list[dict]) -> dict:
     return out
 
 
-def paired_f1_difference(a: list[dict], b: list[dict], category: str | None = None, samples: int = 2000,
+def paired_f1_difference(a: list[dict], b: list[dict], category: str = "overall", samples: int = 2000,
                          seed: int = 0) -> tuple[float, float, float]:
     """Mean F1 difference a - b (x100) over the same questions, with a 95 % paired bootstrap interval.
 
     ``a`` and ``b`` are answer records of the same questions in the same order (two methods on the
-    same conversations); ``category`` (a name of ``CATEGORIES``, e.g. "single-hop") keeps one kind.
+    same conversations); ``category`` is a name of ``CATEGORIES`` (e.g. "single-hop") or "overall"
+    (the non-adversarial questions, as in ``summarize``).
 
     >>> paired_f1_difference(collect(runs_a, "none", "memory"), collect(runs_b, "none", "memory"), "multi-hop")
     (1.2, -2.5, 4.9)
     """
     if [r["question"] for r in a] != [r["question"] for r in b]:
         raise LocasError("the two methods answered different questions; compare runs of the same conversations")
-    diffs = [100 * (x["f1"] - y["f1"]) for x, y in zip(a, b)
-             if category is None or CATEGORIES[x["category"]] == category]
+    keep = (lambda c: c != ADVERSARIAL) if category == "overall" else (lambda c: CATEGORIES[c] == category)
+    diffs = [100 * (x["f1"] - y["f1"]) for x, y in zip(a, b) if keep(x["category"])]
     if not diffs:
         return float("nan"), float("nan"), float("nan")
     d = torch.tensor(diffs, dtype=torch.float64)  # (Q,)
