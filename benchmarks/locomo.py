@@ -174,7 +174,12 @@ def checks(methods: dict[str, dict], runs: dict[str, list]) -> dict[str, tuple[b
             if a is not None and b is not None:
                 out[f"{label} [none] beats no-memory [none] on {cat}"] = (a > b, f"{a:.2f} vs {b:.2f} F1")
 
-    ss, ntp = best_none("locas-SELFSTUDY", trained, f1), best_none("locas-NTP", trained, f1)
+    def best(family, mode):  # (overall F1, label) of a method family's best row over its learning rates
+        rows = [(f1(f"{t} [{mode}]", "overall"), t) for t in trained if t.split("@")[0] == family]
+        rows = [r for r in rows if r[0] is not None]
+        return max(rows) if rows else (None, None)
+
+    (_, ss), (_, ntp) = best("locas-SELFSTUDY", "none"), best("locas-NTP", "none")
     if ss and ntp:
         for cat in ("single-hop", "multi-hop"):
             a, b = f1(f"{ss} [none]", cat), f1(f"{ntp} [none]", cat)
@@ -183,27 +188,15 @@ def checks(methods: dict[str, dict], runs: dict[str, list]) -> dict[str, tuple[b
             out[f"{ss} [none] beats {ntp} [none] on {cat}"] = (
                 a > b, f"{a:.2f} vs {b:.2f} F1 (paired difference {d:+.2f}, 95% bootstrap CI {lo:+.2f} .. {hi:+.2f})")
 
-    def best(prefix):  # the best [date_split] row of a method family over its learning rates
-        rows = [(f1(f"{t} [date_split]", "overall"), t) for t in trained if t.split("@")[0] == prefix]
-        rows = [r for r in rows if r[0] is not None]
-        return max(rows) if rows else (None, None)
-
-    b, lora = best("lora-SD")
+    b, lora = best("lora-SD", "date_split")
     for family in sorted({t.split("@")[0] for t in trained if t.startswith("locas-")}):
-        a, loc = best(family)
+        a, loc = best(family, "date_split")
         if loc and lora:
             pa, pb = methods[f"{loc} [date_split]"]["extra_params"], methods[f"{lora} [date_split]"]["extra_params"]
             out[f"{loc} [date_split] beats {lora} [date_split] overall at fewer params"] = (
                 a > b and pa < pb, f"{a:.2f} vs {b:.2f} F1 (ratio {a / b if b else float('nan'):.2f}), "
                                    f"{pa:,} vs {pb:,} params")
     return out
-
-
-def best_none(family: str, trained: list[str], f1) -> str | None:
-    """The label of ``family``'s row (over its learning rates) with the best overall F1 in [none], if any."""
-    rows = [(f1(f"{t} [none]", "overall"), t) for t in trained if t.split("@")[0] == family]
-    rows = [r for r in rows if r[0] is not None]
-    return max(rows)[1] if rows else None
 
 
 if __name__ == "__main__":

@@ -154,7 +154,7 @@ def sequence_update(learner, optimizer, job: SessionJob) -> dict:
     windows (``steps_per_window`` steps each), or passes until the session's CPU budget is spent."""
     objective = get_objective(job.settings.ttt_loss, job.cfg.mix_weight, job.cfg.sd_topk)
     nll, n, skipped, windows = 0.0, 0, 0, 0
-    for (span,) in job.schedule(list(job.spans), passes=1):
+    for (span,) in job.schedule(job.spans, passes=1):
         score, skip = train_window(learner, optimizer, objective, job.conv_tokens.tokens, span, job.cfg)
         if score is not None and windows < len(job.spans):  # NLL before training, first pass only
             nll, n = nll + float(score.sum()), n + score.numel()
