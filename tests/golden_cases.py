@@ -1,0 +1,306 @@
+"""Golden numbers of every command path on tiny random models (the restructure's bit-exactness guard).
+
+Each case runs one ``locas`` command on a tiny model saved to a temporary directory and returns
+what it computed: per-window NLLs, final memories, answers, reports. ``tests/golden/`` holds the
+values recorded before the learning-layer restructure; ``test_golden.py`` checks they are still
+produced bit for bit (CPU, one thread).
+
+    $ .venv/bin/python tests/golden_cases.py record          # rewrite tests/golden/ (only on purpose)
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+sys.path.insert(0, str(Path(__file__).parent))
+
+import torch  # noqa: E402
+import transformers  # noqa: E402
+
+GOLDEN = Path(__file__).parent / "golden"
+CLOCKS = {"train_s", "train_cpu_s", "cpu_s", "prep_cpu_s", "prefill_s", "answer_s", "questions_per_s",
+          "questions_per_s_with_prefill", "wall_s", "rel_time"}
+PATHS = {"model", "memory_file", "memories", "dense", "adapter", "heldout", "source", "memorised", "memory"}
+
+
+def _is_path(v) -> bool:
+    return isinstance(v, str) or isinstance(v, list) and all(isinstance(x, str) for x in v)
+
+
+def untimed(obj):
+    """``obj`` without clock fields and file paths (the only values allowed to differ between runs)."""
+    if isinstance(obj, dict):
+        return {k: untimed(v) for k, v in obj.items() if k not in CLOCKS and not (k in PATHS and _is_path(v))}
+    if isinstance(obj, list):
+        return [untimed(v) for v in obj]
+    return obj
+
+
+def cli(*argv) -> None:
+    from locas.cli import main
+
+    code = main([str(a) for a in argv])
+    if code not in (0, None):
+        raise RuntimeError(f"locas {' '.join(map(str, argv))} exited with {code}")
+
+
+def memory_tensor(path) -> torch.Tensor:
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as f:
+        return f.get_tensor("memory")
+
+
+# ---- tiny models saved to disk ---------------------------------------------------------------
+def word_model(root: Path, arch: str = "llama") -> Path:
+    """A tiny llama (or gpt2) with the word-level tokenizer of the self-study test document."""
+    from test_selfstudy import _word_tokenizer, DOC
+    from conftest import _COMMON
+
+    tok = _word_tokenizer(DOC)
+    torch.manual_seed(0)
+    if arch == "gpt2":
+        config = transformers.GPT2Config(vocab_size=len(tok), n_embd=32, n_layer=3, n_head=4, n_inner=48,
+                                         n_positions=256, pad_token_id=0, bos_token_id=1, eos_token_id=2)
+    else:
+        config = transformers.LlamaConfig(**{**_COMMON, "vocab_size": len(tok)})
+    model = transformers.AutoModelForCausalLM.from_config(config).eval()
+    out = root / f"word-{arch}"
+    model.save_pretrained(out)
+    tok.save_pretrained(out)
+    return out
+
+
+def char_model(root: Path, chat: bool = True, max_positions: int = 4096) -> Path:
+    from test_locomo_support import char_lm
+
+    lm = char_lm(seed=2, chat=chat, max_positions=max_positions)
+    out = root / ("char-chat" if chat else "char")
+    lm.model.save_pretrained(out)
+    lm.tokenizer.save_pretrained(out)
+    return out
+
+
+def word_chat_model(root: Path) -> Path:
+    """A tiny llama with a word-level chat tokenizer over the LoCoMo test conversation (sampled words can
+    match a cloze target, so GRPO gets a reward signal)."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+
+    from locas.answer import INSTRUCTION, TEMPORAL_HINT
+    from test_locomo import _conv
+    from test_locomo_support import CHAT_TEMPLATE
+
+    conv = _conv()
+    corpus = " ".join([conv.text(), *(q.question for q in conv.qa), INSTRUCTION, TEMPORAL_HINT,
+                       "Question: Short answer: DATE: CONVERSATION: said Fill in the blank ____ In which year What "
+                       "does the text say about comes right after this sentence user assistant"])
+    pre = pre_tokenizers.Whitespace()
+    words = sorted({w for w, _ in pre.pre_tokenize_str(corpus)})
+    specials = ["<pad>", "<s>", "</s>", "<|im_start|>", "<|im_end|>"]
+    vocab = {**{t: i for i, t in enumerate(specials)}, **{w: i + len(specials) for i, w in enumerate(words)}}
+    tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<pad>"))
+    tok.pre_tokenizer = pre
+    tok.add_special_tokens(specials)
+    fast = transformers.PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", bos_token="<s>",
+                                                eos_token="</s>")
+    fast.chat_template = CHAT_TEMPLATE
+    torch.manual_seed(3)
+    config = transformers.LlamaConfig(vocab_size=len(fast), hidden_size=32, intermediate_size=48, num_hidden_layers=2,
+                                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=4096,
+                                      pad_token_id=0, bos_token_id=1, eos_token_id=2)
+    model = transformers.AutoModelForCausalLM.from_config(config).eval()
+    out = root / "word-chat"
+    model.save_pretrained(out)
+    fast.save_pretrained(out)
+    return out
+
+
+def doc_file(root: Path, repeats: int = 3) -> Path:
+    from test_selfstudy import DOC
+
+    path = root / "doc.txt"
+    path.write_text("\n\n".join([DOC] * repeats))
+    return path
+
+
+def mmlu_data(root: Path) -> Path:
+    from test_locomo import _write_dataset
+    from test_mmlu import QUESTIONS, write_mmlu
+
+    data = root / "data"
+    write_mmlu(data / "mmlu", "toy", [(q, ch, i % 4) for i, (q, ch) in enumerate(QUESTIONS)], "test")
+    write_mmlu(data / "mmlu", "toy", [(f"dev {i}?", ("a", "b", "c", "d"), i % 4) for i in range(5)], "dev")
+    _write_dataset(data)
+    return data
+
+
+# ---- the cases ---------------------------------------------------------------------------------
+def pg19_case(root: Path, name: str, model: Path, *flags) -> dict:
+    out = root / name
+    cli("pg19", "--book", doc_file(root), "--model", model, "--device", "cpu", "--max-tokens", 240,
+        "--window-size", 32, "--checkpoint-every", 0, "--out", out, *flags)
+    payload = json.loads((out / "results.json").read_text())
+    return {"json": {m: [r["window_nll"] for r in runs] for m, runs in payload["per_book"].items()}}
+
+
+def memorize_case(root: Path, name: str, model: Path, *flags) -> dict:
+    out = root / f"{name}.locas"
+    cli("memorize", doc_file(root, 2), "-o", out, "--model", model, "--device", "cpu", "--window-size", 32,
+        "--memory-width", 4, "--lr", 0.05, *flags)
+    got = {"json": {}, "tensors": {"memory": memory_tensor(out)}}
+    recall = Path(f"{out}.recall.json")
+    if recall.is_file():
+        got["json"]["recall"] = untimed(json.loads(recall.read_text()))
+    probes = Path(f"{out}.probes.json")
+    if probes.is_file():
+        got["json"]["probes"] = json.loads(probes.read_text())["sets"]
+    return got
+
+
+def locomo_case(root: Path, name: str, method: str, loss: str, words: bool = False) -> dict:
+    model, data = (word_chat_model(root) if words else char_model(root)), mmlu_data(root)
+    out = root / name
+    cli("locomo", "--memory-type", method, "--ttt-loss", loss, "--context-mode", "date_split", "--also-context",
+        "none", "--recent-tokens", 80, "--conversations", "conv-x", "--window-size", 64, "--memory-width", 4,
+        "--lora-rank", 2, "--lr", 0.05, "--max-new-tokens", 3, "--sd-context", 128, "--model", model, "--data-dir",
+        data, "--device", "cpu", "--out", out)
+    payload = json.loads((out / "results.json").read_text())
+    got = {"json": {"runs": untimed(payload["runs"])}, "tensors": {}}
+    mem = out / "memories" / "conv-x.locas"
+    if mem.is_file():
+        got["tensors"]["memory"] = memory_tensor(mem)
+    return got
+
+
+def retention_case(root: Path) -> dict:
+    model, data = char_model(root, chat=False, max_positions=1024), mmlu_data(root)
+    book, other = root / "book.txt", root / "other.txt"
+    book.write_text("the cat sat on the mat. " * 8)
+    other.write_text("a different text about dogs and the sea. " * 3)
+    common = ["--model", model, "--data-dir", data, "--device", "cpu"]
+    mem = root / "book.locas"
+    cli("memorize", book, "-o", mem, "--window-size", 32, "--memory-width", 4, "--lr", 0.05, *common)
+    cli("fuse", mem, "-o", root / "fused", *common)
+    cli("retention", "--memory", mem, "--dense", root / "fused", "--heldout", other, "--heldout-tokens", 0,
+        "--shots", 2, "--limit-per-subject", 0, "--window-size", 32, "--out", root / "ret", *common)
+    cli("pg19", "--book", book, "--method", "lora", "--method", "locas", "--window-size", 32, "--memory-width", 4,
+        "--lora-rank", 2, "--lr", 3e-2, "--heldout", other, "--heldout-tokens", 0, "--shots", 2,
+        "--limit-per-subject", 0, "--retention", "--out", root / "pgret", *common)
+    cli("mmlu", "--memory", mem, "--shots", 2, "--out", root / "mmlu.json", *common)
+    return {"json": {"retention": untimed(json.loads((root / "ret" / "results.json").read_text())),
+                     "pg19_retention": untimed(json.loads((root / "pgret" / "retention" / "results.json").read_text())),
+                     "mmlu": untimed(json.loads((root / "mmlu.json").read_text()))},
+            "tensors": {"memory": memory_tensor(mem)}}
+
+
+def ask_case(root: Path, capsys=None) -> dict:
+    import contextlib
+    import io
+
+    model, data = char_model(root), mmlu_data(root)
+    mem = root / "m.locas"
+    common = ["--model", model, "--data-dir", data, "--device", "cpu"]
+    cli("memorize", doc_file(root, 1), "-o", mem, "--window-size", 64, "--memory-width", 4, "--lr", 0.05, *common)
+    ctx = root / "ctx.txt"
+    ctx.write_text("Ann said the cat is Tom.\n")
+    answers = {}
+    for label, argv in {"memory": ["ask", mem, "What is the cat called?", "--max-new-tokens", 6],
+                        "plain": ["ask", mem, "Cat?", "--prompt-style", "plain", "--max-new-tokens", 6],
+                        "context": ["ask", "none", "Cat?", "--context", ctx, "--max-new-tokens", 6]}.items():
+        buf = io.StringIO()
+        with contextlib.redirect_stdout(buf):
+            cli(*argv, *common)
+        answers[label] = buf.getvalue()
+    return {"json": answers, "tensors": {"memory": memory_tensor(mem)}}
+
+
+def cases() -> dict:
+    """name -> function(root) -> {"json": ..., "tensors": ...}"""
+    def glu(root):
+        return word_model(root, "llama")
+
+    def gpt2(root):
+        return word_model(root, "gpt2")
+
+    out = {
+        "pg19_methods": lambda r: pg19_case(r, "methods", glu(r), "--method", "truncate", "--method", "full",
+                                            "--method", "locas", "--method", "lora", "--memory-width", 4,
+                                            "--lora-rank", 2, "--lr", 0.05, "--full-context", 96),
+        "pg19_sd": lambda r: pg19_case(r, "sd", glu(r), "--method", "locas", "--loss", "SD", "--sd-topk", 8,
+                                       "--sd-context", 64, "--memory-width", 4, "--lr", 0.05),
+        "pg19_mix": lambda r: pg19_case(r, "mix", glu(r), "--method", "locas", "--loss", "MIX", "--mix-weight", 0.5,
+                                        "--memory-width", 4, "--lr", 0.05),
+        "pg19_lora_sd": lambda r: pg19_case(r, "lorasd", glu(r), "--method", "lora", "--loss", "SD",
+                                            "--lora-rank", 2, "--lr", 0.01, "--sd-context", 64),
+        "pg19_options": lambda r: pg19_case(r, "opts", glu(r), "--method", "locas", "--steps-per-window", 2,
+                                            "--memory-layers", "top:2", "--memory-init", "random_index",
+                                            "--tau-scale", 2, "--memory-width", 4, "--lr", 0.05, "--epochs", 2),
+        "pg19_cosine": lambda r: pg19_case(r, "cos", glu(r), "--method", "locas", "--schedule", "cosine",
+                                           "--memory-width", 4, "--lr", 0.05),
+        "pg19_mlp_bp": lambda r: pg19_case(r, "mlpbp", gpt2(r), "--method", "truncate", "--method", "locas",
+                                           "--variant", "mlp", "--update", "bp", "--memory-width", 8, "--lr", 0.05),
+        "pg19_mlp_bp_init": lambda r: pg19_case(r, "mlpinit", gpt2(r), "--method", "locas", "--variant", "mlp",
+                                                "--update", "bp", "--mlp-init", "highest", "--memory-width", 8,
+                                                "--lr", 0.05, "--mlp-activation", "backbone"),
+        "pg19_mlp_nlsvd": lambda r: pg19_case(r, "nlsvd", gpt2(r), "--method", "locas", "--variant", "mlp",
+                                              "--update", "nlsvd", "--capacity", 16, "--write-count", 4),
+        "pg19_mlp_nlsvd_all": lambda r: pg19_case(r, "nlsvdall", gpt2(r), "--method", "locas", "--variant", "mlp",
+                                                  "--update", "nlsvd", "--write-tokens", "all", "--capacity", 64,
+                                                  "--nlsvd-clip", "--write-eps", 2),
+        "memorize_ntp": lambda r: memorize_case(r, "ntp", glu(r), "--epochs", 2),
+        "memorize_sd": lambda r: memorize_case(r, "sd", glu(r), "--objective", "sd", "--sd-topk", 8),
+        "memorize_mix": lambda r: memorize_case(r, "mix", glu(r), "--objective", "mix"),
+        "memorize_selfstudy": lambda r: memorize_case(
+            r, "ss", glu(r), "--objective", "selfstudy", "--families", "cloze,template", "--chunk-tokens", 40,
+            "--probes-per-chunk", 3, "--heldout-per-chunk", 2, "--probe-epochs", 2, "--answer-tokens", 4),
+        "memorize_selfstudy_generated": lambda r: memorize_case(
+            r, "ssgen", glu(r), "--objective", "selfstudy", "--families", "cloze,question,instruction,summary",
+            "--chunk-tokens", 60, "--probes-per-chunk", 4, "--heldout-per-chunk", 1, "--probe-epochs", 1,
+            "--answer-tokens", 3, "--samples", 2, "--probe-style", "plain"),
+        "retention": retention_case,
+        "ask": ask_case,
+        "locomo_none": lambda r: locomo_case(r, "none", "none", "SD"),
+    }
+    for method in ("locas", "lora"):
+        for loss in ("NTP", "SD", "MIX", "GRPO", "SELFSTUDY"):
+            out[f"locomo_{method}_{loss.lower()}"] = (lambda m, l: lambda r: locomo_case(r, f"{m}-{l}", m, l))(
+                method, loss)
+            out[f"locomo_words_{method}_{loss.lower()}"] = (
+                lambda m, l: lambda r: locomo_case(r, f"w{m}-{l}", m, l, words=True))(method, loss)
+    return out
+
+
+def run_case(name: str, root: Path) -> dict:
+    torch.set_num_threads(1)
+    root.mkdir(parents=True, exist_ok=True)
+    got = cases()[name](root)
+    got.setdefault("json", {})
+    got.setdefault("tensors", {})
+    return json.loads(json.dumps(got["json"])), {k: v.contiguous() for k, v in got["tensors"].items()}
+
+
+def record(names=None) -> None:
+    import tempfile
+
+    from safetensors.torch import save_file
+
+    GOLDEN.mkdir(exist_ok=True)
+    for name in names or cases():
+        with tempfile.TemporaryDirectory() as tmp:
+            data, tensors = run_case(name, Path(tmp))
+        (GOLDEN / f"{name}.json").write_text(json.dumps(data, indent=0, sort_keys=True))
+        if tensors:
+            save_file(tensors, str(GOLDEN / f"{name}.safetensors"))
+        print(f"recorded {name}", flush=True)
+
+
+if __name__ == "__main__":
+    if sys.argv[1:2] != ["record"]:
+        raise SystemExit(__doc__)
+    record(sys.argv[2:] or None)
