@@ -28,13 +28,13 @@ from pathlib import Path
 import torch
 
 from locas import LocasForCausalLM
-from locas.config import TrainConfig
+from locas.core.files import save_memory
 from locas.data.mmlu import categories, load_questions, stratified_subjects
 from locas.data.pg19 import load_book
-from locas.eval.pg19 import tokenize_text
 from locas.eval.report import format_table, markdown_table
 from locas.eval.retention import heldout_metrics, memorise, retention_report, table_rows, variants_for, write_retention
-from locas.io import save_memory
+from locas.learn.config import TrainConfig
+from locas.text.tokens import tokenize_text
 
 RESULTS = Path(__file__).parent / "results"
 LOCAS_LRS = (1e-2, 3e-2, 1e-1)

@@ -32,7 +32,6 @@ from pathlib import Path
 import torch
 
 from locas import LocasForCausalLM
-from locas.config import TrainConfig
 from locas.data.locomo import get_conversation, load_locomo
 from locas.eval.locomo import (
     CONTEXT_MODES,
@@ -45,6 +44,7 @@ from locas.eval.locomo import (
     train_totals,
     write_report,
 )
+from locas.learn.config import TrainConfig
 
 RESULTS = Path(__file__).parent / "results" / "locomo"
 QUICK_SESSIONS = 6  # conv-30: 6 of 19 sessions (~4.6K tokens), 44 of 105 questions
@@ -111,8 +111,7 @@ def main():
         return payload, write_report(out, methods, payload, title)
 
     def controls(modes):
-        settings = LocomoSettings(memory_type="none", context_mode=modes[0], extra_contexts=tuple(modes[1:]),
-                                  **common)
+        settings = LocomoSettings(method="none", context_mode=modes[0], extra_contexts=tuple(modes[1:]), **common)
         t0 = time.perf_counter()
         runs = run_conversations(lm, chosen, settings, TrainConfig(), out / "runs" / f"no-memory-{'-'.join(modes)}",
                                  resume=args.resume)
@@ -127,11 +126,10 @@ def main():
     for label in args.methods:
         mtype, loss, lr = parse_method(label)
         lr = lr or (args.locas_lr if mtype == "locas" else args.lora_lr)
-        cfg = TrainConfig(window_size=args.window_size, lr=lr, loss=loss if loss != "GRPO" else "NTP",
-                          memory_width=args.memory_width, lora_rank=args.lora_rank, sd_context=args.sd_context)
-        settings = LocomoSettings(memory_type=mtype, ttt_loss=loss, context_mode=contexts[0],
-                                  extra_contexts=tuple(contexts[1:]), control=False,
-                                  session_budget=args.session_budget, **common)
+        cfg = TrainConfig(window_size=args.window_size, lr=lr, objective=loss, memory_width=args.memory_width,
+                          lora_rank=args.lora_rank, sd_context=args.sd_context)
+        settings = LocomoSettings(method=mtype, context_mode=contexts[0], extra_contexts=tuple(contexts[1:]),
+                                  control=False, session_budget=args.session_budget, **common)
         t0 = time.perf_counter()
         runs = run_conversations(lm, chosen, settings, cfg, out / "runs" / label, resume=args.resume)
         train = train_totals(runs)
@@ -152,7 +150,8 @@ def main():
 
 
 def parse_method(label: str) -> tuple[str, str, float | None]:
-    """``locas-SD`` -> (locas, SD, None); ``lora-SD@3e-4`` -> (lora, SD, 3e-4): a learning-rate override."""
+    """``locas-SD`` -> (locas, SD, None); ``lora-SD@3e-4`` -> (lora, SD, 3e-4): a learning-rate override.
+    The objective is any name of the objective registry (``locas info`` lists them), in any case."""
     name, _, lr = label.partition("@")
     mtype, _, loss = name.partition("-")
     if mtype not in ("locas", "lora") or not loss:

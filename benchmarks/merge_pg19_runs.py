@@ -16,7 +16,7 @@ import json
 from pathlib import Path
 
 from locas.eval.report import format_table, line_plot, write_json
-from locas.train import StreamResult
+from locas.learn.stream import StreamResult
 
 CHECKPOINTS = (4096, 8192, 16384, 32768)
 

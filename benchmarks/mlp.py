@@ -37,12 +37,13 @@ import torch
 from tqdm.auto import tqdm
 
 from locas import LocasForCausalLM
-from locas.config import TrainConfig
+from locas.core.files import atomic_write
 from locas.data.pg19 import load_book
-from locas.eval.pg19 import run_method, tokenize_text
+from locas.eval.pg19 import run_method
 from locas.eval.report import format_table, line_plot, write_json
-from locas.io import atomic_write
-from locas.train_mlp import LocasMLPLearner
+from locas.learn.config import TrainConfig
+from locas.learn.mlp_learner import LocasMLPLearner
+from locas.text.tokens import tokenize_text
 
 RESULTS = Path(__file__).parent / "results"
 CACHE = Path("~/.cache/locas").expanduser()

@@ -30,11 +30,12 @@ from pathlib import Path
 import torch
 
 from locas import LocasForCausalLM
-from locas.config import TrainConfig
 from locas.data.pg19 import load_book
-from locas.eval.pg19 import run_method, tokenize_text
+from locas.eval.pg19 import run_method
 from locas.eval.report import format_table, line_plot, write_json
-from locas.train import LocasLearner
+from locas.learn.config import TrainConfig
+from locas.learn.learners import LocasLearner
+from locas.text.tokens import tokenize_text
 
 RESULTS = Path(__file__).parent / "results"
 LOCAS_LRS = (1e-2, 3e-2, 1e-1)
@@ -135,7 +136,7 @@ def main():
         elif suite == "objectives":
             for loss in ("NTP", "SD", "MIX"):
                 run(lm, tokens, f"locas-r64-{loss}", "locas",
-                    TrainConfig(window_size=W, lr=locas_lr, memory_width=64, tau_scale=tau, loss=loss,
+                    TrainConfig(window_size=W, lr=locas_lr, memory_width=64, tau_scale=tau, objective=loss,
                                 sd_context=4 * W, sd_topk=64), rows, curves)
         elif suite == "init":
             for init in ("highest", "lowest", "random_index", "random", "activation"):

@@ -9,7 +9,7 @@ does not shorten one objective's budget more than another's:
   sd         self-distillation from the base model reading a 4x longer context (the streaming SD)
   mix        ntp + sd
   selfstudy  KL to the base model *with the chunk in context* on probes about the text (its own
-             answer tokens, cached top-k logits) + 0.1 x ntp on the text (locas.selfstudy)
+             answer tokens, cached top-k logits) + 0.1 x ntp on the text (locas.learn.objectives.selfstudy)
 
 Text: (b) the first chapter of PG-19 book 10146 (``locas.data.pg19.first_chapter``). Held-out
 probes (another seed, never trained on; cloze, template and model-written questions) are asked
@@ -35,12 +35,16 @@ from pathlib import Path
 import torch
 
 from locas import LocasForCausalLM
-from locas.config import TrainConfig
+from locas.core.files import atomic_write
 from locas.data.pg19 import first_chapter, load_book
-from locas.eval.pg19 import tokenize_text
+from locas.eval.recall import recall_report
 from locas.eval.report import bar_plot, format_table, markdown_table, write_json
-from locas.io import atomic_write
-from locas.selfstudy import ProbeConfig, build_probe_sets, recall_report, train_memory
+from locas.learn.config import TrainConfig
+from locas.learn.objectives import ObjectiveSettings, SelfStudyConfig, make_objective
+from locas.learn.segments import Segment, train_segments
+from locas.probes.cache import build_probe_sets
+from locas.probes.config import ProbeConfig
+from locas.text.tokens import tokenize_text
 
 RESULTS = Path(__file__).parent / "results"
 
@@ -88,7 +92,8 @@ def main():
     train, heldout, prep = build_probe_sets(lm, text, pcfg, args.heldout_per_chunk, cache)
     prep_s = sum(prep.values())
     print(f"{len(tokens)} tokens; {len(train)} training probes, {len(heldout)} held-out probes; prep {prep_s:.0f} s")
-    cfg = TrainConfig(window_size=args.window, lr=args.lr, memory_width=args.width, sd_topk=64, seed=0)
+    segment = Segment.from_text(lm.tokenizer, text, args.window, tokens=tokens)
+    settings = ObjectiveSettings(selfstudy=SelfStudyConfig(ntp_weight=args.ntp_weight), probes=pcfg)
 
     base = recall_report(lm, None, heldout, pcfg, progress=False)
     runs = {}
@@ -97,18 +102,21 @@ def main():
         plan += [(f"selfstudy[{f}]", "selfstudy", (f,), budget / 2) for f in families]
     for label, objective, fams, seconds in plan:
         pick = [e for e in train if e.family in fams]
-        learner, log = train_memory(lm, tokens, cfg, objective, pick, ntp_weight=args.ntp_weight,
-                                    budget_s=seconds, desc=label, clock=time.process_time)
+        cfg = TrainConfig(window_size=args.window, lr=args.lr, memory_width=args.width, sd_topk=64, seed=0,
+                          objective=objective)
+        learner, log = train_segments(lm, [segment], make_objective(cfg, settings), cfg, budget_s=seconds,
+                                      examples=pick if objective == "selfstudy" else None, desc=label)
+        steps = log["segments"][0]["steps"]
         memory = learner.full_memory()
         report = recall_report(lm, memory, heldout, pcfg, base_rows=base["rows"]["base"], progress=False)
         with lm.use_memory(memory):
             ppl = math.exp(float(lm.compute_nll(tokens[None]).mean()))
-        runs[label] = {"objective": objective, "families": list(fams), "budget_s": seconds, "steps": log.steps,
-                       "train_s": log.wall_s, "prep_s": prep_s if objective == "selfstudy" else 0.0,
-                       "text_ppl": ppl, "final_loss": log.losses[-1], "summary": report["summary"],
-                       "samples": report["samples"][:12]}
+        runs[label] = {"objective": objective, "families": list(fams), "budget_s": seconds, "steps": steps,
+                       "train_s": log["train_s"], "train_cpu_s": log["train_cpu_s"],
+                       "prep_s": prep_s if objective == "selfstudy" else 0.0, "text_ppl": ppl,
+                       "summary": report["summary"], "samples": report["samples"][:12]}
         s = report["summary"]["all"]
-        print(f"{label}: {log.steps} steps, held-out NLL {s['memory_nll']:.3f} (gap closed {s['gap_closed']:.2f}), "
+        print(f"{label}: {steps} steps, held-out NLL {s['memory_nll']:.3f} (gap closed {s['gap_closed']:.2f}), "
               f"F1 {s['memory_f1']:.3f}, text ppl {ppl:.2f}")
         del learner
     with lm.disabled():

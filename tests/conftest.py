@@ -69,7 +69,7 @@ def random_ids(batch: int = 1, length: int = 24, seed: int = 1) -> torch.Tensor:
 def random_memory(lm, width: int = 4, batch: int = 1, seed: int = 2, scale: float = 0.5) -> torch.Tensor:
     """A memory with non-zero values in every channel (so it changes the output)."""
     g = torch.Generator().manual_seed(seed)
-    from locas.memory import CHANNELS
+    from locas.core.memory import CHANNELS
 
     shape = (lm.num_layers, batch, width, lm.hidden_size, CHANNELS[lm.memory_kind])
     return torch.randn(shape, generator=g) * scale

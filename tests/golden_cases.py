@@ -60,8 +60,8 @@ def memory_tensor(path) -> torch.Tensor:
 # ---- tiny models saved to disk ---------------------------------------------------------------
 def word_model(root: Path, arch: str = "llama") -> Path:
     """A tiny llama (or gpt2) with the word-level tokenizer of the self-study test document."""
-    from test_selfstudy import _word_tokenizer, DOC
     from conftest import _COMMON
+    from test_selfstudy import DOC, _word_tokenizer
 
     tok = _word_tokenizer(DOC)
     torch.manual_seed(0)
@@ -92,7 +92,7 @@ def word_chat_model(root: Path) -> Path:
     match a cloze target, so GRPO gets a reward signal)."""
     from tokenizers import Tokenizer, models, pre_tokenizers
 
-    from locas.answer import INSTRUCTION, TEMPORAL_HINT
+    from locas.text.prompts import INSTRUCTION, TEMPORAL_HINT
     from test_locomo import _conv
     from test_locomo_support import CHAT_TEMPLATE
 
@@ -183,10 +183,11 @@ def retention_case(root: Path) -> dict:
     book, other = root / "book.txt", root / "other.txt"
     book.write_text("the cat sat on the mat. " * 8)
     other.write_text("a different text about dogs and the sea. " * 3)
-    common = ["--model", model, "--data-dir", data, "--device", "cpu"]
+    plain = ["--model", model, "--device", "cpu"]
+    common = [*plain, "--data-dir", data]
     mem = root / "book.locas"
-    cli("memorize", book, "-o", mem, "--window-size", 32, "--memory-width", 4, "--lr", 0.05, *common)
-    cli("fuse", mem, "-o", root / "fused", *common)
+    cli("memorize", book, "-o", mem, "--window-size", 32, "--memory-width", 4, "--lr", 0.05, *plain)
+    cli("fuse", "--memory", mem, "-o", root / "fused", *plain)
     cli("retention", "--memory", mem, "--dense", root / "fused", "--heldout", other, "--heldout-tokens", 0,
         "--shots", 2, "--limit-per-subject", 0, "--window-size", 32, "--out", root / "ret", *common)
     cli("pg19", "--book", book, "--method", "lora", "--method", "locas", "--window-size", 32, "--memory-width", 4,
@@ -203,16 +204,16 @@ def ask_case(root: Path, capsys=None) -> dict:
     import contextlib
     import io
 
-    model, data = char_model(root), mmlu_data(root)
+    model = char_model(root)
     mem = root / "m.locas"
-    common = ["--model", model, "--data-dir", data, "--device", "cpu"]
+    common = ["--model", model, "--device", "cpu"]
     cli("memorize", doc_file(root, 1), "-o", mem, "--window-size", 64, "--memory-width", 4, "--lr", 0.05, *common)
     ctx = root / "ctx.txt"
     ctx.write_text("Ann said the cat is Tom.\n")
     answers = {}
-    for label, argv in {"memory": ["ask", mem, "What is the cat called?", "--max-new-tokens", 6],
-                        "plain": ["ask", mem, "Cat?", "--prompt-style", "plain", "--max-new-tokens", 6],
-                        "context": ["ask", "none", "Cat?", "--context", ctx, "--max-new-tokens", 6]}.items():
+    for label, argv in {"memory": ["ask", "What is the cat called?", "--memory", mem, "--max-new-tokens", 6],
+                        "plain": ["ask", "Cat?", "--memory", mem, "--prompt-style", "plain", "--max-new-tokens", 6],
+                        "context": ["ask", "Cat?", "--context", ctx, "--max-new-tokens", 6]}.items():
         buf = io.StringIO()
         with contextlib.redirect_stdout(buf):
             cli(*argv, *common)
@@ -258,10 +259,10 @@ def cases() -> dict:
         "memorize_mix": lambda r: memorize_case(r, "mix", glu(r), "--objective", "mix"),
         "memorize_selfstudy": lambda r: memorize_case(
             r, "ss", glu(r), "--objective", "selfstudy", "--families", "cloze,template", "--chunk-tokens", 40,
-            "--probes-per-chunk", 3, "--heldout-per-chunk", 2, "--probe-epochs", 2, "--answer-tokens", 4),
+            "--probes-per-chunk", 3, "--heldout-per-chunk", 2, "--epochs", 2, "--answer-tokens", 4),
         "memorize_selfstudy_generated": lambda r: memorize_case(
             r, "ssgen", glu(r), "--objective", "selfstudy", "--families", "cloze,question,instruction,summary",
-            "--chunk-tokens", 60, "--probes-per-chunk", 4, "--heldout-per-chunk", 1, "--probe-epochs", 1,
+            "--chunk-tokens", 60, "--probes-per-chunk", 4, "--heldout-per-chunk", 1, "--epochs", 1,
             "--answer-tokens", 3, "--samples", 2, "--probe-style", "plain"),
         "retention": retention_case,
         "ask": ask_case,

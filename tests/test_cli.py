@@ -74,7 +74,8 @@ def test_memorize_and_fuse_commands_on_a_local_model(tmp_path, capsys):
                      "--window-size", "64", "--memory-width", "4", "--epochs", "2", "--lr", "0.05"])
     printed = capsys.readouterr().out
     assert code == 0 and out.is_file() and "epoch 2" in printed and "without memory" in printed
-    code = cli.main(["fuse", str(out), "-o", str(tmp_path / "fused"), "--model", str(model_dir), "--device", "cpu"])
+    code = cli.main(["fuse", "--memory", str(out), "-o", str(tmp_path / "fused"), "--model", str(model_dir),
+                     "--device", "cpu"])
     assert code == 0
     from transformers import AutoModelForCausalLM
 
@@ -89,7 +90,7 @@ def test_memorize_and_fuse_commands_on_a_local_model(tmp_path, capsys):
     # a memory file from another model is refused with a one-line error
     other = tiny_lm("qwen2")
     save_memory(random_memory(other), tmp_path / "other.locas", model=other)
-    code, err = _run(capsys, "fuse", str(tmp_path / "other.locas"), "-o", str(tmp_path / "x"),
+    code, err = _run(capsys, "fuse", "--memory", str(tmp_path / "other.locas"), "-o", str(tmp_path / "x"),
                      "--model", str(model_dir), "--device", "cpu")
     assert code == 2 and "not this model" in err and not (tmp_path / "x").exists()
 

@@ -8,7 +8,7 @@ from transformers import AutoModelForCausalLM
 
 from conftest import random_ids, random_memory, tiny_lm, tiny_model
 from locas import LocasForCausalLM, UnsupportedArchitectureError, clip_vectors_
-from locas.init import unit_importance
+from locas.core.init import unit_importance
 
 
 def test_zero_memory_is_bit_identical(glu_arch):
@@ -17,7 +17,7 @@ def test_zero_memory_is_bit_identical(glu_arch):
     with torch.no_grad():
         ref = base(ids).logits.clone()
         lm = LocasForCausalLM(base)
-        mem = lm.memorize(ids, keep_top=5)
+        mem = lm.init_memory(ids, width=5)
         assert mem.dtype == torch.float32 and mem.shape == (lm.num_layers, 2, 5, lm.hidden_size, 3)
         mem.requires_grad_(True)  # forces the memory path to run (no zero-layer shortcut)
         out = lm(ids, memory=mem).logits
@@ -90,7 +90,7 @@ def test_highest_lowest_pick_brute_force_units(arch, init):
     ids = random_ids(2, 18)
     brute = _brute_force_importance(lm, ids)
     assert torch.allclose(unit_importance(lm, ids), brute, atol=1e-5)
-    mem = lm.memorize(ids, keep_top=7, memory_init=init)
+    mem = lm.init_memory(ids, width=7, init=init)
     for i, w in enumerate(lm.wrappers):
         for b in range(2):
             expect = set(brute[i, b].topk(7, largest=init == "highest").indices.tolist())
@@ -105,8 +105,8 @@ def test_highest_lowest_pick_brute_force_units(arch, init):
 def test_other_inits_are_unit_norm_with_zero_values(init):
     lm = tiny_lm("qwen3")
     ids = random_ids(1, 30)
-    a = lm.memorize(ids, keep_top=5, memory_init=init, seed=3)
-    b = lm.memorize(ids, keep_top=5, memory_init=init, seed=3)
+    a = lm.init_memory(ids, width=5, init=init, seed=3)
+    b = lm.memorize(ids, keep_top=5, memory_init=init, seed=3)  # the reference implementation's name
     assert torch.equal(a, b)
     assert torch.allclose(a[..., :2].norm(dim=-2), torch.ones(()), atol=1e-5)
     assert torch.all(a[..., 2] == 0)
@@ -158,7 +158,7 @@ def test_compute_nll_shape_and_value():
 def test_bf16_model_keeps_fp32_memory():
     lm = tiny_lm("llama", dtype=torch.bfloat16)
     ids = random_ids(1, 12)
-    mem = lm.memorize(ids, keep_top=4)
+    mem = lm.init_memory(ids, width=4)
     assert mem.dtype == torch.float32
     mem = random_memory(lm, width=4).requires_grad_(True)
     out = lm(ids, memory=mem).logits

@@ -46,7 +46,7 @@ def locomo_setup(tmp_path):
         convs.append(conv)
     path.write_text(json.dumps(convs))
     return ["--model", str(tmp_path / "model"), "--data-dir", str(tmp_path / "data"), "--device", "cpu",
-            "--memory-type", "locas", "--ttt-loss", "ntp", "--context-mode", "date_split", "--recent-tokens", "80",
+            "--method", "locas", "--objective", "ntp", "--context-mode", "date_split", "--recent-tokens", "80",
             "--conversations", "conv-0", "conv-1", "conv-2", "--window-size", "64", "--memory-width", "4",
             "--lr", "0.05", "--max-new-tokens", "3"]
 
@@ -58,14 +58,14 @@ def _locomo(out):
 
 @pytest.mark.slow
 def test_locomo_two_processes_match_one_and_resume(locomo_setup, tmp_path, capfd):
-    assert main(["locomo", *locomo_setup, "--out", str(tmp_path / "one")]) == 0
+    assert main(["locomo", *locomo_setup, "-o", str(tmp_path / "one")]) == 0
     one_runs, one_methods = _locomo(tmp_path / "one")
     assert [r["sample_id"] for r in one_runs] == ["conv-0", "conv-1", "conv-2"]
     assert len({json.dumps(r["answers"]) for r in one_runs}) == 3  # the conversations really differ
     capfd.readouterr()
 
     two = tmp_path / "two"
-    assert main(["locomo", *locomo_setup, "--out", str(two), "--num-gpus", "2"]) == 0  # re-launches via torchrun
+    assert main(["locomo", *locomo_setup, "-o", str(two), "--num-gpus", "2"]) == 0  # re-launches via torchrun
     err = capfd.readouterr().err
     assert (two / "results.json").is_file(), err[-2000:]
     assert _locomo(two) == (one_runs, one_methods)
@@ -75,7 +75,7 @@ def test_locomo_two_processes_match_one_and_resume(locomo_setup, tmp_path, capfd
     parts = two / "parts"
     (parts / "conv-1.json").unlink()
     mtimes = {p.name: p.stat().st_mtime_ns for p in parts.glob("*.json")}
-    assert main(["locomo", *locomo_setup, "--out", str(two), "--resume"]) == 0
+    assert main(["locomo", *locomo_setup, "-o", str(two), "--resume"]) == 0
     assert "kept 2 finished unit(s) from an earlier run: conv-0, conv-2" in capfd.readouterr().out
     assert {p: (parts / p).stat().st_mtime_ns for p in mtimes} == mtimes and (parts / "conv-1.json").is_file()
     assert _locomo(two) == (one_runs, one_methods)
@@ -95,7 +95,7 @@ def test_locomo_failure_names_the_conversation_and_resume_reruns_it(locomo_setup
 
     monkeypatch.setattr(harness, "run_conversation", flaky)
     out = tmp_path / "run"
-    args = ["locomo", *locomo_setup, "--out", str(out), "--limit", "2"]
+    args = ["locomo", *locomo_setup, "-o", str(out), "--limit", "2"]
     assert main(args) == 2
     err = capsys.readouterr().err
     assert "conv-1 failed on rank 0: RuntimeError: out of memory (finished documents are kept in" in err
@@ -117,7 +117,7 @@ def test_locomo_failure_names_the_conversation_and_resume_reruns_it(locomo_setup
 def retention_setup(tmp_path):
     """A tiny model, a memory file, two MMLU subjects and a held-out text of several windows."""
     from conftest import random_memory, tiny_lm
-    from locas.io import save_memory
+    from locas.core.files import save_memory
     from test_mmlu import QUESTIONS, char_tokenizer, write_mmlu
 
     lm, tok = tiny_lm("llama"), char_tokenizer()
@@ -133,17 +133,18 @@ def retention_setup(tmp_path):
     (tmp_path / "heldout.txt").write_text("a different text about dogs and the sea. " * 4)
     return ["--model", str(tmp_path / "model"), "--data-dir", str(tmp_path / "data"), "--device", "cpu",
             "--memory", str(tmp_path / "book.locas"), "--heldout", str(tmp_path / "heldout.txt"),
-            "--heldout-tokens", "0", "--shots", "2", "--mmlu-batch-size", "2", "--window-size", "48"]
+            "--heldout-tokens", "0", "--shots", "2", "--batch-size", "2", "--limit-per-subject", "4",
+            "--window-size", "48"]
 
 
 @pytest.mark.slow
 def test_retention_two_processes_match_one_and_resume(retention_setup, tmp_path, capfd):
-    assert main(["retention", *retention_setup, "--out", str(tmp_path / "one")]) == 0
+    assert main(["retention", *retention_setup, "-o", str(tmp_path / "one")]) == 0
     one = json.loads((tmp_path / "one" / "results.json").read_text())
     assert one["variants"]["book"]["heldout_kl"] > 0 and len(one["mmlu_records"]["book"]) == 8  # 4 a subject
     capfd.readouterr()
     two = tmp_path / "two"
-    assert main(["retention", *retention_setup, "--out", str(two), "--num-gpus", "2"]) == 0
+    assert main(["retention", *retention_setup, "-o", str(two), "--num-gpus", "2"]) == 0
     err = capfd.readouterr().err
     assert (two / "results.json").is_file(), err[-2000:]
     assert json.loads((two / "results.json").read_text()) == one  # every number, exactly
@@ -151,7 +152,7 @@ def test_retention_two_processes_match_one_and_resume(retention_setup, tmp_path,
     assert parts[:2] == ["heldout__00000.json", "heldout__00001.json"] and parts[-2:] == ["mmlu__other.json",
                                                                                            "mmlu__toy.json"]
     (two / "parts" / "mmlu__toy.json").unlink()
-    assert main(["retention", *retention_setup, "--out", str(two), "--resume"]) == 0
+    assert main(["retention", *retention_setup, "-o", str(two), "--resume"]) == 0
     assert f"kept {len(parts) - 1} finished unit(s)" in capfd.readouterr().out
     assert json.loads((two / "results.json").read_text()) == one
 
@@ -160,17 +161,17 @@ def test_a_conversation_does_not_depend_on_its_company(tmp_path):
     """Self-study shuffles its probes: each conversation is seeded on its own, so its company changes nothing."""
     import torch
 
-    from locas.config import TrainConfig
     from locas.eval import locomo as harness
+    from locas.learn.config import TrainConfig
     from test_locomo import _conv
 
     lm = char_lm(seed=1)
     first, second = _conv(), _conv()
     second.sample_id = "conv-y"
     second.sessions[0].turns[0].text = "I adopted a dog named Rex in Boston last week."
-    settings = harness.LocomoSettings(memory_type="locas", ttt_loss="selfstudy", context_mode="none",
-                                      max_new_tokens=3, batch_size=2, limit=2, control=False)
-    cfg = TrainConfig(window_size=64, memory_width=4, lr=5e-2)
+    settings = harness.LocomoSettings(method="locas", context_mode="none", max_new_tokens=3, batch_size=2, limit=2,
+                                      control=False)
+    cfg = TrainConfig(window_size=64, memory_width=4, lr=5e-2, objective="selfstudy")
     both = harness.run_conversations(lm, [first, second], settings, cfg, tmp_path / "both", progress=False)
     torch.manual_seed(1234)  # whatever the global random state was before
     torch.rand(7)

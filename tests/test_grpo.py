@@ -6,9 +6,10 @@ import pytest
 import torch
 
 from conftest import random_ids
-from locas.config import TrainConfig
-from locas.grpo import ClozeItem, GRPOConfig, group_advantages, grpo_step, sample_group
-from locas.train import LocasLearner, make_optimizer
+from locas.learn.config import TrainConfig
+from locas.learn.learners import LocasLearner
+from locas.learn.objectives.grpo import ClozeItem, GRPOConfig, group_advantages, grpo_step, sample_group
+from locas.learn.step import make_optimizer
 from test_locomo_support import char_lm, single_thread  # noqa: F401 (fixture)
 
 pytestmark = pytest.mark.usefixtures("single_thread")
@@ -16,7 +17,7 @@ TARGET = set(range(10, 20))  # reward = share of sampled tokens in this set (abo
 
 
 def reward(ids, item):
-    return sum(t in TARGET for t in ids) / len(ids)
+    return sum(t in TARGET for t in ids) / max(len(ids), 1)
 
 
 def _setup(lr=5e-2):
@@ -36,8 +37,8 @@ def test_grpo_raises_mean_reward_and_trains_memory_only():
     big = GRPOConfig(group_size=64, max_new_tokens=4)
 
     def mean_reward():  # a fresh, large sample from the current memory
-        sampled = sample_group(learner, item.prompt_ids, big, torch.Generator().manual_seed(9))[:, 8:]
-        return sum(reward(r, None) for r in sampled.tolist()) / 64
+        ids, lengths = sample_group(learner, item.prompt_ids, big, torch.Generator().manual_seed(9))
+        return sum(reward(r[:n], None) for r, n in zip(ids[:, 8:].tolist(), lengths.tolist())) / 64
 
     before = mean_reward()
     rewards = [grpo_step(learner, opt, [item], reward, cfg, gen)["reward"] for _ in range(40)]

@@ -9,10 +9,11 @@ import torch
 from transformers import AutoModelForCausalLM
 
 from locas import LocasForCausalLM, load_memory, save_memory
-from locas.config import TrainConfig
 from locas.data.pg19 import load_book
-from locas.eval.pg19 import tokenize_text
-from locas.train import LocasLearner, stream
+from locas.learn.config import TrainConfig
+from locas.learn.learners import LocasLearner
+from locas.learn.stream import stream
+from locas.text.tokens import tokenize_text
 
 pytestmark = pytest.mark.integration
 

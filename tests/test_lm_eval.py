@@ -16,10 +16,10 @@ os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 from lm_eval import simple_evaluate  # noqa: E402
 from lm_eval.tasks import TaskManager  # noqa: E402
 
+from locas.core.files import save_memory  # noqa: E402
 from locas.data.mmlu import load_questions  # noqa: E402
 from locas.eval.mmlu import evaluate_mmlu  # noqa: E402
 from locas.integrations.lm_eval_harness import write_mmlu_tasks  # noqa: E402
-from locas.io import save_memory  # noqa: E402
 
 
 def run_lm_eval(model_dir, memory, task_dir):

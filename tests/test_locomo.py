@@ -9,12 +9,19 @@ import pytest
 import torch
 
 from conftest import random_memory
-from locas.answer import AnswerState, PrefixAnswerer, Prompt, tail_tokens
-from locas.config import TrainConfig
+from locas.core.model import ModelState
 from locas.data.locomo import Conversation, QAItem, Session, Turn, load_locomo, parse_date
 from locas.errors import LocasError
 from locas.eval import locomo as harness
-from locas.eval.qa_metrics import exact_match, f1_score, is_refusal, multi_answer_f1, normalize_answer, score_item
+from locas.learn import objectives as registry
+from locas.learn.config import TrainConfig
+from locas.learn.objectives import GRPOConfig, ObjectiveSettings, make_objective
+from locas.learn.objectives.grpo import cloze_items
+from locas.learn.segments import Plan
+from locas.text.decoding import Decoder
+from locas.text.metrics import exact_match, f1_score, is_refusal, multi_answer_f1, normalize_answer, score_item
+from locas.text.prompts import Prompt
+from locas.text.tokens import tail_tokens
 from test_locomo_support import char_lm, single_thread  # noqa: F401 (fixture)
 
 pytestmark = pytest.mark.usefixtures("single_thread")
@@ -133,9 +140,9 @@ def test_prefix_cache_answers_equal_full_recompute(style):
     questions = ["What is the cat called?", "Who?", "When did Ann go hiking in Peru, exactly?", "Why?", "What?"]
     suffixes = [prompt.suffix_ids(q) for q in questions]
     assert len({len(s) for s in suffixes}) > 2  # different lengths -> left padding inside the batch
-    with AnswerState(memory=mem).apply(lm) as model:
-        answerer = PrefixAnswerer(model, tok, prompt.prefix_ids, max_new_tokens=6, batch_size=2,
-                                  stop_at_newline=False, prefill_chunk=16)  # chunked prefill too
+    with ModelState(memory=mem).apply(lm) as model:
+        answerer = Decoder(model, tok, prompt.prefix_ids, max_new_tokens=6, batch_size=2, newline=False,
+                           prefill_chunk=16)  # chunked prefill too
         got = answerer.answer_ids(suffixes)
         want = [_naive_greedy(model, prompt.prefix_ids + s, 6, answerer.stop_ids) for s in suffixes]
     assert got == want
@@ -160,14 +167,15 @@ def test_date_split_memorises_sessions_in_chronological_order(monkeypatch):
     conv = _conv()
     seen = []
 
-    def recorder(learner, optimizer, job):
-        seen.append((job.session.index, job.spans))
-        return {"nll": 0.0}
+    class Recorder(registry.Objective):
+        def update(self, learner, optimizer, segment, plan):
+            seen.append((int(segment.name), segment.spans))
+            return {"nll": 0.0}
 
-    monkeypatch.setitem(harness.TTT_LOSSES, "RECORD", recorder)  # the table is the extension point
-    settings = harness.LocomoSettings(memory_type="locas", ttt_loss="RECORD")
+    monkeypatch.setitem(registry.OBJECTIVES, "record", Recorder)  # the registry is the extension point
+    settings = harness.LocomoSettings(method="locas")
     toks = harness.tokenize_conversation(lm.tokenizer, conv)
-    cfg = TrainConfig(window_size=40, memory_width=4)
+    cfg = TrainConfig(window_size=40, memory_width=4, objective="record")
     learner, stats = harness.memorize_conversation(lm, toks, settings, cfg, progress=False)
     assert [i for i, _ in seen] == [2, 1, 3] == stats["order"]
     for (index, spans), (session, start, end) in zip(seen, toks.sessions):
@@ -176,20 +184,20 @@ def test_date_split_memorises_sessions_in_chronological_order(monkeypatch):
     assert lm.tokenizer.decode(toks.tokens[toks.sessions[0][1]:toks.sessions[0][2]]).startswith("DATE: 9:15 am")
 
 
-@pytest.mark.parametrize("memory_type,loss", [("locas", "NTP"), ("locas", "SD"), ("locas", "MIX"), ("locas", "GRPO"),
-                                              ("lora", "NTP"), ("lora", "SD"), ("lora", "MIX"), ("lora", "GRPO"),
-                                              ("none", "SD")])
-def test_end_to_end_every_mode_memory_and_loss(memory_type, loss, tmp_path):
+@pytest.mark.parametrize("method,objective", [("locas", "ntp"), ("locas", "sd"), ("locas", "mix"), ("locas", "grpo"),
+                                              ("lora", "ntp"), ("lora", "sd"), ("lora", "mix"), ("lora", "grpo"),
+                                              ("none", "sd")])
+def test_end_to_end_every_mode_method_and_objective(method, objective, tmp_path):
     lm = char_lm(seed=1)
     backbone = {k: v.clone() for k, v in lm.model.state_dict().items()}
     conv = _conv()
-    settings = harness.LocomoSettings(memory_type=memory_type, ttt_loss=loss, context_mode="date_split",
-                                      extra_contexts=("full", "none"), recent_tokens=60, max_new_tokens=3,
-                                      batch_size=2, grpo=harness.GRPOConfig(group_size=3, max_new_tokens=3,
-                                                                            items_per_session=2, items_per_step=2))
-    cfg = TrainConfig(window_size=64, memory_width=4, lr=5e-2, lora_rank=2, sd_context=128)
+    settings = harness.LocomoSettings(method=method, context_mode="date_split", extra_contexts=("full", "none"),
+                                      recent_tokens=60, max_new_tokens=3, batch_size=2)
+    objectives = ObjectiveSettings(grpo=GRPOConfig(group_size=3, max_new_tokens=3, items_per_session=2,
+                                                   items_per_step=2))
+    cfg = TrainConfig(window_size=64, memory_width=4, lr=5e-2, lora_rank=2, sd_context=128, objective=objective)
     path = tmp_path / "m.locas"
-    out = harness.run_conversation(lm, conv, settings, cfg, memory_path=path, progress=False)
+    out = harness.run_conversation(lm, conv, settings, cfg, objectives=objectives, memory_path=path, progress=False)
     for mode in ("date_split", "full", "none"):
         part = out["answers"][mode]
         assert len(part["memory"]["records"]) == len(conv.qa) == len(part["control"]["records"])
@@ -199,21 +207,21 @@ def test_end_to_end_every_mode_memory_and_loss(memory_type, loss, tmp_path):
         lm.tokenizer, conv).tokens)
     assert [type(n) for n in lm.model.state_dict()] and all(
         torch.equal(v, backbone[k]) for k, v in lm.model.state_dict().items())  # backbone untouched, LoRA unloaded
-    if memory_type == "none":
+    if method == "none":
         assert "train" not in out and not path.exists()
         return
     assert out["train"]["extra_params"] > 0 and len(out["train"]["sessions"]) == 3
-    if memory_type == "locas":
-        from locas.io import load_memory
+    if method == "locas":
+        from locas.core.files import load_memory
 
         mem = load_memory(path, model=lm)
-        if loss == "GRPO":  # a random tiny model rarely earns a reward; learning is tested in test_grpo.py
+        if objective == "grpo":  # a random tiny model rarely earns a reward; learning is tested in test_grpo.py
             assert all("reward" in st for st in out["train"]["sessions"])
         else:
             assert mem[..., 2].abs().sum() > 0  # the memory learned something
         # answering with the file reproduces the in-run answers
         toks = harness.tokenize_conversation(lm.tokenizer, conv)
-        again = harness.answer_conversation(lm, conv, toks, AnswerState(memory=mem), "none", settings)
+        again = harness.answer_conversation(lm, conv, toks, ModelState(memory=mem), "none", settings)
         assert [r["prediction"] for r in again["records"]] == [
             r["prediction"] for r in out["answers"]["none"]["memory"]["records"]]
 
@@ -223,9 +231,8 @@ def test_max_sessions_cuts_memorisation_and_questions():
     conv = _conv()
     for q, ev in zip(conv.qa, (["D1:1"], ["D2:1"], ["D1:2"], ["D3:1"], ["D3:2"])):
         q.evidence = ev
-    settings = harness.LocomoSettings(memory_type="locas", ttt_loss="NTP", context_mode="full", max_new_tokens=2,
-                                      max_sessions=2)
-    cfg = TrainConfig(window_size=64, memory_width=4, lr=5e-2)
+    settings = harness.LocomoSettings(method="locas", context_mode="full", max_new_tokens=2, max_sessions=2)
+    cfg = TrainConfig(window_size=64, memory_width=4, lr=5e-2, objective="ntp")
     out = harness.run_conversation(lm, conv, settings, cfg, progress=False)
     assert out["sessions"] == 2 and [s["session"] for s in out["train"]["sessions"]] == [2, 1]
     recs = out["answers"]["full"]["memory"]["records"]
@@ -237,30 +244,29 @@ def test_max_sessions_cuts_memorisation_and_questions():
         harness.run_conversation(lm, _conv(), settings, cfg, progress=False)  # no evidence: no question left
 
 
-def _job(steps_per_window=2, deadline=None):
-    return harness.SessionJob(None, None, None, [], TrainConfig(steps_per_window=steps_per_window), None,
-                              random.Random(0), None, deadline=deadline)
+def _plan(passes=2, deadline=None):
+    return Plan(passes, random.Random(0), None, deadline=deadline)
 
 
-def test_schedule_passes_then_cpu_deadline():
+def test_plan_passes_then_cpu_deadline():
     import itertools
     import time
 
-    assert list(_job().schedule([1, 2, 3], batch=2)) == [[1, 2], [3], [1, 2], [3]]  # steps_per_window passes
-    assert list(_job().schedule([1, 2, 3], passes=1)) == [[1], [2], [3]]
-    assert list(_job().schedule([], passes=5)) == []
-    assert list(_job(deadline=time.process_time() - 1).schedule([1, 2, 3])) == [[1]]  # spent: the first batch only
-    running = _job(deadline=time.process_time() + 60).schedule([1, 2, 3], batch=2)
+    assert list(_plan().batches([1, 2, 3], batch=2)) == [[1, 2], [3], [1, 2], [3]]  # the plan's passes
+    assert list(_plan().batches([1, 2, 3], passes=1)) == [[1], [2], [3]]
+    assert list(_plan().batches([], passes=5)) == []
+    assert list(_plan(deadline=time.process_time() - 1).batches([1, 2, 3])) == [[1]]  # spent: the first batch only
+    running = _plan(deadline=time.process_time() + 60).batches([1, 2, 3], batch=2)
     assert len(list(itertools.islice(running, 10))) == 10  # budget left: keeps cycling past the pass count
     items = list(range(8))
-    shuffled = list(_job().schedule(items, batch=8, shuffle=True))
+    shuffled = list(_plan().batches(items, batch=8, shuffle=True))
     assert len(shuffled) == 2 and sorted(shuffled[0]) == list(range(8)) and shuffled[0] != list(range(8))
 
 
 def test_session_budget_trains_each_session_for_its_cpu_seconds():
     lm = char_lm(seed=1)
-    cfg = TrainConfig(window_size=64, memory_width=4, lr=5e-2)
-    base = dict(memory_type="locas", ttt_loss="NTP", context_mode="none", max_new_tokens=2)
+    cfg = TrainConfig(window_size=64, memory_width=4, lr=5e-2, objective="ntp")
+    base = dict(method="locas", context_mode="none", max_new_tokens=2)
     one_pass = harness.run_conversation(lm, _conv(), harness.LocomoSettings(**base), cfg, progress=False)["train"]
     budget = 0.25
     timed = harness.run_conversation(lm, _conv(), harness.LocomoSettings(**base, session_budget=budget), cfg,
@@ -270,8 +276,6 @@ def test_session_budget_trains_each_session_for_its_cpu_seconds():
     first = one_pass["sessions"][0]["nll"], timed["sessions"][0]["nll"]  # scored before any training: the same
     assert first[0] == pytest.approx(first[1], rel=1e-5)
     assert timed["train_cpu_s"] >= budget * len(timed["sessions"])
-    assert "session_budget" not in harness.LocomoSettings(**base).to_dict()  # old run fingerprints still match
-    assert harness.LocomoSettings(**base, session_budget=2.0).to_dict()["session_budget"] == 2.0
     with pytest.raises(LocasError, match="session-budget"):
         harness.LocomoSettings(**base, session_budget=0)
 
@@ -310,10 +314,10 @@ def test_tables_show_missing_categories_as_dash():
 def test_settings_validation():
     with pytest.raises(LocasError, match="context mode"):
         harness.LocomoSettings(context_mode="half")
-    with pytest.raises(LocasError, match="TTT loss"):
-        harness.LocomoSettings(ttt_loss="XYZ")
-    with pytest.raises(LocasError, match="memory type"):
-        harness.LocomoSettings(memory_type="rag")
+    with pytest.raises(LocasError, match="unknown objective 'xyz'"):
+        make_objective(TrainConfig(objective="XYZ"))
+    with pytest.raises(LocasError, match="unknown LoCoMo method"):
+        harness.LocomoSettings(method="rag")
 
 
 # ---- CLI: locomo -> memory file -> ask / chat -----------------------------------------------------
@@ -336,7 +340,7 @@ def _write_dataset(root):
 
 def test_cli_locomo_ask_chat(tmp_path, capsys):
     from locas.cli import build_parser, main
-    from locas.commands import chat
+    from locas.cli.commands import chat
 
     lm = char_lm(seed=2, chat=True)
     model_dir = tmp_path / "model"
@@ -345,9 +349,9 @@ def test_cli_locomo_ask_chat(tmp_path, capsys):
     _write_dataset(tmp_path / "data")
     out = tmp_path / "run"
     common = ["--model", str(model_dir), "--data-dir", str(tmp_path / "data"), "--device", "cpu"]
-    assert main(["locomo", "--memory-type", "locas", "--ttt-loss", "ntp", "--context-mode", "none",
+    assert main(["locomo", "--method", "locas", "--objective", "ntp", "--context-mode", "none",
                  "--conversations", "conv-x", "--window-size", "64", "--memory-width", "4", "--max-new-tokens", "3",
-                 "--out", str(out), *common]) == 0
+                 "-o", str(out), *common]) == 0
     payload = json.loads((out / "results.json").read_text())
     assert set(payload["methods"]) == {"locas-NTP [none]", "no-memory [none]"}
     assert payload["methods"]["locas-NTP [none]"]["summary"]["overall"]["n"] == 4
@@ -355,15 +359,19 @@ def test_cli_locomo_ask_chat(tmp_path, capsys):
     memfile = out / "memories" / "conv-x.locas"
     assert memfile.is_file()
     capsys.readouterr()
-    assert main(["ask", str(memfile), "What is the cat called?", "--max-new-tokens", "3", *common]) == 0
-    assert capsys.readouterr().out.strip() != "" or True  # a random tiny model may answer with spaces only
+    common = common[:2] + common[4:]  # ask and chat read no data directory
+    assert main(["ask", "What is the cat called?", "--memory", str(memfile), "--max-new-tokens", "3", *common]) == 0
+    assert capsys.readouterr().out.endswith("\n")  # one answer line (a random tiny model may answer with spaces)
     ctx = tmp_path / "ctx.txt"
     ctx.write_text("Ann said the cat is Tom.\n")
-    assert main(["ask", str(memfile), "Cat?", "--context", str(ctx), *common]) == 0
-    assert main(["ask", str(tmp_path / "missing.locas"), "Cat?", *common]) == 2
+    assert main(["ask", "Cat?", "--memory", str(memfile), "--context", str(ctx), *common]) == 0
+    assert main(["ask", "Cat?", "--memory", str(tmp_path / "missing.locas"), *common]) == 2
     assert "not found" in capsys.readouterr().err
-    assert main(["locomo", "--conversations", "conv-404", "--out", str(out), *common]) == 2
-    args = build_parser().parse_args(["chat", str(memfile), "--max-new-tokens", "4", *common])
+    assert main(["ask", str(memfile), "Cat?", *common]) == 2  # the 0.1 form: told how to write it now
+    assert "--memory" in capsys.readouterr().err
+    assert main(["locomo", "--conversations", "conv-404", "-o", str(out), *common, "--data-dir",
+                 str(tmp_path / "data")]) == 2
+    args = build_parser().parse_args(["chat", "--memory", str(memfile), "--max-new-tokens", "4", *common])
     questions = iter(["Who is Tom?", "And Bob?", ""])
     chat.run(args, input_fn=lambda _: next(questions))
     assert "ask a question" in capsys.readouterr().out
@@ -373,7 +381,9 @@ def test_grpo_cloze_items_from_a_session():
     lm = char_lm()
     session = Session(1, "1:00 pm on 8 May, 2023", [Turn("Ann", "Yesterday I adopted a lovely kitten named Tom "
                                                             "from the shelter downtown."), Turn("Bob", "Ok.")])
-    items = harness.cloze_items(session, lm.tokenizer, random.Random(0), n=5)
+    conv = Conversation("c", ("Ann", "Bob"), [session], [])
+    segment = harness.session_segments(harness.tokenize_conversation(lm.tokenizer, conv), TrainConfig())[0]
+    items = cloze_items(segment, lm.tokenizer, random.Random(0), n=5)
     assert len(items) == 1  # one item per usable turn; "Ok." is too short
     prompt = lm.tokenizer.decode(items[0].prompt_ids)
     assert prompt.startswith('DATE: 1:00 pm on 8 May, 2023\nAnn said, "Yesterday I')
@@ -393,8 +403,8 @@ def test_smollm2_prefix_cache_matches_generate_on_real_conversation():
     prompt = Prompt.build(lm.tokenizer, ctx)
     assert prompt.style == "chat"
     suffixes = [harness.question_suffix(prompt, q) for q in conv.qa[:3]]
-    with AnswerState().apply(lm) as model:
-        answerer = PrefixAnswerer(model, lm.tokenizer, prompt.prefix_ids, max_new_tokens=10, batch_size=3)
+    with ModelState().apply(lm) as model:
+        answerer = Decoder(model, lm.tokenizer, prompt.prefix_ids, max_new_tokens=10, batch_size=3)
         got = answerer.answer_ids(suffixes)
         for s, g in zip(suffixes, got):
             ids = torch.tensor(prompt.prefix_ids + s)[None]

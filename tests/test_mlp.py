@@ -11,14 +11,14 @@ from transformers import AutoModelForCausalLM
 
 from conftest import MLP_CONFIGS, random_ids, random_memory, tiny_lm, tiny_model
 from locas import LocasForCausalLM
-from locas.baselines import TruncateLearner
-from locas.config import TrainConfig
+from locas.core.files import load_memory, read_memory_info, save_memory
 from locas.errors import LocasError
-from locas.io import load_memory, read_memory_info, save_memory
-from locas.nlsvd import compress_memory
-from locas.train import stream, window_spans
-from locas.train_mlp import LocasMLPLearner
-from locas.write import append_slots, step_write
+from locas.learn.config import TrainConfig
+from locas.learn.learners import TruncateLearner
+from locas.learn.mlp_learner import LocasMLPLearner
+from locas.learn.nlsvd import compress_memory
+from locas.learn.stream import stream, window_spans
+from locas.learn.write import append_slots, step_write
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -55,7 +55,7 @@ def test_mlp_registry_wraps_every_layer_and_detach_restores(mlp_arch):
     assert lm.hidden_size == 32 and lm.intermediate_size == 48
     assert isinstance(lm.wrappers[0].act, torch.nn.ReLU)  # the paper's memory activation by default
     with torch.no_grad():
-        mem = lm.memorize(ids, keep_top=5).requires_grad_(True)  # values zero, memory path forced to run
+        mem = lm.init_memory(ids, width=5).requires_grad_(True)  # values zero, memory path forced to run
         assert torch.equal(lm(ids, memory=mem).logits, ref)
     # state dicts stay under the original keys while wrapped (OPT: fc1/fc2 on the layer itself)
     state = lm.model.state_dict()
@@ -291,13 +291,27 @@ def test_learner_never_scores_its_own_update_and_resumes(tmp_path, kw):
     learner = LocasMLPLearner(lm, cfg, **kw)
     stream(learner, tokens, cfg, progress=False, stop_after=3)
     s, e = window_spans(len(tokens), cfg.window_size)[3]
-    assert learner.score_only(tokens, s, e).sum().item() == pytest.approx(full.window_nll[3], rel=1e-5)
+    assert learner.score(tokens, s, e).sum().item() == pytest.approx(full.window_nll[3], rel=1e-5)
     # interrupted + resumed == uninterrupted
     part = LocasMLPLearner(lm, cfg, **kw)
     stream(part, tokens, cfg, progress=False, checkpoint_dir=tmp_path, checkpoint_every=1, stop_after=2)
     resumed = LocasMLPLearner(lm, cfg, **kw)
     res = stream(resumed, tokens, cfg, progress=False, checkpoint_dir=tmp_path, resume=True)
     assert res.window_nll == pytest.approx(full.window_nll, rel=1e-5)
+
+
+def test_cosine_schedule_reaches_the_mlp_learner():
+    """The streaming loop's learning-rate schedule applies to Locas-MLP (bp) as to every trainable learner."""
+    lm = tiny_lm("gpt2")
+    tokens = _tokens(96)
+    runs = {}
+    for schedule in ("constant", "cosine"):
+        cfg = TrainConfig(window_size=16, memory_width=8, lr=5e-2, schedule=schedule)
+        learner = LocasMLPLearner(lm, cfg, update="bp")
+        runs[schedule] = stream(learner, tokens, cfg, progress=False).window_nll
+    const, cos = runs["constant"], runs["cosine"]
+    assert const[:2] == cos[:2]  # scored before any optimiser step (window 1 is the write)
+    assert all(abs(a - b) > 1e-6 for a, b in zip(const[2:], cos[2:]))  # the lr decays from step 1: other memories
 
 
 def test_learner_rejects_bad_settings():

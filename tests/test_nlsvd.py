@@ -8,8 +8,8 @@ import torch.nn.functional as F
 
 from conftest import random_ids, tiny_lm
 from locas.errors import LocasError
-from locas.nlsvd import compress_memory, memory_function, nlsvd
-from locas.write import append_slots, step_write
+from locas.learn.nlsvd import compress_memory, memory_function, nlsvd
+from locas.learn.write import append_slots, step_write
 
 
 @pytest.fixture(autouse=True, scope="module")

@@ -8,7 +8,6 @@ import pytest
 import torch
 
 from conftest import random_ids, random_memory, tiny_lm
-from locas.config import TrainConfig
 from locas.data.mmlu import load_questions
 from locas.eval.retention import (
     base_variant,
@@ -18,6 +17,7 @@ from locas.eval.retention import (
     retention_report,
     write_retention,
 )
+from locas.learn.config import TrainConfig
 from test_mmlu import QUESTIONS, char_tokenizer, write_mmlu
 
 
@@ -70,8 +70,8 @@ def test_heldout_kl_matches_direct_computation():
 
 
 def test_lora_variant_and_base_with_adapter_injected():
-    from locas.baselines import LoraLearner
-    from locas.train import stream
+    from locas.learn.learners import LoraLearner
+    from locas.learn.stream import stream
 
     lm = tiny_lm("llama")
     ids = random_ids(1, 40)[0]
@@ -105,7 +105,7 @@ def test_cli_pg19_retention_and_mmlu(tmp_path, capsys):
     code = main(["pg19", "--book", str(tmp_path / "book.txt"), "--method", "lora", "--method", "locas",
                  "--window-size", "32", "--memory-width", "4", "--lora-rank", "2", "--lr", "3e-2",
                  "--heldout", str(tmp_path / "other.txt"), "--heldout-tokens", "0", "--shots", "2",
-                 "--retention", "--out", str(out), *common])
+                 "--retention", "-o", str(out), *common])
     assert code in (None, 0)
     payload = json.loads((out / "retention" / "results.json").read_text())
     assert list(payload["variants"]) == ["base", "locas", "lora"]
@@ -113,7 +113,7 @@ def test_cli_pg19_retention_and_mmlu(tmp_path, capsys):
     assert (out / "results.json").is_file() and (out / "retention" / "retention.png").is_file()
     assert not any("lora" in type(m).__name__.lower() for m in lm.model.modules())  # adapter removed again
 
-    assert main(["mmlu", "--shots", "0", "--out", str(tmp_path / "m.json"), *common]) == 0
+    assert main(["mmlu", "--shots", "0", "-o", str(tmp_path / "m.json"), *common]) == 0
     assert json.loads((tmp_path / "m.json").read_text())["n"] == len(QUESTIONS)
     assert main(["mmlu", "--subjects", "nope", *common]) == 2
     assert "unknown MMLU subject(s) nope" in capsys.readouterr().err

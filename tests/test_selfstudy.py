@@ -10,21 +10,15 @@ import transformers
 
 from conftest import _COMMON, random_memory
 from locas import LocasForCausalLM, cli
-from locas.config import TrainConfig
 from locas.errors import LocasError
-from locas.selfstudy import (
-    ANSWER_FORMATS,
-    GENERATION_TEMPLATES,
-    Example,
-    ProbeConfig,
-    _clean_generated,
-    answer_with_teacher,
-    distillation_loss,
-    generated_probes,
-    make_probes,
-    split_chunks,
-    train_memory,
-)
+from locas.learn.config import TrainConfig
+from locas.learn.objectives import ObjectiveSettings, SelfStudyConfig, make_objective
+from locas.learn.objectives.selfstudy import distillation_loss
+from locas.learn.segments import Segment, train_segments
+from locas.probes.config import ProbeConfig
+from locas.probes.families import ANSWER_FORMATS, GENERATION_TEMPLATES, _clean_generated, generated_probes, make_probes
+from locas.probes.teacher import Example, answer_with_teacher
+from locas.text.sentences import split_chunks
 
 DOC = """In 1857 Mr. Moore bought a Hoe press in New York for the Minnesotian. The press arrived at St. Paul
 by steamboat in the spring, and Moore paid 4,000 dollars for it.
@@ -110,9 +104,9 @@ def test_distillation_loss_is_zero_for_same_input_and_zero_memory():
     context = torch.randint(3, len(lm.tokenizer), (30,), generator=g).tolist()
     prompt = torch.randint(3, len(lm.tokenizer), (5,), generator=g).tolist()
     for topk in (8, len(lm.tokenizer)):
-        a = answer_with_teacher(lm, context, [prompt], 6, set(), topk)[0]
+        a = answer_with_teacher(lm, context, [prompt], 6, topk)[0]
         ex = Example("question", context, prompt, a["answer"], a["values"], a["index"])
-        zero = lm.memorize(torch.tensor([context]), keep_top=4)  # values are zero: exactly the base model
+        zero = lm.init_memory(torch.tensor([context]), width=4)  # values are zero: exactly the base model
         same = float(distillation_loss(lm, zero, [ex], student_window=len(context)))
         assert abs(same) < 1e-7
         # the loss is not trivially zero: no context, or a non-zero memory, makes it positive
@@ -157,18 +151,20 @@ def test_selfstudy_moves_the_no_context_answer_toward_the_teacher_more_than_ntp(
     lm = _copy_model()
     key = [17, 31, 22]
     document = [BOS, KEY, *key, SEP]
-    teacher = answer_with_teacher(lm, document, [[Q]], 3, set(), 40)[0]
+    teacher = answer_with_teacher(lm, document, [[Q]], 3, 40)[0]
     assert teacher["answer"] == key  # with the document in context the model copies the key
     assert teacher["nll"] < 0.3
     ex = Example("question", document, [Q], teacher["answer"], teacher["values"], teacher["index"])
-    cfg = TrainConfig(window_size=len(document), lr=3e-2, memory_width=8, seed=0)
     tokens = torch.tensor(document)
+    segment = Segment(tokens, (0, len(document)), window=len(document))
     results = {}
-    for objective in ("ntp", "selfstudy"):
-        learner, log = train_memory(lm, tokens, cfg, objective, [ex], ntp_weight=0.0, max_steps=40,
-                                    progress=False)
-        assert log.steps == 40 and log.skipped == 0
-        results[objective] = _answer_nll(lm, learner.full_memory(), [Q], key)
+    for name in ("ntp", "selfstudy"):  # the same 40 steps: 40 passes over one window, or over one probe
+        cfg = TrainConfig(window_size=len(document), lr=3e-2, memory_width=8, seed=0, objective=name)
+        objective = make_objective(cfg, ObjectiveSettings(selfstudy=SelfStudyConfig(ntp_weight=0.0)))
+        learner, stats = train_segments(lm, [segment], objective, cfg, passes=40,
+                                        examples=[ex] if name == "selfstudy" else None, progress=False)
+        assert stats["segments"][0]["steps"] == 40 and stats["segments"][0]["skipped"] == 0
+        results[name] = _answer_nll(lm, learner.full_memory(), [Q], key)
     base = _answer_nll(lm, None, [Q], key)
     gap = base - teacher["nll"]
     closed = {k: (base - v) / gap for k, v in results.items()}
@@ -187,7 +183,7 @@ def test_memorize_selfstudy_command_writes_memory_cache_and_recall(tmp_path, cap
     out = tmp_path / "doc.locas"
     argv = ["memorize", str(text), "-o", str(out), "--model", str(model_dir), "--device", "cpu",
             "--objective", "selfstudy", "--families", "cloze,template", "--chunk-tokens", "40",
-            "--probes-per-chunk", "3", "--heldout-per-chunk", "2", "--probe-epochs", "2", "--memory-width", "4",
+            "--probes-per-chunk", "3", "--heldout-per-chunk", "2", "--epochs", "2", "--memory-width", "4",
             "--window-size", "32", "--answer-tokens", "4"]
     assert cli.main(argv) == 0
     printed = capsys.readouterr().out
@@ -216,8 +212,8 @@ def test_memorize_selfstudy_command_writes_memory_cache_and_recall(tmp_path, cap
     assert code == 2 and "unknown probe family" in err and err.count("\n") == 1
 
 
-@pytest.mark.parametrize("memory_type", ["locas", "lora"])
-def test_locomo_harness_runs_the_selfstudy_loss(memory_type, tmp_path):
+@pytest.mark.parametrize("method", ["locas", "lora"])
+def test_locomo_harness_runs_the_selfstudy_objective(method, tmp_path):
     from locas.data.locomo import Conversation, QAItem, Session, Turn
     from locas.eval import locomo as harness
     from test_locomo_support import char_lm
@@ -229,15 +225,14 @@ def test_locomo_harness_runs_the_selfstudy_loss(memory_type, tmp_path):
                 Session(2, "9:15 am on 2 June, 2023", [Turn("Ann", "I ran the Boston marathon in 4 hours."),
                                                        Turn("Bob", "I bought a red bike from Carl.")])]
     conv = Conversation("conv-x", ("Ann", "Bob"), sessions, [QAItem("What is Ann's cat called?", 4, "Tom")])
-    settings = harness.LocomoSettings(memory_type=memory_type, ttt_loss="selfstudy", context_mode="none",
-                                      max_new_tokens=3, batch_size=2)
-    cfg = TrainConfig(window_size=64, memory_width=4, lr=5e-2, lora_rank=2)
+    settings = harness.LocomoSettings(method=method, context_mode="none", max_new_tokens=3, batch_size=2)
+    cfg = TrainConfig(window_size=64, memory_width=4, lr=5e-2, lora_rank=2, objective="selfstudy")
     out = harness.run_conversation(lm, conv, settings, cfg, memory_path=tmp_path / "m.locas", progress=False)
     stats = out["train"]["sessions"]
     assert len(stats) == 2 and all(s["probes"] > 0 and s["steps"] > 0 and s["skipped"] == 0 for s in stats)
     assert len(out["answers"]["none"]["memory"]["records"]) == 1
     assert all(torch.equal(v, backbone[k]) for k, v in lm.model.state_dict().items())  # backbone untouched
-    if memory_type == "locas":
-        from locas.io import load_memory
+    if method == "locas":
+        from locas.core.files import load_memory
 
         assert load_memory(tmp_path / "m.locas", model=lm)[..., 2].abs().sum() > 0  # the memory learned

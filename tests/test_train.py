@@ -8,11 +8,12 @@ import pytest
 import torch
 
 from conftest import random_ids, tiny_lm
-from locas.baselines import FullAttentionLearner, LoraLearner, TruncateLearner
-from locas.config import TrainConfig, parse_layers
 from locas.errors import LocasError
-from locas.objectives import get_objective, teacher_targets
-from locas.train import LocasLearner, stream, window_spans
+from locas.learn.config import TrainConfig, parse_layers
+from locas.learn.learners import FullAttentionLearner, LocasLearner, LoraLearner, TruncateLearner
+from locas.learn.objectives import make_objective
+from locas.learn.objectives.window import teacher_targets
+from locas.learn.stream import stream, window_spans
 
 
 def _tokens(n=90, seed=4):
@@ -57,7 +58,7 @@ def test_score_of_window_never_sees_its_own_update():
         learner = LocasLearner(lm, cfg)
         stream(learner, tokens, cfg, progress=False, stop_after=i)  # trained on windows < i only
         s, e = window_spans(len(tokens), cfg.window_size)[i]
-        nll = learner.score_only(tokens, s, e)
+        nll = learner.score(tokens, s, e)
         assert float(nll.sum()) == pytest.approx(full.window_nll[i], rel=1e-5)
 
 
@@ -83,24 +84,24 @@ def test_resume_equals_uninterrupted(tmp_path, method):
 def test_sd_loss_zero_for_same_context_and_zero_memory():
     lm = tiny_lm("llama")
     tokens = _tokens(30)
-    obj = get_objective("SD")
+    obj = make_objective(TrainConfig(objective="sd"))
     teacher = teacher_targets(lm, tokens, 0, 12, context=12)
-    mem = lm.memorize(tokens[:12][None], keep_top=4).requires_grad_(True)
+    mem = lm.init_memory(tokens[:12][None], width=4).requires_grad_(True)
     ids = tokens[:12][None]
     loss, _ = obj(lm(ids, memory=mem).logits, ids, teacher)
     assert abs(loss.item()) < 1e-6
     top = teacher_targets(lm, tokens, 0, 12, context=12, topk=5)
-    loss_top, _ = get_objective("SD", topk=5)(lm(ids, memory=mem).logits, ids, top)
+    loss_top, _ = make_objective(TrainConfig(objective="sd", sd_topk=5))(lm(ids, memory=mem).logits, ids, top)
     assert abs(loss_top.item()) < 1e-6
     longer = teacher_targets(lm, tokens, 12, 24, context=24)
     loss2, _ = obj(lm(tokens[12:24][None], memory=mem).logits, tokens[12:24][None], longer)
     assert loss2.item() > 1e-4  # the teacher sees more context than the student
 
 
-@pytest.mark.parametrize("loss", ["SD", "MIX"])
-def test_sd_and_mix_train(loss):
+@pytest.mark.parametrize("objective", ["sd", "mix"])
+def test_sd_and_mix_train(objective):
     lm = tiny_lm("llama")
-    cfg = TrainConfig(window_size=12, lr=5e-2, memory_width=4, loss=loss, sd_topk=8)
+    cfg = TrainConfig(window_size=12, lr=5e-2, memory_width=4, objective=objective, sd_topk=8)
     learner = LocasLearner(lm, cfg)
     res = stream(learner, _tokens(40), cfg, progress=False)
     assert learner.memory[..., 2].abs().sum() > 0 and math.isfinite(res.ppl)
@@ -165,3 +166,22 @@ def test_epochs_report_falling_ppl():
     res = stream(LocasLearner(lm, cfg), random_ids(1, 40, seed=9)[0], cfg, progress=False)
     per_epoch = res.epoch_ppl()
     assert len(per_epoch) == 3 and per_epoch[2] < per_epoch[0]
+
+
+def test_lora_teacher_is_the_frozen_base_model():
+    """sd/mix teachers read through ``learner.frozen()``: for TempLoRA that switches the injected adapter off too
+    (before 0.2 the SD teacher of a LoRA learner still had its adapter on)."""
+    lm = tiny_lm("llama")
+    tokens = _tokens(40)
+    want = teacher_targets(lm, tokens, 12, 24, context=24).logprobs
+    cfg = TrainConfig(window_size=12, lr=5e-2, lora_rank=2, objective="sd")
+    learner = LoraLearner(lm, cfg)
+    stream(learner, tokens, cfg, progress=False)  # the adapter has learned: it changes the logits
+    try:
+        with learner.frozen():
+            got = teacher_targets(lm, tokens, 12, 24, context=24).logprobs
+        live = teacher_targets(lm, tokens, 12, 24, context=24).logprobs  # adapter on
+    finally:
+        learner.finish()
+    assert torch.equal(got, want)
+    assert (live - want).abs().max() > 1e-4

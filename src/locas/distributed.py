@@ -46,10 +46,8 @@ class DistContext:
         if torch.cuda.is_available():
             torch.cuda.set_device(local_rank)
             device, backend = f"cuda:{local_rank}", "nccl"
-        else:
+        else:  # CPU threads per process: the CLI's --threads default splits the cores between processes
             device, backend = "cpu", "gloo"
-            local_world = int(os.environ.get("LOCAL_WORLD_SIZE", world))
-            torch.set_num_threads(max(1, (os.cpu_count() or 1) // local_world))
         if not dist.is_initialized():
             dist.init_process_group(backend=backend)
         return cls(rank=rank, world=world, local_rank=local_rank, device=device)
@@ -117,8 +115,8 @@ def run_sharded(ctx: DistContext | None, units: list, work: Callable, *, name: C
     raises does not stop the others; once all ranks are done, rank 0 raises one ``LocasError``
     naming each failed unit (``name(unit)``) and its rank. Other ranks return None.
     """
+    from .core.files import atomic_write
     from .errors import LocasError
-    from .io import atomic_write
 
     ctx = ctx or DistContext()
     part = part or name

@@ -1,1 +1,3 @@
-"""Evaluation harnesses (PG-19 streaming perplexity, ...) and reporting helpers."""
+"""Scoring and reports only: PG-19 (``pg19``), LoCoMo (``locomo``), MMLU (``mmlu``), forgetting
+(``retention``), held-out recall (``recall``), tables and plots (``report``). Training goes through
+``locas.learn``."""

@@ -6,97 +6,122 @@ Context modes (what the prompt holds when answering):
 * ``date_split``  only a short recent window (``recent_tokens``) of the conversation
 * ``none``        no conversation at all: the memory alone must hold the facts
 
-Memory types: ``locas``, ``lora`` (TempLoRA via peft) and ``none``. Memorisation is the same in
-every context mode: sessions in date order, each cut into windows of at most ``window_size``
-tokens, one update pass per session with the chosen TTT loss (``TTT_LOSSES`` below; add an
-entry to plug in another objective), or, with ``session_budget``, as many passes as fit in that
-many CPU-seconds per session (the same compute for every objective). Every run also answers with
-the memory switched off in the same context mode (the no-memory control), side by side.
+Methods: ``locas``, ``lora`` (TempLoRA via peft) and ``none``. Memorisation is the same in every
+context mode: sessions in date order, each one a ``Segment`` (``locas.learn.segments``) that the
+objective (any of ``locas.learn.objectives``) updates on once (``steps_per_window`` passes), or,
+with ``session_budget``, for that many CPU-seconds per session (the same compute for every
+objective). Every run also answers with the memory switched off in the same context mode (the
+no-memory control), side by side.
 
     >>> conv = get_conversation("conv-26")
-    >>> out = run_conversation(lm, conv, LocomoSettings(memory_type="locas", ttt_loss="SD"), cfg)
+    >>> out = run_conversation(lm, conv, LocomoSettings(method="locas"), TrainConfig(objective="sd"))
     >>> summarize(out["answers"]["date_split"]["memory"])["single-hop"]["f1"]
 """
 
 from __future__ import annotations
 
-import random
-import time
-from collections.abc import Iterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
-from tqdm.auto import tqdm
 
-from ..answer import TEMPORAL_HINT, AnswerState, PrefixAnswerer, Prompt, tail_tokens
-from ..config import TrainConfig
-from ..data.locomo import CATEGORIES, CATEGORY_ORDER, Conversation, Session
+from ..core.model import ModelState
+from ..data.locomo import CATEGORIES, CATEGORY_ORDER, Conversation
 from ..distributed import DistContext, run_sharded
 from ..errors import LocasError
-from ..grpo import GRPOConfig, cloze_items, f1_reward, grpo_step
-from ..objectives import get_objective
-from ..selfstudy import selfstudy_update
-from ..train import LocasLearner, make_optimizer, train_window, window_spans
-from .qa_metrics import ADVERSARIAL, TEMPORAL, score_item
+from ..learn.config import TrainConfig
+from ..learn.objectives import ObjectiveSettings, make_objective
+from ..learn.segments import Segment, train_segments
+from ..probes.config import ProbeConfig
+from ..settings import setting
+from ..text.decoding import Decoder
+from ..text.metrics import ADVERSARIAL, TEMPORAL, score_item
+from ..text.prompts import PROMPT_STYLES, TEMPORAL_HINT, Prompt
+from ..text.tokens import tail_tokens
 from .report import bar_plot, format_table, markdown_table, write_json
 
 CONTEXT_MODES = ("full", "date_split", "none")
-MEMORY_TYPES = ("locas", "lora", "none")
+LOCOMO_METHODS = ("locas", "lora", "none")
+# the self-study probes of a session: no model-written families (a session is short), answers in the harness's prompt
+LOCOMO_PROBES = ProbeConfig(families=("cloze", "template"), per_chunk=12, chunk_tokens=1024, answer_tokens=16)
 
 
 @dataclass
 class LocomoSettings:
-    memory_type: str = "locas"  # locas | lora | none
-    ttt_loss: str = "SD"  # a key of TTT_LOSSES
-    context_mode: str = "date_split"  # full | date_split | none
-    extra_contexts: tuple[str, ...] = ()  # also answer in these context modes with the same memory
-    recent_tokens: int = 1024  # context kept by date_split
-    max_new_tokens: int = 24
-    batch_size: int = 16
-    prompt_style: str = "auto"  # auto | chat | plain
-    limit: int | None = None  # first N questions per conversation
-    max_sessions: int | None = None  # only the first K sessions (by date) and the questions they answer
-    session_budget: float | None = None  # CPU-seconds of training per session (None: a fixed number of passes)
-    control: bool = True  # also answer with the memory off
-    grpo: GRPOConfig = field(default_factory=GRPOConfig)
+    """What a LoCoMo run compares and how it answers."""
+
+    method: str = setting("locas", "what memorises the conversation: locas, lora (TempLoRA) or none",
+                          choices=LOCOMO_METHODS, aliases=("--memory-type",))
+    context_mode: str = setting("date_split", "what the prompt holds when answering: full (the whole conversation), "
+                                "date_split (the recent window) or none", choices=CONTEXT_MODES)
+    extra_contexts: tuple[str, ...] = setting((), "also answer in these context modes with the same memory",
+                                              flag="--also-context", choices=CONTEXT_MODES)
+    recent_tokens: int = setting(1024, "conversation tokens kept in the prompt by date_split")
+    max_new_tokens: int = setting(24, "answer length limit in tokens")
+    batch_size: int = setting(16, "questions decoded together on the cached prompt prefix")
+    prompt_style: str = setting("auto", "answer prompt: auto (chat when the tokenizer has a template), chat or plain",
+                                choices=PROMPT_STYLES)
+    limit: int | None = setting(None, "only the first N questions of each conversation (default: all)")
+    max_sessions: int | None = setting(None, "memorise only the first K sessions (by date) and ask only the "
+                                              "questions they answer (default: all)")
+    session_budget: float | None = setting(None, "CPU-seconds of training per session (repeated passes, probe "
+                                                  "making included) instead of one pass (default: one pass)")
+    control: bool = setting(True, "also answer with the memory off (the no-memory control)")
 
     def __post_init__(self):
-        self.ttt_loss = self.ttt_loss.upper()
-        if self.memory_type not in MEMORY_TYPES:
-            raise LocasError(f"unknown memory type '{self.memory_type}'; choose {', '.join(MEMORY_TYPES)}")
+        self.extra_contexts = tuple(self.extra_contexts)
+        if self.method not in LOCOMO_METHODS:
+            raise LocasError(f"unknown LoCoMo method '{self.method}'; choose {', '.join(LOCOMO_METHODS)} "
+                             "(truncate and full are PG-19's; here the context mode sets the context)")
         for mode in (self.context_mode, *self.extra_contexts):
             if mode not in CONTEXT_MODES:
                 raise LocasError(f"unknown context mode '{mode}'; choose {', '.join(CONTEXT_MODES)}")
-        if self.memory_type != "none" and self.ttt_loss not in TTT_LOSSES:
-            raise LocasError(f"unknown TTT loss '{self.ttt_loss}'; choose {', '.join(TTT_LOSSES)}")
         if self.limit is not None and self.limit < 1:
             raise LocasError("--limit must be at least 1")
         if self.max_sessions is not None and self.max_sessions < 1:
             raise LocasError("--max-sessions must be at least 1")
         if self.session_budget is not None and not self.session_budget > 0:
             raise LocasError("--session-budget must be a positive number of CPU-seconds")
+        if self.batch_size < 1 or self.max_new_tokens < 1 or self.recent_tokens < 1:
+            raise LocasError("--batch-size, --max-new-tokens and --recent-tokens must be at least 1")
 
     @property
     def contexts(self) -> list[str]:
         return list(dict.fromkeys((self.context_mode, *self.extra_contexts)))
 
-    def label(self) -> str:
-        return "no-memory" if self.memory_type == "none" else f"{self.memory_type}-{self.ttt_loss}"
+    def label(self, objective: str) -> str:
+        """The run's row name: ``locas-SD``, ``lora-NTP``, ... or ``no-memory``."""
+        return "no-memory" if self.method == "none" else f"{self.method}-{objective.upper()}"
 
     def to_dict(self) -> dict:
-        d = asdict(self)
-        for key in ("max_sessions", "session_budget"):  # unset: the fingerprint of runs made before they existed
-            if d[key] is None:
-                del d[key]
-        return d
+        return asdict(self)
+
+
+def locomo_objectives(lm, settings: LocomoSettings, objectives: ObjectiveSettings | None = None) -> ObjectiveSettings:
+    """Objective settings for LoCoMo: self-study probes default to ``LOCOMO_PROBES`` and are always asked in
+    the harness's own answer prompt."""
+    objectives = objectives or ObjectiveSettings(probes=LOCOMO_PROBES)
+    style = Prompt.resolve_style(lm.tokenizer, settings.prompt_style)
+    return ObjectiveSettings(selfstudy=objectives.selfstudy, grpo=objectives.grpo,
+                             probes=ProbeConfig(**{**objectives.probes.to_dict(), "prompt_style": style}))
+
+
+def run_fingerprint(lm, settings: LocomoSettings, cfg: TrainConfig, objectives: ObjectiveSettings) -> dict:
+    """What a kept conversation part must match to be reused: the model, the settings and what the
+    objective reads. (Parts kept by locas 0.1 had another form and are recomputed.)"""
+    fp = {"model": str(lm.name), "settings": settings.to_dict(), "config": cfg.to_dict()}
+    if settings.method != "none" and cfg.objective == "selfstudy":
+        fp["selfstudy"] = {**asdict(objectives.selfstudy), "probes": objectives.probes.to_dict()}
+    if settings.method != "none" and cfg.objective == "grpo":
+        fp["grpo"] = asdict(objectives.grpo)
+    return fp
 
 
 # ---- the conversation as one token stream --------------------------------------------------
 @dataclass
 class ConversationTokens:
     tokens: torch.Tensor  # (N,) all sessions in date order, LoCoMo prompt format
-    sessions: list[tuple[Session, int, int]]  # (session, start, end) into ``tokens``
+    sessions: list  # (session, start, end) into ``tokens``
 
 
 def tokenize_conversation(tokenizer, conv: Conversation) -> ConversationTokens:
@@ -108,120 +133,28 @@ def tokenize_conversation(tokenizer, conv: Conversation) -> ConversationTokens:
     return ConversationTokens(torch.tensor(ids, dtype=torch.long), spans)
 
 
-def session_windows(start: int, end: int, window: int) -> list[tuple[int, int]]:
-    """Cut a session [start, end) into windows of at most ``window`` tokens (sharing one token)."""
-    return window_spans(end, window, start) if end - start >= 2 else []
-
-
-# ---- test-time training losses: one entry per loss, all with the same signature --------------
-@dataclass
-class SessionJob:
-    """What an update function gets for one session."""
-
-    lm: object
-    conv_tokens: ConversationTokens
-    session: Session
-    spans: list[tuple[int, int]]  # windows of this session in ``conv_tokens.tokens``
-    cfg: TrainConfig
-    settings: LocomoSettings
-    rng: random.Random
-    generator: torch.Generator
-    deadline: float | None = None  # ``time.process_time()`` at which this session's CPU budget runs out
-
-    def schedule(self, items: list, batch: int = 1, passes: int | None = None, shuffle: bool = False
-                 ) -> Iterator[list]:
-        """Batches of ``items`` to train on: ``passes`` passes (default ``cfg.steps_per_window``), or, with a
-        ``deadline``, as many passes as fit in the budget. The clock is read before every batch; the first
-        batch always runs, and ``shuffle`` reshuffles ``items`` (in place, with ``rng``) before each pass.
-
-        >>> [b for b in job.schedule([1, 2, 3], batch=2, passes=2)]   # no deadline
-        [[1, 2], [3], [1, 2], [3]]
-        """
-        passes = self.cfg.steps_per_window if passes is None else passes
-        done = 0
-        while items and (self.deadline is not None or done < passes):
-            if shuffle:
-                self.rng.shuffle(items)
-            for i in range(0, len(items), batch):
-                if self.deadline is not None and (done or i) and time.process_time() >= self.deadline:
-                    return
-                yield items[i:i + batch]
-            done += 1
-
-
-def sequence_update(learner, optimizer, job: SessionJob) -> dict:
-    """NTP / SD / MIX through the streaming trainer's ``train_window``: one pass over the session's
-    windows (``steps_per_window`` steps each), or passes until the session's CPU budget is spent."""
-    objective = get_objective(job.settings.ttt_loss, job.cfg.mix_weight, job.cfg.sd_topk)
-    nll, n, skipped, windows = 0.0, 0, 0, 0
-    for (span,) in job.schedule(job.spans, passes=1):
-        score, skip = train_window(learner, optimizer, objective, job.conv_tokens.tokens, span, job.cfg)
-        if score is not None and windows < len(job.spans):  # NLL before training, first pass only
-            nll, n = nll + float(score.sum()), n + score.numel()
-        skipped, windows = skipped + int(skip), windows + 1
-    return {"nll": nll / max(n, 1), "skipped": skipped, "steps": windows * job.cfg.steps_per_window}
-
-
-def grpo_update(learner, optimizer, job: SessionJob) -> dict:
-    """GRPO on cloze questions made from this session's turns (src/locas/grpo.py)."""
-    g = job.settings.grpo
-    tok = job.lm.tokenizer
-    items = cloze_items(job.session, tok, job.rng, g.items_per_session, g)
-    rewards, groups = [], 0
-    reward = f1_reward(tok)
-    for pick in job.schedule(items, batch=g.items_per_step):
-        st = grpo_step(learner, optimizer, pick, reward, g, job.generator, tok)
-        rewards.append(st["reward"])
-        groups += st["groups"]
-    return {"reward": sum(rewards) / max(len(rewards), 1), "groups": groups, "steps": len(rewards)}
-
-
-# loss name -> update(learner, optimizer, SessionJob) -> stats dict
-TTT_LOSSES = {"NTP": sequence_update, "SD": sequence_update, "ST": sequence_update, "MIX": sequence_update,
-              "GRPO": grpo_update, "SELFSTUDY": selfstudy_update}
-
-
-def make_learner(lm, memory_type: str, cfg: TrainConfig):
-    if memory_type == "locas":
-        return LocasLearner(lm, cfg)
-    if memory_type == "lora":
-        from ..baselines import LoraLearner
-
-        return LoraLearner(lm, cfg)
-    raise LocasError(f"memory type '{memory_type}' does not train")
+def session_segments(conv_tokens: ConversationTokens, cfg: TrainConfig) -> list[Segment]:
+    """One segment per session, in date order: its windows, its text, its turns as passages (``Ann said, "``)."""
+    return [Segment(conv_tokens.tokens, (start, end), session.text(),
+                    [(f'{t.speaker} said, "', t.text) for t in session.turns], f"DATE: {session.date}\n",
+                    seed=cfg.seed * 1000 + session.index, name=str(session.index), window=cfg.window_size)
+            for session, start, end in conv_tokens.sessions]
 
 
 def memorize_conversation(lm, conv_tokens: ConversationTokens, settings: LocomoSettings, cfg: TrainConfig,
-                          progress: bool = True, desc: str = "memorise"):
-    """Sessions in date order, one update pass each (``cfg.epochs`` passes), or ``settings.session_budget``
-    CPU-seconds each. Returns (learner, stats): wall and CPU seconds, per-session stats."""
-    torch.manual_seed(cfg.seed)  # every conversation starts from the seed: no dependence on rank or order
-    learner = make_learner(lm, settings.memory_type, cfg)
-    update = TTT_LOSSES[settings.ttt_loss]
-    first = conv_tokens.sessions[0]
-    learner.begin(conv_tokens.tokens, (first[1], min(first[2], first[1] + cfg.window_size)))
-    optimizer = make_optimizer(learner.parameters(), cfg)
-    rng, gen = random.Random(cfg.seed), torch.Generator().manual_seed(cfg.seed)
-    t0, c0 = time.perf_counter(), time.process_time()
-    per_session = []
-    jobs = [(e, s) for e in range(cfg.epochs) for s in conv_tokens.sessions]
-    for epoch, (session, start, end) in tqdm(jobs, desc=desc, disable=not progress, unit="session",
-                                             dynamic_ncols=True):
-        c = time.process_time()
-        job = SessionJob(lm, conv_tokens, session, session_windows(start, end, cfg.window_size), cfg, settings,
-                         rng, gen, deadline=c + settings.session_budget if settings.session_budget else None)
-        stats = update(learner, optimizer, job)
-        per_session.append({"epoch": epoch, "session": session.index, "date": session.date, **stats,
-                            "cpu_s": time.process_time() - c})
-    return learner, {"train_s": time.perf_counter() - t0, "train_cpu_s": time.process_time() - c0,
-                     "extra_params": learner.extra_params(),
-                     "sessions": per_session, "order": [s.index for s, _, _ in conv_tokens.sessions]}
-
-
-def learner_state(learner) -> AnswerState:
-    if isinstance(learner, LocasLearner):
-        return AnswerState(memory=learner.memory.detach(), layers=learner.layers)
-    return AnswerState(module=learner.peft_model)
+                          objectives: ObjectiveSettings | None = None, progress: bool = True, desc: str = "memorise"):
+    """Sessions in date order, one update each (``cfg.epochs`` passes over the sessions), or
+    ``settings.session_budget`` CPU-seconds each. Returns (learner, stats): wall and CPU seconds, per-session
+    stats."""
+    objective = make_objective(cfg, locomo_objectives(lm, settings, objectives))
+    learner, stats = train_segments(lm, session_segments(conv_tokens, cfg), objective, cfg, method=settings.method,
+                                    budget_s=settings.session_budget, progress=progress, desc=desc)
+    dates = {str(s.index): s.date for s, _, _ in conv_tokens.sessions}
+    stats["sessions"] = [{"epoch": st["epoch"], "session": int(st["segment"]), "date": dates[st["segment"]],
+                          **{k: v for k, v in st.items() if k not in ("epoch", "segment")}}
+                         for st in stats.pop("segments")]
+    stats["order"] = [s.index for s, _, _ in conv_tokens.sessions]
+    return learner, stats
 
 
 # ---- answering -------------------------------------------------------------------------------
@@ -240,7 +173,7 @@ def question_suffix(prompt: Prompt, item) -> list[int]:
     return prompt.suffix_ids(item.question, hint=TEMPORAL_HINT if item.category == TEMPORAL else "")
 
 
-def answer_conversation(lm, conv: Conversation, conv_tokens: ConversationTokens, state: AnswerState, mode: str,
+def answer_conversation(lm, conv: Conversation, conv_tokens: ConversationTokens, state: ModelState, mode: str,
                         settings: LocomoSettings) -> dict:
     """Answer (the first ``limit``) questions of ``conv`` in context ``mode``; returns records and timing."""
     items = conv.qa[:settings.limit] if settings.limit else conv.qa
@@ -250,8 +183,8 @@ def answer_conversation(lm, conv: Conversation, conv_tokens: ConversationTokens,
     ctx = context_for(lm, conv_tokens, mode, settings, reserve)
     prompt = Prompt.build(lm.tokenizer, ctx, settings.prompt_style)
     with state.apply(lm) as model:
-        answerer = PrefixAnswerer(model, lm.tokenizer, prompt.prefix_ids, max_new_tokens=settings.max_new_tokens,
-                                  batch_size=settings.batch_size)
+        answerer = Decoder(model, lm.tokenizer, prompt.prefix_ids, max_new_tokens=settings.max_new_tokens,
+                           batch_size=settings.batch_size)
         predictions = answerer.answer(suffixes)
     records = []
     for q, pred in zip(items, predictions):
@@ -264,9 +197,10 @@ def answer_conversation(lm, conv: Conversation, conv_tokens: ConversationTokens,
             "questions_per_s": answerer.questions_per_second}
 
 
-def run_conversation(lm, conv: Conversation, settings: LocomoSettings, cfg: TrainConfig, *, memory_path=None,
-                     progress: bool = True, control_cache: dict | None = None) -> dict:
-    """Memorise (unless memory type none), answer in every requested context, with and without memory.
+def run_conversation(lm, conv: Conversation, settings: LocomoSettings, cfg: TrainConfig, *,
+                     objectives: ObjectiveSettings | None = None, memory_path=None, progress: bool = True,
+                     control_cache: dict | None = None) -> dict:
+    """Memorise (unless the method is none), answer in every requested context, with and without memory.
 
     ``control_cache`` maps (sample_id, mode, limit, max_sessions) -> no-memory answers, so a
     benchmark computes them once. With ``settings.max_sessions`` the conversation is first cut to
@@ -282,15 +216,15 @@ def run_conversation(lm, conv: Conversation, settings: LocomoSettings, cfg: Trai
            "answers": {}}
     learner = None
     try:
-        if settings.memory_type != "none":
-            learner, out["train"] = memorize_conversation(lm, conv_tokens, settings, cfg, progress,
-                                                          desc=f"{conv.sample_id} {settings.label()}")
-            state = learner_state(learner)
-            if memory_path is not None and isinstance(learner, LocasLearner):
-                from ..io import save_memory
+        if settings.method != "none":
+            learner, out["train"] = memorize_conversation(lm, conv_tokens, settings, cfg, objectives, progress,
+                                                          desc=f"{conv.sample_id} {settings.label(cfg.objective)}")
+            state = learner.state()
+            if memory_path is not None and settings.method == "locas":
+                from ..core.files import save_memory
 
                 save_memory(learner.full_memory(), memory_path, model=lm, layers=learner.layers,
-                            init=cfg.memory_init, extra={"conversation": conv.sample_id, "ttt_loss": settings.ttt_loss,
+                            init=cfg.memory_init, extra={"conversation": conv.sample_id, "objective": cfg.objective,
                                                          "train": cfg.to_dict(), "tokens": len(conv_tokens.tokens)})
                 out["memory_file"] = str(memory_path)
         for mode in settings.contexts:
@@ -302,7 +236,7 @@ def run_conversation(lm, conv: Conversation, settings: LocomoSettings, cfg: Trai
                 if control_cache is not None and key in control_cache:
                     part["control"] = control_cache[key]
                 else:
-                    part["control"] = answer_conversation(lm, conv, conv_tokens, AnswerState(), mode, settings)
+                    part["control"] = answer_conversation(lm, conv, conv_tokens, ModelState(), mode, settings)
                     if control_cache is not None:
                         control_cache[key] = part["control"]
             if learner is None:
@@ -315,8 +249,8 @@ def run_conversation(lm, conv: Conversation, settings: LocomoSettings, cfg: Trai
 
 
 def run_conversations(lm, convs: list[Conversation], settings: LocomoSettings, cfg: TrainConfig, out_dir, *,
-                      save_memories: bool = True, resume: bool = False, ctx: DistContext | None = None,
-                      progress: bool = True) -> list[dict] | None:
+                      objectives: ObjectiveSettings | None = None, save_memories: bool = True, resume: bool = False,
+                      ctx: DistContext | None = None, progress: bool = True) -> list[dict] | None:
     """``run_conversation`` on each conversation; under torchrun the conversations are sharded across ranks.
 
     Each finished conversation is kept as ``<out_dir>/parts/<sample_id>.json`` (Locas memories in
@@ -325,24 +259,24 @@ def run_conversations(lm, convs: list[Conversation], settings: LocomoSettings, c
     runs do not depend on how many processes share the work.
     """
     out = Path(out_dir)
+    objectives = locomo_objectives(lm, settings, objectives)
 
     def work(conv: Conversation) -> dict:
-        path = out / "memories" / f"{conv.sample_id}.locas" if save_memories and settings.memory_type == "locas" \
-            else None
-        return run_conversation(lm, conv, settings, cfg, memory_path=path, progress=progress)
+        path = out / "memories" / f"{conv.sample_id}.locas" if save_memories and settings.method == "locas" else None
+        return run_conversation(lm, conv, settings, cfg, objectives=objectives, memory_path=path, progress=progress)
 
     return run_sharded(ctx, convs, work, name=lambda c: c.sample_id, parts_dir=out / "parts", resume=resume,
-                       fingerprint={"model": str(lm.name), "settings": settings.to_dict(), "config": cfg.to_dict()})
+                       fingerprint=run_fingerprint(lm, settings, cfg, objectives))
 
 
-def method_results(runs: list[dict], settings: LocomoSettings) -> dict[str, dict]:
+def method_results(runs: list[dict], settings: LocomoSettings, objective: str) -> dict[str, dict]:
     """label -> summary, timing, extra params and training time, pooled over ``runs`` (one row a method)."""
     methods = {}
     for mode in settings.contexts:
-        for which, label in (("memory", settings.label()), ("control", "no-memory")):
-            if which == "control" and (settings.memory_type == "none" or not settings.control):
+        for which, label in (("memory", settings.label(objective)), ("control", "no-memory")):
+            if which == "control" and (settings.method == "none" or not settings.control):
                 continue
-            trained = which == "memory" and settings.memory_type != "none"
+            trained = which == "memory" and settings.method != "none"
             methods[f"{label} [{mode}]"] = {"summary": summarize(collect(runs, mode, which)),
                                             **timing(runs, mode, which), **train_totals(runs if trained else None)}
     return methods
@@ -447,7 +381,7 @@ def write_report(out_dir, methods: dict[str, dict], payload: dict, title: str) -
         "F1 and EM in %, LoCoMo normalisation. `overall` = non-adversarial questions. `adv -F1` = minus the F1 "
         "against the adversarial trap answer (higher is better); `adv refused %` = share of adversarial answers "
         "that decline. q/s = questions per second of answering (prefix KV cache reused).\n")
-    from ..io import atomic_write
+    from ..core.files import atomic_write
 
     atomic_write(out / "results.md", lambda tmp: Path(tmp).write_text(md))
     groups = [c for c in COLUMNS] + ["adversarial"]

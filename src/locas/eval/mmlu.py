@@ -20,14 +20,48 @@ from __future__ import annotations
 import copy
 import math
 from collections import defaultdict
+from dataclasses import dataclass
 
 import torch
 from tqdm.auto import tqdm
 
 from ..data.mmlu import LETTERS, Question, available_subjects, categories, load_questions
 from ..errors import LocasError
+from ..settings import setting
 
 HEADER = "The following are multiple choice questions (with answers) about {}.\n\n"
+
+
+@dataclass
+class MMLUConfig:
+    """Which MMLU questions are asked, and how (the command's --seed draws the subset)."""
+
+    subjects: str | None = setting(None, "comma-separated MMLU subjects (default: all 57)")
+    limit_per_subject: int = setting(0, "a seeded stratified subset of N questions per subject (0 = all questions)")
+    shots: int = setting(5, "few-shot examples from the dev split")
+    batch_size: int = setting(8, "MMLU questions per forward pass")
+
+    def __post_init__(self):
+        if self.shots < 0 or self.limit_per_subject < 0 or self.batch_size < 1:
+            raise LocasError("--shots and --limit-per-subject must be >= 0 and --batch-size >= 1")
+
+    @property
+    def subject_list(self) -> list[str] | None:
+        return [s.strip() for s in self.subjects.split(",") if s.strip()] if self.subjects else None
+
+    def questions(self, data=None, seed: int = 0) -> list[Question]:
+        """The test questions these settings ask."""
+        return load_questions(self.subject_list, limit_per_subject=self.limit_per_subject or None, seed=seed,
+                              data=data)
+
+
+
+def shot_pool(questions: list[Question], shots: int, data=None) -> list[Question]:
+    """Dev-split examples of the subjects of ``questions`` that have a dev split (none for 0-shot)."""
+    if not shots:
+        return []
+    with_dev = set(available_subjects(data, "dev"))
+    return load_questions(sorted({q.subject for q in questions} & with_dev), split="dev", data=data)
 
 
 def format_question(q: Question, answer: bool = False) -> str:
@@ -184,7 +218,6 @@ def evaluate_mmlu(model, tokenizer, questions: list[Question] | None = None, sho
                   batch_size: int = 8, progress: bool = True, desc: str = "mmlu") -> dict:
     """Score ``questions`` (default: the whole test set) and aggregate; includes the per-question records."""
     questions = questions if questions is not None else load_questions(data=data)
-    with_dev = set(available_subjects(data, "dev"))
-    dev = load_questions(sorted({q.subject for q in questions} & with_dev), split="dev", data=data) if shots else []
-    records = score_questions(model, tokenizer, questions, shots, dev, batch_size, progress, desc)
+    records = score_questions(model, tokenizer, questions, shots, shot_pool(questions, shots, data), batch_size,
+                              progress, desc)
     return {"shots": shots, **aggregate(records, categories(data)), "records": records}

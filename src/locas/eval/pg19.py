@@ -14,38 +14,22 @@ from pathlib import Path
 
 import torch
 
-from ..baselines import FullAttentionLearner, LoraLearner, TruncateLearner
-from ..config import TrainConfig
 from ..data.pg19 import book_path, load_book
 from ..distributed import DistContext, run_sharded
-from ..errors import LocasError
-from ..train import LocasLearner, StreamResult, stream
-from ..train_mlp import LocasMLPLearner
+from ..learn.config import TrainConfig
+from ..learn.learners import make_learner
+from ..learn.stream import StreamResult, stream
+from ..text.tokens import tokenize_text
 from .report import format_table, line_plot, write_csv, write_json
 
-METHODS = {"truncate": TruncateLearner, "full": FullAttentionLearner, "locas": LocasLearner, "lora": LoraLearner,
-           "locas-mlp": LocasMLPLearner}
 CHECKPOINTS = (4096, 8192, 16384, 32768, 65536, 131072, 200000)
-
-
-def tokenize_text(tokenizer, text: str, max_tokens: int | None = None) -> torch.Tensor:
-    """1-D token ids of ``text`` (no special tokens), cut to ``max_tokens``."""
-    ids = tokenizer(text, add_special_tokens=False, return_attention_mask=False)["input_ids"]
-    if max_tokens:
-        ids = ids[:max_tokens]
-    return torch.tensor(ids, dtype=torch.long)
-
-
-def make_learner(method: str, lm, cfg: TrainConfig):
-    if method not in METHODS:
-        raise LocasError(f"unknown method '{method}'; choose from {', '.join(METHODS)}")
-    return METHODS[method](lm, cfg)
+PG19_METHODS = ("truncate", "full", "locas", "lora")
 
 
 def run_method(lm, method: str, tokens: torch.Tensor, cfg: TrainConfig, *, label: str | None = None,
                checkpoint_dir=None, checkpoint_every: int = 0, resume: bool = False,
                progress: bool = True, learner=None) -> StreamResult:
-    """One method over one token stream (adapters are removed afterwards)."""
+    """One method over one token stream (adapters are removed afterwards); ``learner`` runs a given one."""
     learner = learner or make_learner(method, lm, cfg)
     try:
         result = stream(learner, tokens, cfg, checkpoint_dir=checkpoint_dir, checkpoint_every=checkpoint_every,

@@ -12,7 +12,7 @@ import io
 import json
 from pathlib import Path
 
-from ..io import atomic_write
+from ..core.files import atomic_write
 
 
 def _fmt(v) -> str:

@@ -14,19 +14,33 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from contextlib import ExitStack, contextmanager, nullcontext
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from tqdm.auto import tqdm
 
+from ..core.files import atomic_write
 from ..distributed import DistContext, run_sharded
 from ..errors import LocasError
-from ..io import atomic_write
-from ..train import window_spans
+from ..learn.learners import make_learner
+from ..learn.stream import stream, window_spans
+from ..settings import setting
 from .mmlu import aggregate, compare, score_questions
 from .report import format_table, write_csv, write_json
+
+
+@dataclass
+class HeldoutConfig:
+    """The held-out text whose perplexity and KL to the base model show forgetting."""
+
+    heldout: str = setting("10321", "held-out PG-19 id or text file")
+    heldout_tokens: int = setting(8192, "first N tokens of the held-out text (0 = all)")
+
+    def __post_init__(self):
+        if self.heldout_tokens < 0:
+            raise LocasError(f"--heldout-tokens must not be negative, got {self.heldout_tokens}")
 
 
 @dataclass
@@ -243,16 +257,6 @@ def plot_retention(payload: dict, path) -> Path:
     return Path(path)
 
 
-def load_adapter(lm, adapter_dir):
-    """Inject a saved peft (TempLoRA) adapter into ``lm.model``; returns the peft model (call ``.unload()``)."""
-    from peft import PeftModel
-
-    if not (Path(adapter_dir) / "adapter_config.json").is_file():
-        raise LocasError(f"'{adapter_dir}' is not a peft adapter directory (no adapter_config.json)")
-    with ExitStack():
-        return PeftModel.from_pretrained(lm.model, str(adapter_dir)).eval()
-
-
 # ---- memorising, then keeping the state for the comparison --------------------------------
 @dataclass
 class Memorised:
@@ -275,9 +279,6 @@ class Memorised:
 
 def memorise(lm, method: str, tokens: torch.Tensor, cfg, *, progress: bool = True, keep: bool = True) -> Memorised:
     """Stream ``tokens`` with ``method`` (truncate/full/locas/lora); with ``keep`` the trained state is kept."""
-    from ..train import stream
-    from .pg19 import make_learner
-
     learner = make_learner(method, lm, cfg)
     try:
         result = stream(learner, tokens, cfg, progress=progress, desc=method)

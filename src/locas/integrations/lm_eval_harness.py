@@ -36,8 +36,8 @@ class LocasLM(HFLM):
                  strict: bool = True, dtype: str = "float32", device: str | None = None, **kwargs):
         import torch
 
-        from ..io import load_memory
-        from ..model import LocasForCausalLM
+        from ..core.files import load_memory
+        from ..core.model import LocasForCausalLM
 
         if device is not None and str(device).startswith("cuda") and not torch.cuda.is_available():
             device = "cpu"
@@ -48,7 +48,7 @@ class LocasLM(HFLM):
             self.locas.set_memory(load_memory(self.memory_file, model=self.locas, strict=_bool(strict)))
         model = self.locas.model
         if adapter is not None and str(adapter).lower() not in _NONE:
-            from ..eval.retention import load_adapter
+            from ..learn.learners import load_adapter
 
             model = load_adapter(self.locas, adapter)
         if self.locas.tokenizer is None:

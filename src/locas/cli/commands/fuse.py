@@ -1,0 +1,31 @@
+"""``locas fuse --memory MEMORY -o DIR``: write a plain transformers checkpoint with the memory fused in.
+
+    $ locas fuse --memory notes.locas -o fused/
+"""
+
+from __future__ import annotations
+
+from ..flags import add_memory_arg, add_model_args, add_output_arg
+
+HELP = "fuse a memory file into a standalone checkpoint (intermediate_size + r)"
+
+
+def add_arguments(p):
+    add_memory_arg(p, required=True)
+    add_output_arg(p, kind="directory for the fused checkpoint", required=True)
+    p.add_argument("--row", type=int, default=0, help="which batch row of the memory to fuse (default: 0)")
+    add_model_args(p)
+
+
+def run(args):
+    from ...core.files import load_memory
+    from ..flags import load_lm
+
+    lm = load_lm(args)
+    memory = load_memory(args.memory, model=lm, strict=not args.no_strict)
+    dense = lm.to_dense(memory, row=args.row)
+    dense.save_pretrained(args.output)
+    if lm.tokenizer is not None:
+        lm.tokenizer.save_pretrained(args.output)
+    print(f"wrote {args.output}: intermediate_size {lm.intermediate_size} -> {dense.config.intermediate_size}; "
+          "load it with AutoModelForCausalLM.from_pretrained")

@@ -1,0 +1,175 @@
+"""``locas memorize FILE -o book.locas``: train a memory on a text file and save it.
+
+    $ locas memorize notes.txt -o notes.locas --epochs 3                       # next-token (default)
+    $ locas memorize notes.txt -o notes.locas --objective selfstudy            # answerable without the text
+    $ locas ask "Who bought the press?" --memory notes.locas
+
+``--objective ntp|sd|mix`` stream the text window by window (scored before each update);
+``selfstudy`` distils the model-with-the-text into the memory on probes about it and ends with a
+recall report on held-out probes (``--recall`` adds it to the other objectives); ``grpo``
+reinforces the memory on cloze questions cut from the text's sentences. ``--budget`` trains for a
+number of CPU-seconds instead of a number of passes.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+from ...learn.config import TrainConfig
+from ...learn.objectives import OBJECTIVE_NAMES, GRPOConfig, SelfStudyConfig
+from ...probes.config import ProbeConfig
+from ..flags import MEMORY, OBJECTIVE, OPTIMISER, WINDOW, add_memory_arg, add_model_args, add_output_arg, add_settings
+
+HELP = "memorise a text file into a .locas memory file"
+TRAINS = "segments"
+DEFAULT_EPOCHS = {"selfstudy": 8, "grpo": 8}  # passes over the probes / cloze questions; window objectives: 1
+
+
+def add_arguments(p):
+    p.add_argument("file", help="UTF-8 text file to memorise")
+    add_output_arg(p, kind="memory file (.locas)", required=True)
+    p.add_argument("--max-tokens", type=int, default=None, help="only the first N tokens of the text (default: all)")
+    add_memory_arg(p, help="continue training this memory file instead of initialising a fresh one")
+    p.add_argument("--init-from", dest="memory", help=argparse.SUPPRESS)  # the name before 0.2
+    p.add_argument("--budget", type=float, default=None,
+                   help="train for this many CPU-seconds of this process (probe making included) instead of a "
+                        "number of passes (default: off)")
+    add_model_args(p)
+    add_settings(p, TrainConfig, title="test-time training", only=WINDOW + OPTIMISER + OBJECTIVE + MEMORY,
+                 defaults={"epochs": None},
+                 helps={"objective": f"what the memory learns: {', '.join(OBJECTIVE_NAMES)} (default: ntp)",
+                        "epochs": "passes over the material: the text's windows (ntp, sd, mix), the probes "
+                                  "(selfstudy) or the cloze questions (grpo) (default: 1; selfstudy and grpo 8)"})
+    g = add_settings(p, ProbeConfig, title="self-study probes (--objective selfstudy, and --recall)")
+    add_settings(p, SelfStudyConfig, title="self-study training (--objective selfstudy)")
+    g.add_argument("--heldout-per-chunk", type=int, default=4,
+                   help="held-out probes per chunk for the recall report (default: 4)")
+    g.add_argument("--probe-cache", default=None, help="probe cache JSON (default: OUTPUT.probes.json)")
+    g.add_argument("--recall", action=argparse.BooleanOptionalAction, default=None,
+                   help="held-out recall report after memorising (default: on for selfstudy, else off)")
+    g.add_argument("--recall-json", default=None, help="where to write the report (default: OUTPUT.recall.json)")
+    add_settings(p, GRPOConfig, title="GRPO (--objective grpo)")
+
+
+def run(args):
+    import time
+
+    from ...core.files import load_memory, save_memory
+    from ...data.paths import read_text
+    from ...errors import LocasError
+    from ...learn.objectives import ObjectiveSettings, make_objective
+    from ...text.tokens import tokenize_text
+    from ..flags import load_lm, setting_value, settings_from
+
+    text = read_text(args.file)
+    objective_name = setting_value(args, TrainConfig, "objective").lower()
+    objective_name = "sd" if objective_name == "st" else objective_name
+    epochs = setting_value(args, TrainConfig, "epochs") or DEFAULT_EPOCHS.get(objective_name, 1)
+    cfg = settings_from(args, TrainConfig, epochs=epochs)
+    settings = ObjectiveSettings(selfstudy=settings_from(args, SelfStudyConfig), grpo=settings_from(args, GRPOConfig),
+                                 probes=settings_from(args, ProbeConfig, seed=cfg.seed))
+    selfstudy = cfg.objective == "selfstudy"
+    recall = selfstudy if args.recall is None else args.recall
+    if recall and args.heldout_per_chunk < 1:
+        raise LocasError("--recall needs --heldout-per-chunk >= 1 (or pass --no-recall)")
+    if args.max_tokens is not None and args.max_tokens < 2:
+        raise LocasError(f"--max-tokens must be at least 2 (or left out for the whole text), got {args.max_tokens}")
+    if args.budget is not None and not args.budget > 0:
+        raise LocasError(f"--budget must be a positive number of CPU-seconds, got {args.budget}")
+    lm = load_lm(args)
+    tokens = tokenize_text(lm.tokenizer, text, args.max_tokens)
+    start = load_memory(args.memory, model=lm, strict=not args.no_strict) if args.memory else None
+    if args.max_tokens:
+        text = lm.tokenizer.decode(tokens)
+    objective = make_objective(cfg, settings)
+    train = heldout = None
+    c0 = time.process_time()
+    if selfstudy or recall:
+        from ...probes.cache import build_probe_sets
+
+        cache = args.probe_cache or f"{args.output}.probes.json"
+        train, heldout, times = build_probe_sets(lm, text, settings.probes, args.heldout_per_chunk if recall else 0,
+                                                 cache)
+        made = ", ".join(f"{k} {v:.1f} s" for k, v in times.items() if v) or "all from the cache"
+        print(f"{len(train)} training probes, {len(heldout)} held-out probes ({made}); cache {cache}")
+    budget = max(args.budget - (time.process_time() - c0), 0.0) if args.budget else None  # probe making counts
+    if objective.windows and budget is None:
+        learner, extra = _stream(lm, tokens, cfg, start)
+    else:
+        learner, extra = _segment(lm, tokens, text, objective, cfg, start, budget, train if selfstudy else None)
+    save_memory(learner.full_memory(), args.output, model=lm, layers=learner.layers, init=cfg.memory_init,
+                extra={"train": cfg.to_dict(), "source": str(args.file), "tokens": len(tokens), **extra})
+    print(f"wrote {args.output} ({learner.extra_params():,} parameters)")
+    if recall:
+        _recall(lm, learner.full_memory(), heldout, settings.probes, args)
+
+
+def _ppl_without_and_with(lm, learner, tokens, window):
+    """Perplexity of the text without and with the learner's memory."""
+    with lm.disabled():
+        before = _text_ppl(lm, tokens, window)
+    with lm.use_memory(learner.memory, learner.layers):
+        after = _text_ppl(lm, tokens, window)
+    return before, after
+
+
+def _stream(lm, tokens, cfg, start):
+    from ...learn.learners import make_learner
+    from ...learn.stream import stream
+
+    learner = make_learner("locas", lm, cfg, memory=start)
+    result = stream(learner, tokens, cfg, desc="memorize")
+    before, after = _ppl_without_and_with(lm, learner, tokens, cfg.window_size)
+    print(f"{len(tokens):,} tokens, {len(result.window_nll)} windows x {cfg.steps_per_window} steps, "
+          f"{result.wall_s:.1f} s, {result.skipped_updates} skipped updates")
+    for e, p in enumerate(result.epoch_ppl(), 1):
+        print(f"  epoch {e}: streaming perplexity {p:.3f} (scored before each update)")
+    print(f"perplexity of the text: {before:.3f} without memory -> {after:.3f} with memory")
+    return learner, {"objective": cfg.objective}
+
+
+def _segment(lm, tokens, text, objective, cfg, start, budget, examples):
+    """One segment, the whole text: passes of the objective (selfstudy, grpo), or a CPU budget."""
+    from ...learn.segments import Segment, train_segments
+
+    segment = Segment.from_text(lm.tokenizer, text, cfg.window_size, tokens=tokens, seed=cfg.seed)
+    learner, stats = train_segments(lm, [segment], objective, cfg, passes=cfg.epochs, epochs=1, budget_s=budget,
+                                    start_memory=start, examples=examples, desc=f"memorize ({cfg.objective})")
+    st = stats["segments"][0]
+    details = ", ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in st.items()
+                        if k not in ("epoch", "segment", "cpu_s", "prep_cpu_s", "steps"))
+    print(f"{cfg.objective}: {st['steps']} steps in {stats['train_s']:.1f} s ({stats['train_cpu_s']:.1f} CPU-s); "
+          f"{details}")
+    before, after = _ppl_without_and_with(lm, learner, tokens, cfg.window_size)
+    print(f"perplexity of the text: {before:.3f} without memory -> {after:.3f} with memory")
+    extra = {"objective": cfg.objective, "steps": st["steps"]}
+    if examples is not None:
+        extra.update(probes=len(examples), ntp_weight=objective.study.ntp_weight,
+                     families=",".join(objective.probes.families))
+    return learner, extra
+
+
+def _recall(lm, memory, heldout, pcfg, args):
+    from ...eval.recall import recall_report, recall_table
+    from ...eval.report import format_table, write_json
+
+    report = recall_report(lm, memory, heldout, pcfg)
+    header, rows = recall_table(report)
+    print("recall on held-out probes, asked with no text in the prompt "
+          "(ctx = base model with the chunk in context; NLL of the reference answer):")
+    print(format_table(header, rows))
+    path = args.recall_json or f"{args.output}.recall.json"
+    write_json(path, {"summary": report["summary"], "samples": report["samples"], "memory": str(args.output)})
+    print(f"wrote {path}")
+
+
+def _text_ppl(lm, tokens, window):
+    import math
+
+    from ...learn.stream import window_spans
+
+    nll, n = 0.0, 0
+    for s, e in window_spans(len(tokens), window):
+        x = lm.compute_nll(tokens[s:e][None]).detach()
+        nll, n = nll + float(x.sum()), n + x.numel()
+    return math.exp(nll / n)

@@ -1,0 +1,208 @@
+"""Command-line flags: generated from the config dataclasses, plus the few groups every command shares.
+
+A config dataclass field made with ``locas.settings.setting`` becomes one flag: its name
+(``--field-name`` or the field's ``flag``), help text, default, type and choices come from the
+field, so a setting is declared once. ``settings_from`` builds the dataclass back from the
+parsed arguments. Shared groups: the model (``--model --device --dtype --device-map
+--threads``), the data directory, the output, an input memory, torchrun re-launching.
+
+    >>> add_settings(parser, TrainConfig, only=WINDOW + OPTIMISER, defaults={"lr": 3e-2})
+    >>> cfg = settings_from(args, TrainConfig)
+    >>> add_model_args(parser); add_output_arg(parser, default="runs/pg19", kind="directory")
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import typing
+from contextlib import contextmanager
+from dataclasses import MISSING, fields
+
+from ..errors import LocasError
+from ..settings import documented_fields
+
+# TrainConfig fields by what they are about: a command shows only the groups it uses
+WINDOW = ("window_size", "steps_per_window", "epochs")
+OPTIMISER = ("lr", "weight_decay", "schedule", "seed")
+OBJECTIVE = ("objective", "mix_weight", "sd_context", "sd_topk")
+MEMORY = ("memory_width", "memory_init", "memory_layers", "tau_scale")
+LORA = ("lora_rank", "lora_alpha")
+FULL = ("full_context",)
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse with one-line errors (``error: locas pg19: argument --lr: ...``), like every other error."""
+
+    def error(self, message):
+        print(f"error: {self.prog}: {message} (see {self.prog} --help)", file=sys.stderr)
+        raise SystemExit(2)
+
+
+def normalize_argv(argv: list[str]) -> list[str]:
+    """``--memory_width 64`` -> ``--memory-width 64``: the reference launchers' underscore spelling of every flag."""
+    out = []
+    for a in argv:
+        if a.startswith("--") and "_" in a.split("=", 1)[0]:
+            name, eq, value = a.partition("=")
+            a = name.replace("_", "-") + eq + value
+        out.append(a)
+    return out
+
+
+def _dest(cls, name: str) -> str:
+    """The argparse destination of field ``name``: named after the class that declares it, so a subclass
+    (``MLPTrainConfig``) reads its inherited fields from the same flags."""
+    owner = next(c for c in reversed(cls.__mro__) if name in vars(c).get("__annotations__", {}))
+    return f"{owner.__name__}.{name}"
+
+
+def _show(value) -> str:
+    if isinstance(value, (tuple, list)):
+        return ",".join(map(str, value)) or "none"
+    return "none" if value is None else str(value)
+
+
+def add_settings(parser, cls, *, title: str | None = None, only=None, exclude=(), defaults: dict | None = None,
+                 helps: dict | None = None):
+    """Add one flag per documented field of dataclass ``cls`` (``only``/``exclude`` pick fields by name;
+    ``defaults`` and ``helps`` override this command's defaults and help texts). Returns the argument group."""
+    hints = typing.get_type_hints(cls)
+    group = parser.add_argument_group(title or (cls.__doc__ or cls.__name__).strip().splitlines()[0])
+    defaults = defaults or {}
+    for f in documented_fields(cls):
+        if (only is not None and f.name not in only) or f.name in exclude:
+            continue
+        meta = f.metadata
+        default = defaults.get(f.name, f.default if f.default is not MISSING else f.default_factory())
+        flags = [meta["flag"] or "--" + f.name.replace("_", "-"), *meta["aliases"]]
+        kind = hints[f.name]
+        args = typing.get_args(kind)
+        base = next((a for a in args if a is not type(None)), kind) if args and type(None) in args else kind
+        text = (helps or {}).get(f.name) or f"{meta['help']} (default: {_show(default)})"
+        kw = {"dest": _dest(cls, f.name), "default": default, "help": text}
+        if base is bool:
+            group.add_argument(*flags, action=argparse.BooleanOptionalAction, **kw)
+            continue
+        if typing.get_origin(base) is tuple or base is tuple:
+            if meta["choices"]:  # repeatable choice, e.g. --also-context none
+                group.add_argument(*flags, action="append", choices=meta["choices"], **{**kw, "default": None})
+            else:  # comma-separated list, parsed by the dataclass
+                group.add_argument(*flags, type=str, metavar=meta["metavar"] or "A,B", **kw)
+            continue
+        group.add_argument(*flags, type=base, choices=meta["choices"], metavar=meta["metavar"], **kw)
+    return group
+
+
+def settings_from(args: argparse.Namespace, cls, **overrides):
+    """The dataclass ``cls`` from parsed arguments (fields without a flag, or left unset, keep their defaults)."""
+    values = {}
+    for f in fields(cls):
+        dest = _dest(cls, f.name)
+        if getattr(args, dest, None) is not None:
+            value = getattr(args, dest)
+            values[f.name] = tuple(value) if isinstance(value, list) else value
+    return cls(**{**values, **overrides})
+
+
+def setting_value(args: argparse.Namespace, cls, name: str):
+    """One parsed setting of ``cls`` (e.g. ``setting_value(args, TrainConfig, "window_size")``)."""
+    return getattr(args, _dest(cls, name))
+
+
+# ---- shared groups -------------------------------------------------------------------------------
+def default_threads() -> int:
+    """Half the cores (at least one), shared between the processes of a torchrun job: on a shared CPU
+    small forwards run far faster than with every core fighting other work."""
+    local_world = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+    return max(1, (os.cpu_count() or 1) // 2 // max(local_world, 1))
+
+
+def add_model_args(p, data: bool = False) -> None:
+    g = p.add_argument_group("model and runtime")
+    g.add_argument("--model", default="smollm2-135m",
+                   help="hub id, local directory, or smollm2-135m (the embedded default) (default: smollm2-135m)")
+    g.add_argument("--device", default=None, help="cpu, cuda, cuda:1, ... (default: cuda if available, else cpu)")
+    g.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"],
+                   help="model weights' dtype; memories stay float32 (default: float32)")
+    g.add_argument("--device-map", default=None,
+                   help="'auto' spreads a model too large for one GPU over all GPUs (accelerate) (default: none)")
+    g.add_argument("--threads", type=int, default=None,
+                   help=f"torch CPU threads (default: half the cores, split between torchrun processes: "
+                        f"{default_threads()} here)")
+    if data:
+        g.add_argument("--data-dir", default=None,
+                       help="data directory with pg19/, locomo/, mmlu/ (default: $LOCAS_DATA_DIR, else ../shared/data)")
+
+
+def add_output_arg(p, *, default=None, kind: str = "directory", required: bool = False) -> None:
+    help_ = f"output {kind}" + (f" (default: {default})" if default else " (required)" if required else "")
+    p.add_argument("-o", "--output", "--out", dest="output", default=default, required=required, help=help_)
+
+
+def add_memory_arg(p, *, required: bool = False, repeat: bool = False,
+                   help: str = "Locas memory file (.locas)") -> None:
+    """``--memory FILE`` (repeatable where several are compared) and ``--no-strict``."""
+    if repeat:
+        p.add_argument("--memory", action="append", default=[], help=f"{help}; repeatable (default: none)")
+    else:
+        p.add_argument("--memory", default=None, required=required,
+                       help=f"{help}" + (" (required)" if required else " (default: none: the plain model)"))
+    p.add_argument("--no-strict", action="store_true",
+                   help="load a memory made for different weights of the same architecture anyway (default: off)")
+
+
+def add_dist_args(p) -> None:
+    p.add_argument("--num-gpus", type=int, default=0,
+                   help="re-launch through torchrun with N processes (one per GPU; CPU processes without GPUs) "
+                        "(default: 0, one process)")
+
+
+def add_resume_arg(p, what: str) -> None:
+    p.add_argument("--resume", action="store_true", help=f"reuse {what} already finished in the output directory "
+                                                         "and run only the rest (default: off)")
+
+
+def maybe_relaunch(args: argparse.Namespace) -> int | None:
+    """With ``--num-gpus N`` outside torchrun, re-run the command under torchrun; returns its exit code."""
+    from ..distributed import relaunch_with_torchrun, strip_flag
+
+    if getattr(args, "num_gpus", 0) and args.num_gpus > 1 and "WORLD_SIZE" not in os.environ:
+        argv = getattr(args, "_argv", None) or sys.argv[1:]
+        return relaunch_with_torchrun(args.num_gpus, strip_flag(argv, "--num-gpus"))
+    return None
+
+
+@contextmanager
+def rank_lm(args: argparse.Namespace):
+    """``(lm, ctx)`` for this process: under torchrun the process group is joined (and left on exit)
+    and the model sits on this rank's device; without torchrun ``ctx`` is a world of one."""
+    from ..distributed import DistContext
+
+    ctx = DistContext.from_env()
+    try:
+        yield load_lm(args, ctx), ctx
+    finally:
+        ctx.close()
+
+
+def check_device(device: str | None) -> None:
+    """A CUDA device asked of a torch without CUDA is a clear error, not a traceback."""
+    import torch
+
+    if device and str(device).startswith("cuda") and not torch.cuda.is_available():
+        raise LocasError(f"--device {device}: this torch has no usable CUDA (a CPU-only build, or no GPU); "
+                         "use --device cpu")
+
+
+def load_lm(args: argparse.Namespace, ctx=None):
+    """The model named by ``--model``; under torchrun each rank takes its own device."""
+    from ..core.model import LocasForCausalLM
+
+    device = args.device
+    if ctx is not None and ctx.world > 1 and device in (None, "cuda"):  # plain "cuda" means this rank's GPU
+        device = ctx.device
+    check_device(device)
+    return LocasForCausalLM.from_pretrained(args.model, dtype=args.dtype, device=device,
+                                            device_map=getattr(args, "device_map", None))

@@ -1,0 +1,266 @@
+"""``LocasForCausalLM``: a Hugging Face causal LM with a Locas memory beside every MLP.
+
+    >>> from locas import LocasForCausalLM
+    >>> lm = LocasForCausalLM.from_pretrained("smollm2-135m")     # embedded default model
+    >>> ids = lm.tokenizer(text, return_tensors="pt").input_ids    # (1, T)
+    >>> mem = lm.init_memory(ids, width=32)                       # (L, 1, 32, d, 3), values zero
+    >>> nll = lm.compute_nll(ids, mem)                            # (1, T-1) per-token NLL
+    >>> with lm.disabled(): base_logits = lm(ids).logits          # exact base model
+    >>> dense = lm.to_dense(mem)                                  # plain transformers model
+    >>> plain = lm.detach()                                       # original modules restored
+
+The backbone is frozen; only memory tensors are ever trained.
+"""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..errors import LocasError
+from .arch import get_arch
+from .memory import CHANNELS, MLP, MemoryMLP, value_norm_mean
+
+MLP_ACTIVATIONS = ("relu", "backbone")
+
+
+class LocasForCausalLM(nn.Module):
+    """Wraps an already-loaded transformers causal LM and attaches one ``MemoryMLP`` per layer."""
+
+    def __init__(self, model: nn.Module, tokenizer=None, name: str | None = None, mlp_activation: str = "relu"):
+        """``mlp_activation`` (two-layer "mlp" models only): ``relu`` (the paper's memory) or ``backbone``
+        (the FFN's own activation, e.g. GELU; needed to fuse exactly). GLU memories always use the backbone's."""
+        super().__init__()
+        if mlp_activation not in MLP_ACTIVATIONS:
+            raise LocasError(f"unknown mlp_activation '{mlp_activation}'; choose {' or '.join(MLP_ACTIVATIONS)}")
+        self.spec = get_arch(model.config)
+        self.model = model
+        self.tokenizer = tokenizer
+        self.name = name or getattr(model.config, "_name_or_path", "") or model.config.model_type
+        model.requires_grad_(False)
+        self.wrappers: list[MemoryMLP] = []
+        for layer in self.spec.layers(model):
+            mlp = self.spec.mlp(layer)
+            if not isinstance(mlp, MemoryMLP):
+                mlp = MemoryMLP(mlp, act=self.spec.activation(mlp), kind=self.spec.kind,
+                                value_norm=value_norm_mean(self.spec.down_weight(mlp)))
+                self.spec.set_mlp(layer, mlp)
+            self.wrappers.append(mlp)
+        self.mlp_activation = "backbone"
+        self.set_mlp_activation(mlp_activation)
+
+    def set_mlp_activation(self, name: str) -> None:
+        """Locas-MLP only: the memory units fire with ``relu`` (the paper) or the ``backbone``'s activation
+        (fusable); GLU memories always use the backbone's gate.
+
+            >>> lm.set_mlp_activation("backbone")
+        """
+        if name not in MLP_ACTIVATIONS:
+            raise LocasError(f"unknown mlp_activation '{name}'; choose {' or '.join(MLP_ACTIVATIONS)}")
+        if self.spec.kind != MLP:
+            return
+        for w in self.wrappers:
+            w.act = nn.ReLU() if name == "relu" else self.spec.activation(w.base_mlp)
+        self.mlp_activation = name
+
+    # ---- construction --------------------------------------------------------------------
+    @classmethod
+    def from_pretrained(cls, name_or_path: str = "smollm2-135m", dtype=None, device=None,
+                        mlp_activation: str = "relu", **kwargs):
+        """Load a model by hub id, local directory, or the alias ``smollm2-135m`` (embedded)."""
+        from .hub import load_model
+
+        model, tokenizer = load_model(name_or_path, dtype=dtype, device=device, **kwargs)
+        return cls(model, tokenizer=tokenizer, name=name_or_path, mlp_activation=mlp_activation)
+
+    # ---- facts about the backbone ----------------------------------------------------------
+    @property
+    def config(self):
+        return self.model.config
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return next(self.model.parameters()).dtype
+
+    @property
+    def num_layers(self) -> int:
+        return len(self.wrappers)
+
+    @property
+    def hidden_size(self) -> int:
+        return self.spec.down_weight(self.wrappers[0].base_mlp).shape[0]
+
+    @property
+    def intermediate_size(self) -> int:
+        return self.spec.down_weight(self.wrappers[0].base_mlp).shape[1]
+
+    @property
+    def memory_kind(self) -> str:
+        return self.spec.kind
+
+    @property
+    def max_length(self) -> int:
+        return int(getattr(self.config, "max_position_embeddings", None) or getattr(self.config, "n_positions", 2048))
+
+    def num_base_parameters(self) -> int:
+        return sum(p.numel() for p in self.model.parameters())
+
+    def memory_parameters(self, width: int, layers: int | None = None) -> int:
+        """Trainable parameters of a memory of ``width`` slots on ``layers`` layers."""
+        return (layers or self.num_layers) * width * self.hidden_size * CHANNELS[self.memory_kind]
+
+    # ---- memory management -----------------------------------------------------------------
+    def check_memory(self, memory: torch.Tensor, layers: list[int] | None = None) -> list[int]:
+        """Validate a memory tensor's shape against this model; returns the layer indices it covers."""
+        layers = list(range(self.num_layers)) if layers is None else list(layers)
+        expected = (len(layers), None, None, self.hidden_size, CHANNELS[self.memory_kind])
+        if memory.dim() != 5 or any(e is not None and e != s for e, s in zip(expected, memory.shape)):
+            raise LocasError(
+                f"memory of shape {tuple(memory.shape)} does not fit this model: expected "
+                f"({len(layers)}, batch, width, {self.hidden_size}, {CHANNELS[self.memory_kind]}); "
+                "was it made for another model?"
+            )
+        return layers
+
+    def set_memory(self, memory: torch.Tensor | None, layers: list[int] | None = None) -> None:
+        """Install ``memory`` (len(layers), B, r, d, C); other layers get no memory.
+
+        A memory that does not require grad skips layers whose values are all zero (exact).
+        """
+        for w in self.wrappers:
+            w.memory = None
+        if memory is None:
+            return
+        layers = self.check_memory(memory, layers)
+        for j, i in enumerate(layers):
+            slot = memory[j]
+            if not memory.requires_grad and not slot[..., -1].any():
+                continue
+            self.wrappers[i].memory = slot  # MemoryMLP moves it to its layer's device if needed
+
+    @contextmanager
+    def use_memory(self, memory: torch.Tensor | None, layers: list[int] | None = None):
+        """Temporarily install ``memory``; the previous memories come back afterwards."""
+        saved = [w.memory for w in self.wrappers]
+        self.set_memory(memory, layers)
+        try:
+            yield self
+        finally:
+            for w, m in zip(self.wrappers, saved):
+                w.memory = m
+
+    @contextmanager
+    def disabled(self):
+        """Run the exact base model (memory switched off in every layer)."""
+        saved = [w.enabled for w in self.wrappers]
+        for w in self.wrappers:
+            w.enabled = False
+        try:
+            yield self
+        finally:
+            for w, e in zip(self.wrappers, saved):
+                w.enabled = e
+
+    def set_tau_scale(self, factor: float) -> None:
+        """Multiply every layer's output scale ``tau`` by ``factor`` (1.0 = the paper's)."""
+        for w in self.wrappers:
+            w.tau_scale = float(factor)
+
+    def taus(self, width: int) -> list[float]:
+        return [w.tau(width) for w in self.wrappers]
+
+    def detach(self) -> nn.Module:
+        """Put the original MLP modules back and return the plain transformers model."""
+        for layer, w in zip(self.spec.layers(self.model), self.wrappers):
+            self.spec.set_mlp(layer, w.base_mlp)
+        self.wrappers = []
+        return self.model
+
+    # ---- initialising, scoring, generating, fusing ------------------------------------------
+    def init_memory(self, input_ids, width: int = 32, init: str = "highest", attention_mask=None,
+                    seed: int = 0) -> torch.Tensor:
+        """A fresh memory initialised from ``input_ids`` (B, T): (L, B, width, d, C), values zero.
+
+        Nothing is trained here (``locas.learn`` trains memories; ``locas memorize`` is the command).
+
+            >>> mem = lm.init_memory(ids, width=64, init="highest")
+        """
+        from .init import build_memory
+
+        return build_memory(self, input_ids.to(self.device), width, init,
+                            None if attention_mask is None else attention_mask.to(self.device), seed)
+
+    def memorize(self, input_ids, keep_top: int = 32, memory_init: str = "highest", attention_mask=None,
+                 seed: int = 0) -> torch.Tensor:
+        """The reference implementation's name and arguments for ``init_memory`` (values zero, nothing trained)."""
+        return self.init_memory(input_ids, width=keep_top, init=memory_init, attention_mask=attention_mask, seed=seed)
+
+    def forward(self, input_ids=None, memory: torch.Tensor | None = None, layers=None, **kwargs):
+        if memory is None:
+            return self.model(input_ids=input_ids, **kwargs)
+        with self.use_memory(memory, layers):
+            return self.model(input_ids=input_ids, **kwargs)
+
+    def compute_nll(self, input_ids, memory: torch.Tensor | None = None, attention_mask=None,
+                    layers=None) -> torch.Tensor:
+        """Per-token negative log-likelihood (B, T-1) float32 of ``input_ids`` under the memory."""
+        if input_ids.dim() == 1:
+            input_ids = input_ids[None]
+        input_ids = input_ids.to(self.device)
+        logits = self(input_ids, memory=memory, layers=layers, attention_mask=attention_mask,
+                      use_cache=False).logits  # (B, T, V)
+        return token_nll(logits, input_ids)
+
+    def generate(self, *args, memory: torch.Tensor | None = None, layers=None, **kwargs):
+        """``transformers`` generate with the memory installed (batch 1 memories broadcast)."""
+        with self.use_memory(memory, layers), torch.no_grad():
+            return self.model.generate(*args, **kwargs)
+
+    def to_dense(self, memory: torch.Tensor, row: int = 0, layers=None) -> nn.Module:
+        """Fuse memory row ``row`` into a new plain transformers model (intermediate_size + r)."""
+        from .fuse import to_dense
+
+        return to_dense(self, memory, row=row, layers=layers)
+
+
+def token_nll(logits: torch.Tensor, input_ids: torch.Tensor) -> torch.Tensor:
+    """NLL of each next token: logits (B, T, V), ids (B, T) -> (B, T-1) float32 (row by row over the vocabulary)."""
+    B, T, V = logits.shape
+    return F.cross_entropy(logits[:, :-1].float().reshape(-1, V), input_ids[:, 1:].reshape(-1),
+                           reduction="none").view(B, T - 1)
+
+
+@dataclass
+class ModelState:
+    """What the model carries while it is used: a Locas memory (L|len(layers), 1, r, d, C) on ``layers``,
+    a live adapter module (e.g. the peft model of a TempLoRA learner), or nothing (the exact base model).
+
+        >>> with ModelState(memory=mem).apply(lm) as model:      # model: the callable transformers model
+        ...     logits = model(input_ids=ids).logits
+    """
+
+    memory: torch.Tensor | None = None
+    layers: list[int] | None = None
+    module: nn.Module | None = None  # called instead of ``lm.model`` (its adapters on, the Locas memory off)
+
+    @contextmanager
+    def apply(self, lm: LocasForCausalLM):
+        """Install the state on ``lm`` (no gradients); yields the module to call."""
+        if self.memory is not None:
+            with lm.use_memory(self.memory.detach(), self.layers), torch.no_grad():
+                yield self.module or lm.model
+        else:
+            with lm.disabled(), torch.no_grad():
+                yield self.module or lm.model
+
+
+# Name used by the reference implementation.
+Qwen3ForCausalLMWithMemory = LocasForCausalLM

@@ -1,0 +1,79 @@
+"""The learner protocol: one method in the streaming and segment loops (Locas, Locas-MLP, TempLoRA, baselines).
+
+A learner owns what a method keeps between windows (a memory, an adapter, nothing). The loops
+call ``begin`` once, then for each window ``learn`` (score, then update; trainable learners) or
+``score`` (frozen baselines), and ``finish`` at the end. ``frozen()`` gives the exact base model
+(every teacher reads through it), ``state()`` what answering needs (``ModelState``).
+
+    >>> learner = make_learner("locas", lm, cfg)
+    >>> learner.begin(tokens, (0, 1024))
+    >>> nll, skipped = learner.learn(optimizer, objective, tokens, (0, 1024), cfg)
+"""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+
+import torch
+
+from ..core.model import ModelState, token_nll
+from .step import train_window
+
+
+class Learner:
+    """A method in the streaming protocol. Subclasses define how a window is scored and learned."""
+
+    name = "base"
+    trainable = False  # has parameters the loops' optimiser trains
+
+    def __init__(self, lm, cfg):
+        self.lm = lm
+        self.cfg = cfg
+
+    def begin(self, tokens: torch.Tensor, first_span: tuple[int, int]) -> None:
+        """Called once before the first window (e.g. to initialise a memory)."""
+
+    def finish(self) -> None:
+        """Called once after the stream (e.g. to remove adapters)."""
+
+    def extra_params(self) -> int:
+        return 0
+
+    def parameters(self) -> list[torch.Tensor]:
+        return []
+
+    def logits(self, ids: torch.Tensor) -> torch.Tensor:
+        """(B, T) -> (B, T, V) with the learner's current state."""
+        return self.lm.model(input_ids=ids, use_cache=False).logits
+
+    @contextmanager
+    def frozen(self):
+        """The exact base model while active: what a teacher reads (memory off, adapters off)."""
+        with self.lm.disabled():
+            yield
+
+    def state(self) -> ModelState:
+        """What answering with this learner needs (a memory, an adapter module, or nothing)."""
+        return ModelState()
+
+    def score(self, tokens: torch.Tensor, start: int, end: int) -> torch.Tensor:
+        """Per-token NLL (T-1,) of the window ``tokens[start:end]``, no learning."""
+        with torch.no_grad():
+            ids = tokens[start:end][None].to(self.lm.device)
+            return token_nll(self.logits(ids), ids)[0]
+
+    def learn(self, optimizer, objective, tokens: torch.Tensor, span: tuple[int, int], cfg,
+              teacher=None) -> tuple[torch.Tensor, bool]:
+        """Score the window, then update on it; returns (NLL (T-1,) before the update, skipped?)."""
+        return train_window(self, optimizer, objective, tokens, span, cfg, teacher)
+
+    def after_step(self) -> None:
+        """Hook after each optimiser step (norm clipping for Locas)."""
+
+    def state_tensors(self) -> dict[str, torch.Tensor]:
+        return {f"param.{i}": p.detach() for i, p in enumerate(self.parameters())}
+
+    def load_state_tensors(self, tensors: dict[str, torch.Tensor]) -> None:
+        with torch.no_grad():
+            for i, p in enumerate(self.parameters()):
+                p.copy_(tensors[f"param.{i}"])

@@ -1,0 +1,182 @@
+"""The methods compared everywhere, in one registry: ``truncate``, ``full``, ``locas``, ``lora`` (and
+``locas-mlp``, the Locas-MLP variant of ``locas``).
+
+* ``truncate``  the frozen model with only the window as context (the same context Locas sees).
+* ``full``      the frozen model reading up to ``full_context`` tokens (default: the model maximum)
+                ending at the window's end; it scores exactly the same tokens as every other method.
+* ``locas``     a Locas-GLU (or Locas-MLP by backprop) memory on ``memory_layers``, initialised from
+                the first window, refined by the objective.
+* ``lora``      TempLoRA: a peft LoRA adapter on every linear projection of the decoder layers;
+                ``lora_B`` starts at zero, so the first window is scored by the exact base model. The
+                adapter is removed again in ``finish()`` so several methods can run on one model.
+* ``none``      no memory at all: a run that only answers (LoCoMo's control); nothing to learn.
+
+    >>> learner = make_learner("locas", lm, cfg)                 # or "truncate", "full", "lora", "locas-mlp"
+    >>> result = stream(learner, tokens, cfg)
+    >>> peft_model = load_adapter(lm, "lora_dir/")               # a saved TempLoRA adapter
+"""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from ..core.memory import clip_vectors_
+from ..core.model import ModelState, token_nll
+from ..errors import LocasError
+from .config import parse_layers
+from .learner import Learner
+from .mlp_learner import LocasMLPLearner
+
+
+class LocasLearner(Learner):
+    """Locas-GLU/MLP memory on the chosen layers, initialised from the first window."""
+
+    name = "locas"
+    trainable = True
+
+    def __init__(self, lm, cfg, memory: torch.Tensor | None = None):
+        super().__init__(lm, cfg)
+        self.layers = parse_layers(cfg.memory_layers, lm.num_layers)
+        self.memory: torch.nn.Parameter | None = None
+        if memory is not None:  # continue training an existing memory (full-size or layer subset)
+            mem = memory[self.layers] if memory.shape[0] == lm.num_layers else memory
+            self.memory = torch.nn.Parameter(mem.detach().clone().float().to(lm.device))
+        lm.set_tau_scale(cfg.tau_scale)
+
+    def begin(self, tokens, first_span):
+        if self.memory is None:
+            ids = tokens[first_span[0]:first_span[1]][None]
+            mem = self.lm.init_memory(ids, width=self.cfg.memory_width, init=self.cfg.memory_init, seed=self.cfg.seed)
+            self.memory = torch.nn.Parameter(mem[self.layers].contiguous())
+
+    def parameters(self):
+        return [self.memory]
+
+    def extra_params(self):
+        return self.memory.numel()
+
+    def logits(self, ids):
+        with self.lm.use_memory(self.memory, self.layers):
+            return self.lm.model(input_ids=ids, use_cache=False).logits
+
+    def after_step(self):
+        clip_vectors_(self.memory.data)
+
+    def state(self) -> ModelState:
+        return ModelState(memory=self.memory.detach(), layers=self.layers)
+
+    def full_memory(self) -> torch.Tensor:
+        """(L, 1, r, d, C) with zeros on layers without memory."""
+        mem = self.memory.detach()
+        full = torch.zeros((self.lm.num_layers,) + tuple(mem.shape[1:]), dtype=mem.dtype, device=mem.device)
+        full[self.layers] = mem
+        return full
+
+
+class TruncateLearner(Learner):
+    name = "truncate"
+
+    def logits(self, ids):
+        with self.lm.disabled():
+            return self.lm.model(input_ids=ids, use_cache=False).logits
+
+
+class FullAttentionLearner(Learner):
+    name = "full"
+
+    def context(self) -> int:
+        return min(self.lm.max_length, self.cfg.full_context or self.lm.max_length)
+
+    @torch.no_grad()
+    def score(self, tokens, start, end):
+        lo = max(0, end - max(self.context(), end - start))
+        ids = tokens[lo:end][None].to(self.lm.device)
+        with self.lm.disabled():
+            logits = self.lm.model(input_ids=ids, use_cache=False).logits[:, start - lo:]  # (1, end-start, V)
+        return token_nll(logits, ids[:, start - lo:])[0]
+
+
+def linear_target_names(model: nn.Module) -> list[str]:
+    """Leaf names of every Linear/Conv1D inside the decoder layers (not the LM head)."""
+    names = set()
+    for full, module in model.named_modules():
+        if type(module).__name__ in ("Linear", "Conv1D") and (".layers." in full or ".h." in full):
+            names.add(full.rsplit(".", 1)[-1])
+    if not names:
+        raise LocasError("found no linear projections inside the decoder layers for LoRA")
+    return sorted(names)
+
+
+class LoraLearner(Learner):
+    name = "lora"
+    trainable = True
+
+    def __init__(self, lm, cfg):
+        super().__init__(lm, cfg)
+        self.peft_model = None
+
+    def begin(self, tokens, first_span):
+        from peft import LoraConfig, get_peft_model
+
+        torch.manual_seed(self.cfg.seed)
+        config = LoraConfig(r=self.cfg.lora_rank, lora_alpha=self.cfg.lora_alpha or self.cfg.lora_rank,
+                            lora_dropout=0.0, target_modules=linear_target_names(self.lm.model), bias="none")
+        self.peft_model = get_peft_model(self.lm.model, config)
+        self.params = [p for n, p in self.peft_model.named_parameters() if p.requires_grad]
+        for p in self.params:  # adapters in float32 whatever the model dtype
+            p.data = p.data.float()
+
+    def parameters(self):
+        return self.params
+
+    def extra_params(self):
+        return sum(p.numel() for p in self.params)
+
+    def logits(self, ids):
+        with self.lm.disabled():
+            return self.peft_model(input_ids=ids, use_cache=False).logits
+
+    @contextmanager
+    def frozen(self):
+        """The base model: the adapter is injected into ``lm.model``'s layers, so switch it off too."""
+        with self.peft_model.disable_adapter(), self.lm.disabled():
+            yield
+
+    def state(self) -> ModelState:
+        return ModelState(module=self.peft_model)
+
+    def finish(self):
+        if self.peft_model is not None:
+            self.peft_model.unload()  # removes the LoRA layers, restoring the original modules
+            self.peft_model = None
+
+
+def load_adapter(lm, adapter_dir):
+    """Inject a saved peft (TempLoRA) adapter into ``lm.model``; returns the peft model (call ``.unload()``)."""
+    from peft import PeftModel
+
+    if not (Path(adapter_dir) / "adapter_config.json").is_file():
+        raise LocasError(f"'{adapter_dir}' is not a peft adapter directory (no adapter_config.json)")
+    return PeftModel.from_pretrained(lm.model, str(adapter_dir)).eval()
+
+
+LEARNERS = {"truncate": TruncateLearner, "full": FullAttentionLearner, "locas": LocasLearner, "lora": LoraLearner,
+            "locas-mlp": LocasMLPLearner}
+METHODS = ("truncate", "full", "locas", "lora", "none")  # the one word list of what is compared
+
+
+def make_learner(method: str, lm, cfg, memory: torch.Tensor | None = None) -> Learner:
+    """The learner of ``method``; ``memory`` continues training an existing Locas memory."""
+    if method == "none":
+        raise LocasError("method 'none' has no memory to train; it only answers with the base model")
+    if method not in LEARNERS:
+        raise LocasError(f"unknown method '{method}'; choose from {', '.join(METHODS)}")
+    if memory is not None:
+        if method != "locas":
+            raise LocasError(f"only a Locas memory can be continued (--memory); method '{method}' starts fresh")
+        return LocasLearner(lm, cfg, memory=memory)
+    return LEARNERS[method](lm, cfg)
