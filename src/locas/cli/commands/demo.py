@@ -36,12 +36,12 @@ def run(args):
     from ...text.tokens import tokenize_text
     from ..flags import load_lm
 
+    cfg = settings_from(args, TrainConfig)
     t0 = time.perf_counter()
     lm = load_lm(args)
     print(f"loaded {lm.name}: {lm.config.model_type}, {lm.num_layers} layers, d={lm.hidden_size}, "
           f"{lm.num_base_parameters() / 1e6:.1f}M params in {time.perf_counter() - t0:.1f} s")
     tokens = tokenize_text(lm.tokenizer, load_book(args.book, args.data_dir), args.max_tokens)
-    cfg = settings_from(args, TrainConfig)
     print(f"PG-19 book {args.book}: first {len(tokens):,} tokens, window {cfg.window_size}, "
           f"Locas-GLU r={cfg.memory_width}, lr {cfg.lr}, NTP, 1 step per window, {torch.get_num_threads()} threads")
     results = {"truncate": [run_method(lm, "truncate", tokens, cfg)]}

@@ -81,6 +81,7 @@ def run(args):
         from ...errors import LocasError
 
         raise LocasError(f"--max-tokens must be at least 2 (or left out for the whole book), got {args.max_tokens}")
+    settings_from(args, MLPTrainConfig if args.variant == "mlp" else TrainConfig)  # bad settings: before the model
     if args.retention:  # single process: the memorised states must stay in memory for the report
         from .retention import run_with_pg19
 
