@@ -16,6 +16,7 @@ from contextlib import contextmanager
 
 import torch
 
+from ..core.memory import clip_vectors_
 from ..core.model import ModelState, token_nll
 from .step import train_window
 
@@ -77,3 +78,34 @@ class Learner:
         with torch.no_grad():
             for i, p in enumerate(self.parameters()):
                 p.copy_(tensors[f"param.{i}"])
+
+
+class MemoryLearner(Learner):
+    """A learner whose state is a Locas memory ``self.memory`` (L', 1, r, d, C) on ``self.layers``."""
+
+    trainable = True
+    memory: torch.nn.Parameter
+    layers: list[int]
+
+    def parameters(self):
+        return [self.memory]
+
+    def extra_params(self):
+        return self.memory.numel()
+
+    def logits(self, ids):
+        with self.lm.use_memory(self.memory, self.layers):
+            return self.lm.model(input_ids=ids, use_cache=False).logits
+
+    def after_step(self):
+        clip_vectors_(self.memory.data)
+
+    def state(self) -> ModelState:
+        return ModelState(memory=self.memory.detach(), layers=self.layers)
+
+    def full_memory(self) -> torch.Tensor:
+        """(L, 1, r, d, C) with zeros on layers without memory."""
+        mem = self.memory.detach()
+        full = torch.zeros((self.lm.num_layers,) + tuple(mem.shape[1:]), dtype=mem.dtype, device=mem.device)
+        full[self.layers] = mem
+        return full

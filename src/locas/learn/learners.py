@@ -24,19 +24,17 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from ..core.memory import clip_vectors_
 from ..core.model import ModelState, token_nll
 from ..errors import LocasError
 from .config import parse_layers
-from .learner import Learner
+from .learner import Learner, MemoryLearner
 from .mlp_learner import LocasMLPLearner
 
 
-class LocasLearner(Learner):
+class LocasLearner(MemoryLearner):
     """Locas-GLU/MLP memory on the chosen layers, initialised from the first window."""
 
     name = "locas"
-    trainable = True
 
     def __init__(self, lm, cfg, memory: torch.Tensor | None = None):
         super().__init__(lm, cfg)
@@ -52,29 +50,6 @@ class LocasLearner(Learner):
             ids = tokens[first_span[0]:first_span[1]][None]
             mem = self.lm.init_memory(ids, width=self.cfg.memory_width, init=self.cfg.memory_init, seed=self.cfg.seed)
             self.memory = torch.nn.Parameter(mem[self.layers].contiguous())
-
-    def parameters(self):
-        return [self.memory]
-
-    def extra_params(self):
-        return self.memory.numel()
-
-    def logits(self, ids):
-        with self.lm.use_memory(self.memory, self.layers):
-            return self.lm.model(input_ids=ids, use_cache=False).logits
-
-    def after_step(self):
-        clip_vectors_(self.memory.data)
-
-    def state(self) -> ModelState:
-        return ModelState(memory=self.memory.detach(), layers=self.layers)
-
-    def full_memory(self) -> torch.Tensor:
-        """(L, 1, r, d, C) with zeros on layers without memory."""
-        mem = self.memory.detach()
-        full = torch.zeros((self.lm.num_layers,) + tuple(mem.shape[1:]), dtype=mem.dtype, device=mem.device)
-        full[self.layers] = mem
-        return full
 
 
 class TruncateLearner(Learner):

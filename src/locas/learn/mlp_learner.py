@@ -32,19 +32,19 @@ from ..core.init import INITS
 from ..core.memory import CHANNELS, MLP, clip_vectors_
 from ..errors import LocasError
 from .config import UPDATES, WRITE_TOKENS, MLPTrainConfig, TrainConfig, parse_layers
-from .learner import Learner
+from .learner import MemoryLearner
 from .nlsvd import compress_memory
 from .step import train_window
 from .write import append_slots, step_write
 
 
-class LocasMLPLearner(Learner):
+class LocasMLPLearner(MemoryLearner):
     """Locas-MLP memory on ``cfg.memory_layers``; see the module docstring for the two update rules.
 
     Settings come from keyword arguments, else from an ``MLPTrainConfig``, else the defaults.
     """
 
-    trainable = True  # bp: the loops' optimiser (and its schedule); nlsvd: writes inside ``learn``
+    # trainable: bp steps come from the loops' optimiser (and its schedule); nlsvd writes inside ``learn``
 
     def __init__(self, lm, cfg: TrainConfig, *, update: str | None = None, init: str | None = None,
                  eps: float | None = None, write_tokens: str | None = None, write_count: int | None = None,
@@ -104,19 +104,6 @@ class LocasMLPLearner(Learner):
                 self.memory.copy_(mem[self.layers])
             self.used = self.capacity
 
-    def extra_params(self):
-        return self.memory.numel()
-
-    def parameters(self):
-        return [self.memory]
-
-    def logits(self, ids):
-        with self.lm.use_memory(self.memory, self.layers):
-            return self.lm.model(input_ids=ids, use_cache=False).logits
-
-    def after_step(self):
-        clip_vectors_(self.memory.data)
-
     def learn(self, optimizer, objective, tokens, span, cfg, teacher=None):
         """nlsvd (and bp's first window with ``init="write"``): a step-wise write, which needs the scoring
         pass's backward; bp: the optimiser step of every learner (``train_window``)."""
@@ -149,13 +136,6 @@ class LocasMLPLearner(Learner):
         return w.nll
 
     # ---- results and checkpoints --------------------------------------------------------------
-    def full_memory(self) -> torch.Tensor:
-        """(L, 1, capacity, d, 2) with zeros on layers without memory."""
-        mem = self.memory.detach()
-        full = torch.zeros((self.lm.num_layers,) + tuple(mem.shape[1:]), dtype=mem.dtype, device=mem.device)
-        full[self.layers] = mem
-        return full
-
     def state_tensors(self):
         return {"memory": self.memory.detach(), "used": torch.tensor([self.used, self.compressions, self.skipped])}
 
