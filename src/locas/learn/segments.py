@@ -72,8 +72,8 @@ class Plan:
     """How long an objective trains on one segment, and the run's random generators.
 
     ``passes`` passes over the items, or, with ``deadline`` (a ``time.process_time()`` value), as
-    many passes as fit before it. ``total_steps`` > 0 with a cosine ``cfg.schedule`` sets the
-    learning rate of every batch.
+    many passes as fit before it. With ``optimizer`` and a cosine ``cfg.schedule`` (no deadline),
+    the learning rate of every batch follows the cosine over all the batches of the passes.
     """
 
     passes: int
