@@ -118,6 +118,7 @@ def test_every_flag_has_help_and_its_default_and_every_command_takes_threads():
     import argparse
 
     for name, p in _subparsers().items():
+        assert p.format_help()  # renders (no stray % in a help text)
         options = {s for a in p._actions for s in a.option_strings}
         assert "--threads" in options or name == "info", name
         for a in p._actions:

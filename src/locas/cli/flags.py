@@ -59,6 +59,8 @@ def _dest(cls, name: str) -> str:
 
 
 def _show(value) -> str:
+    if isinstance(value, bool):
+        return "on" if value else "off"
     if isinstance(value, (tuple, list)):
         return ",".join(map(str, value)) or "none"
     return "none" if value is None else str(value)
@@ -81,6 +83,7 @@ def add_settings(parser, cls, *, title: str | None = None, only=None, exclude=()
         args = typing.get_args(kind)
         base = next((a for a in args if a is not type(None)), kind) if args and type(None) in args else kind
         text = (helps or {}).get(f.name) or f"{meta['help']} (default: {_show(default)})"
+        text = text.replace("%", "%%")  # argparse formats help with %
         kw = {"dest": _dest(cls, f.name), "default": default, "help": text}
         if base is bool:
             group.add_argument(*flags, action=argparse.BooleanOptionalAction, **kw)
@@ -91,7 +94,8 @@ def add_settings(parser, cls, *, title: str | None = None, only=None, exclude=()
             else:  # comma-separated list, parsed by the dataclass
                 group.add_argument(*flags, type=str, metavar=meta["metavar"] or "A,B", **kw)
             continue
-        group.add_argument(*flags, type=base, choices=meta["choices"], metavar=meta["metavar"], **kw)
+        metavar = meta["metavar"] or (None if meta["choices"] else {int: "N", float: "X"}.get(base, f.name.upper()))
+        group.add_argument(*flags, type=base, choices=meta["choices"], metavar=metavar, **kw)
     return group
 
 

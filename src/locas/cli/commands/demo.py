@@ -43,7 +43,7 @@ def run(args):
           f"{lm.num_base_parameters() / 1e6:.1f}M params in {time.perf_counter() - t0:.1f} s")
     tokens = tokenize_text(lm.tokenizer, load_book(args.book, args.data_dir), args.max_tokens)
     print(f"PG-19 book {args.book}: first {len(tokens):,} tokens, window {cfg.window_size}, "
-          f"Locas-GLU r={cfg.memory_width}, lr {cfg.lr}, NTP, 1 step per window, {torch.get_num_threads()} threads")
+          f"Locas-GLU r={cfg.memory_width}, lr {cfg.lr}, NTP, 1 step per window, {torch.get_num_threads()} thread(s)")
     results = {"truncate": [run_method(lm, "truncate", tokens, cfg)]}
     learner = make_learner("locas", lm, cfg)
     results["locas"] = [run_method(lm, "locas", tokens, cfg, learner=learner)]

@@ -10,19 +10,8 @@ from ...eval.locomo import LOCOMO_PROBES, LocomoSettings
 from ...learn.config import TrainConfig
 from ...learn.objectives import OBJECTIVE_NAMES, GRPOConfig, SelfStudyConfig
 from ...probes.config import ProbeConfig
-from ..flags import (
-    LORA,
-    MEMORY,
-    OBJECTIVE,
-    OPTIMISER,
-    WINDOW,
-    add_dist_args,
-    add_model_args,
-    add_output_arg,
-    add_resume_arg,
-    add_settings,
-    settings_from,
-)
+from .. import flags
+from ..flags import add_settings, settings_from
 
 HELP = "LoCoMo QA: memorise each conversation (Locas / LoRA / none), answer its questions, F1 per category"
 TRAINS = "segments"
@@ -33,12 +22,13 @@ def add_arguments(p):
     add_settings(p, LocomoSettings, title="LoCoMo")
     p.add_argument("--conversations", nargs="+", default=["conv-26"],
                    help="sample ids, e.g. conv-26 conv-30, or all (default: conv-26)")
-    add_output_arg(p, default="runs/locomo")
-    add_resume_arg(p, "the conversations")
-    add_model_args(p, data=True)
-    add_dist_args(p)
+    flags.add_output_arg(p, default="runs/locomo")
+    flags.add_resume_arg(p, "the conversations")
+    flags.add_model_args(p, data=True)
+    flags.add_dist_args(p)
     add_settings(p, TrainConfig, title="test-time training (one segment per session)",
-                 only=WINDOW + OPTIMISER + OBJECTIVE + MEMORY + LORA, defaults={"objective": "sd", "sd_context": 2048},
+                 only=flags.WINDOW + flags.OPTIMISER + flags.OBJECTIVE + flags.MEMORY + flags.LORA,
+                 defaults={"objective": "sd", "sd_context": 2048},
                  helps={"objective": f"what the memory learns from each session: {', '.join(OBJECTIVE_NAMES)} "
                                      "(default: sd)"})
     probe_defaults = {k: v for k, v in LOCOMO_PROBES.to_dict().items()}
@@ -55,8 +45,6 @@ def run(args):
     from ...errors import LocasError
     from ...eval.locomo import method_results, run_conversations, write_report
     from ...learn.objectives import ObjectiveSettings
-    from ..flags import rank_lm
-
     settings = settings_from(args, LocomoSettings)
     cfg = settings_from(args, TrainConfig)
     objectives = ObjectiveSettings(selfstudy=settings_from(args, SelfStudyConfig), grpo=settings_from(args, GRPOConfig),
@@ -66,7 +54,7 @@ def run(args):
     if len(set(ids)) != len(ids):
         raise LocasError("a conversation is listed twice in --conversations; list each once")
     chosen = [get_conversation(i, conversations=convs) for i in ids]
-    with rank_lm(args) as (lm, ctx):
+    with flags.rank_lm(args) as (lm, ctx):
         runs = run_conversations(lm, chosen, settings, cfg, args.output, objectives=objectives, resume=args.resume,
                                  ctx=ctx)
     if runs is None:  # not rank 0: rank 0 writes the report
