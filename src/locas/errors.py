@@ -17,3 +17,7 @@ class UnsupportedArchitectureError(LocasError):
 
 class MemoryFileError(LocasError):
     """A memory file is missing, corrupt, or was made for another model."""
+
+
+class LocasWarning(UserWarning):
+    """Something the user should know that does not stop the work (the CLI prints it as ``note: ...``)."""
