@@ -21,7 +21,7 @@ from contextlib import contextmanager
 from dataclasses import MISSING, fields
 
 from ..errors import LocasError
-from ..settings import documented_fields
+from ..settings import bounds_error, documented_fields
 
 # TrainConfig fields by what they are about: a command shows only the groups it uses
 WINDOW = ("window_size", "steps_per_window", "epochs")
@@ -95,8 +95,31 @@ def add_settings(parser, cls, *, title: str | None = None, only=None, exclude=()
                 group.add_argument(*flags, type=str, metavar=meta["metavar"] or "A,B", **kw)
             continue
         metavar = meta["metavar"] or (None if meta["choices"] else {int: "N", float: "X"}.get(base, f.name.upper()))
-        group.add_argument(*flags, type=base, choices=meta["choices"], metavar=metavar, **kw)
+        kind = Number(base, meta) if base in (int, float) else base
+        group.add_argument(*flags, type=kind, choices=meta["choices"], metavar=metavar, **kw)
     return group
+
+
+class Number:
+    """argparse type of a bounded number: parses ``base`` and checks the bounds of a setting's metadata
+    (``minimum``, ``maximum``, ``positive``), so a bad value is a one-line usage error before any work.
+
+        >>> p.add_argument("--max-tokens", type=Number(int, minimum=2))
+    """
+
+    def __init__(self, base, meta: dict | None = None, **bounds):
+        self.base, self.meta = base, {**(meta or {}), **bounds}
+        self.__name__ = base.__name__  # argparse names the type in "invalid int value"
+
+    def __call__(self, text: str):
+        value = self.base(text)
+        problem = bounds_error(self.meta, value)
+        if problem:
+            raise argparse.ArgumentTypeError(problem)
+        return value
+
+    def bounds(self) -> tuple:
+        return self.meta.get("minimum"), self.meta.get("maximum"), bool(self.meta.get("positive"))
 
 
 def settings_from(args: argparse.Namespace, cls, **overrides):
@@ -132,7 +155,7 @@ def add_model_args(p, data: bool = False) -> None:
                    help="model weights' dtype; memories stay float32 (default: float32)")
     g.add_argument("--device-map", default=None,
                    help="'auto' spreads a model too large for one GPU over all GPUs (accelerate) (default: none)")
-    g.add_argument("--threads", type=int, default=None,
+    g.add_argument("--threads", type=Number(int, minimum=1, maximum=4096), default=None,
                    help=f"torch CPU threads (default: half the cores, split between torchrun processes: "
                         f"{default_threads()} here)")
     if data:
@@ -158,7 +181,7 @@ def add_memory_arg(p, *, required: bool = False, repeat: bool = False,
 
 
 def add_dist_args(p) -> None:
-    p.add_argument("--num-gpus", type=int, default=0,
+    p.add_argument("--num-gpus", type=Number(int, minimum=0, maximum=4096), default=0,
                    help="re-launch through torchrun with N processes (one per GPU; CPU processes without GPUs) "
                         "(default: 0, one process)")
 

@@ -33,7 +33,7 @@ from ..learn.config import TrainConfig
 from ..learn.objectives import ObjectiveSettings, make_objective
 from ..learn.segments import Segment, train_segments
 from ..probes.config import ProbeConfig
-from ..settings import setting
+from ..settings import setting, validate
 from ..text.decoding import Decoder
 from ..text.metrics import ADVERSARIAL, TEMPORAL, score_item
 from ..text.prompts import PROMPT_STYLES, TEMPORAL_HINT, Prompt
@@ -56,16 +56,17 @@ class LocomoSettings:
                                 "date_split (the recent window) or none", choices=CONTEXT_MODES)
     extra_contexts: tuple[str, ...] = setting((), "also answer in these context modes with the same memory",
                                               flag="--also-context", choices=CONTEXT_MODES)
-    recent_tokens: int = setting(1024, "conversation tokens kept in the prompt by date_split")
-    max_new_tokens: int = setting(24, "answer length limit in tokens")
-    batch_size: int = setting(16, "questions decoded together on the cached prompt prefix")
+    recent_tokens: int = setting(1024, "conversation tokens kept in the prompt by date_split", minimum=1)
+    max_new_tokens: int = setting(24, "answer length limit in tokens", minimum=1)
+    batch_size: int = setting(16, "questions decoded together on the cached prompt prefix", minimum=1)
     prompt_style: str = setting("auto", "answer prompt: auto (chat when the tokenizer has a template), chat or plain",
                                 choices=PROMPT_STYLES)
-    limit: int | None = setting(None, "only the first N questions of each conversation (default: all)")
+    limit: int | None = setting(None, "only the first N questions of each conversation (default: all)", minimum=1)
     max_sessions: int | None = setting(None, "memorise only the first K sessions (by date) and ask only the "
-                                              "questions they answer (default: all)")
+                                              "questions they answer (default: all)", minimum=1)
     session_budget: float | None = setting(None, "CPU-seconds of training per session (repeated passes, probe "
-                                                  "making included) instead of one pass (default: one pass)")
+                                                  "making included) instead of one pass (default: one pass)",
+                                           positive=True)
     control: bool = setting(True, "also answer with the memory off (the no-memory control)")
 
     def __post_init__(self):
@@ -76,14 +77,7 @@ class LocomoSettings:
         for mode in (self.context_mode, *self.extra_contexts):
             if mode not in CONTEXT_MODES:
                 raise LocasError(f"unknown context mode '{mode}'; choose {', '.join(CONTEXT_MODES)}")
-        if self.limit is not None and self.limit < 1:
-            raise LocasError("--limit must be at least 1")
-        if self.max_sessions is not None and self.max_sessions < 1:
-            raise LocasError("--max-sessions must be at least 1")
-        if self.session_budget is not None and not self.session_budget > 0:
-            raise LocasError("--session-budget must be a positive number of CPU-seconds")
-        if self.batch_size < 1 or self.max_new_tokens < 1 or self.recent_tokens < 1:
-            raise LocasError("--batch-size, --max-new-tokens and --recent-tokens must be at least 1")
+        validate(self)
 
     @property
     def contexts(self) -> list[str]:

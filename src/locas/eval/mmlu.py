@@ -27,7 +27,7 @@ from tqdm.auto import tqdm
 
 from ..data.mmlu import LETTERS, Question, available_subjects, categories, load_questions
 from ..errors import LocasError
-from ..settings import setting
+from ..settings import setting, validate
 
 HEADER = "The following are multiple choice questions (with answers) about {}.\n\n"
 
@@ -37,13 +37,13 @@ class MMLUConfig:
     """Which MMLU questions are asked, and how (the command's --seed draws the subset)."""
 
     subjects: str | None = setting(None, "comma-separated MMLU subjects (default: all 57)")
-    limit_per_subject: int = setting(0, "a seeded stratified subset of N questions per subject (0 = all questions)")
-    shots: int = setting(5, "few-shot examples from the dev split")
-    batch_size: int = setting(8, "MMLU questions per forward pass")
+    limit_per_subject: int = setting(0, "a seeded stratified subset of N questions per subject (0 = all questions)",
+                                     minimum=0)
+    shots: int = setting(5, "few-shot examples from the dev split", minimum=0, maximum=5)
+    batch_size: int = setting(8, "MMLU questions per forward pass", minimum=1)
 
     def __post_init__(self):
-        if self.shots < 0 or self.limit_per_subject < 0 or self.batch_size < 1:
-            raise LocasError("--shots and --limit-per-subject must be >= 0 and --batch-size >= 1")
+        validate(self)
 
     @property
     def subject_list(self) -> list[str] | None:

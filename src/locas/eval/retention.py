@@ -26,7 +26,7 @@ from ..distributed import DistContext, run_sharded
 from ..errors import LocasError
 from ..learn.learners import make_learner
 from ..learn.stream import stream, window_spans
-from ..settings import setting
+from ..settings import setting, validate
 from .mmlu import aggregate, compare, score_questions
 from .report import format_table, write_csv, write_json
 
@@ -36,11 +36,10 @@ class HeldoutConfig:
     """The held-out text whose perplexity and KL to the base model show forgetting."""
 
     heldout: str = setting("10321", "held-out PG-19 id or text file")
-    heldout_tokens: int = setting(8192, "first N tokens of the held-out text (0 = all)")
+    heldout_tokens: int = setting(8192, "first N tokens of the held-out text (0 = all)", minimum=0)
 
     def __post_init__(self):
-        if self.heldout_tokens < 0:
-            raise LocasError(f"--heldout-tokens must not be negative, got {self.heldout_tokens}")
+        validate(self)
 
 
 @dataclass

@@ -8,7 +8,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 
 from ..errors import LocasError
-from ..settings import setting
+from ..settings import setting, validate
 
 FAMILIES = ("cloze", "template", "question", "instruction", "summary")
 GENERATED = ("question", "instruction", "summary")
@@ -21,14 +21,17 @@ class ProbeConfig:
 
     families: tuple = setting(("cloze", "template", "question"),
                               "probe families, comma-separated: cloze, template, question, instruction, summary")
-    chunk_tokens: int = setting(512, "document chunk the teacher reads per probe (tokens)")
-    per_chunk: int = setting(12, "cap on training probes per chunk (families interleaved)", flag="--probes-per-chunk")
-    samples: int = setting(4, "sampled generations per chunk for each model-written family")
-    temperature: float = setting(0.8, "sampling temperature of model-written probes", flag="--probe-temperature")
-    top_p: float = setting(0.95, "nucleus mass of model-written probes", flag="--probe-top-p")
-    max_probe_tokens: int = setting(48, "length limit of a model-written probe (tokens)")
-    answer_tokens: int = setting(24, "teacher answer length in tokens (summaries get 2x)")
-    topk: int = setting(64, "teacher logits kept per answer token", flag="--teacher-topk")
+    chunk_tokens: int = setting(512, "document chunk the teacher reads per probe (tokens)", minimum=16)
+    per_chunk: int = setting(12, "cap on training probes per chunk (families interleaved)", flag="--probes-per-chunk",
+                             minimum=1)
+    samples: int = setting(4, "sampled generations per chunk for each model-written family", minimum=1, maximum=256)
+    temperature: float = setting(0.8, "sampling temperature of model-written probes", flag="--probe-temperature",
+                                 positive=True, maximum=100.0)
+    top_p: float = setting(0.95, "nucleus mass of model-written probes", flag="--probe-top-p", positive=True,
+                           maximum=1.0)
+    max_probe_tokens: int = setting(48, "length limit of a model-written probe (tokens)", minimum=1)
+    answer_tokens: int = setting(24, "teacher answer length in tokens (summaries get 2x)", minimum=1)
+    topk: int = setting(64, "teacher logits kept per answer token", flag="--teacher-topk", minimum=1)
     chat_template: bool = setting(True, "write probes in the tokenizer's chat template when it has one",
                                   flag="--probe-chat-template")
     seed: int = setting(0, "seed of the probes (the command's --seed)", cli=False)
@@ -45,14 +48,7 @@ class ProbeConfig:
         bad = [f for f in self.families if f not in FAMILIES]
         if bad or not self.families:
             raise LocasError(f"unknown probe family {bad or '(none)'}; choose from {', '.join(FAMILIES)}")
-        if self.prompt_style not in PROBE_STYLES:
-            raise LocasError(f"unknown probe prompt style '{self.prompt_style}'; use qa, plain or chat")
-        if self.per_chunk < 1 or self.chunk_tokens < 16 or self.answer_tokens < 1:
-            raise LocasError("probe settings need --probes-per-chunk >= 1, --chunk-tokens >= 16, --answer-tokens >= 1")
-        if self.samples < 1 or self.max_probe_tokens < 1 or self.topk < 1:
-            raise LocasError("probe settings need --samples >= 1, --max-probe-tokens >= 1 and --teacher-topk >= 1")
-        if not self.temperature > 0 or not 0 < self.top_p <= 1:
-            raise LocasError("probe sampling needs --probe-temperature > 0 and 0 < --probe-top-p <= 1")
+        validate(self)
 
     def to_dict(self) -> dict:
         return asdict(self)

@@ -7,7 +7,7 @@
 from __future__ import annotations
 
 from ...text.prompts import PROMPT_STYLES
-from ..flags import add_memory_arg, add_model_args
+from ..flags import Number, add_memory_arg, add_model_args
 
 HELP = "answer one question with a memory file (no conversation needed), optionally with --context FILE"
 
@@ -17,7 +17,7 @@ def add_answer_args(p, max_new_tokens: int) -> None:
     add_memory_arg(p)
     p.add_argument("--context", default=None,
                    help="text file to put before the question, cut from the front to fit (default: none)")
-    p.add_argument("--max-new-tokens", type=int, default=max_new_tokens,
+    p.add_argument("--max-new-tokens", type=Number(int, minimum=1), default=max_new_tokens,
                    help=f"answer length limit in tokens (default: {max_new_tokens})")
     p.add_argument("--prompt-style", default="auto", choices=PROMPT_STYLES,
                    help="auto (chat when the tokenizer has a template), chat or plain (default: auto)")

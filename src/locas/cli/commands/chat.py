@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+from ..flags import Number
 from .ask import add_answer_args
 
 HELP = "interactive chat with a memory file (streams tokens); empty line or Ctrl-D quits"
@@ -13,7 +14,8 @@ HELP = "interactive chat with a memory file (streams tokens); empty line or Ctrl
 
 def add_arguments(p):
     add_answer_args(p, 96)
-    p.add_argument("--history", type=int, default=4, help="earlier exchanges kept in the prompt (default: 4)")
+    p.add_argument("--history", type=Number(int, minimum=0), default=4,
+                   help="earlier exchanges kept in the prompt (default: 4)")
 
 
 def run(args, input_fn=input):

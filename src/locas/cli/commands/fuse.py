@@ -5,7 +5,7 @@
 
 from __future__ import annotations
 
-from ..flags import add_memory_arg, add_model_args, add_output_arg
+from ..flags import Number, add_memory_arg, add_model_args, add_output_arg
 
 HELP = "fuse a memory file into a standalone checkpoint (intermediate_size + r)"
 
@@ -13,7 +13,8 @@ HELP = "fuse a memory file into a standalone checkpoint (intermediate_size + r)"
 def add_arguments(p):
     add_memory_arg(p, required=True)
     add_output_arg(p, kind="directory for the fused checkpoint", required=True)
-    p.add_argument("--row", type=int, default=0, help="which batch row of the memory to fuse (default: 0)")
+    p.add_argument("--row", type=Number(int, minimum=0), default=0,
+                   help="which batch row of the memory to fuse (default: 0)")
     add_model_args(p)
 
 

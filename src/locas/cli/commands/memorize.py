@@ -18,7 +18,17 @@ import argparse
 from ...learn.config import TrainConfig
 from ...learn.objectives import OBJECTIVE_NAMES, GRPOConfig, SelfStudyConfig
 from ...probes.config import ProbeConfig
-from ..flags import MEMORY, OBJECTIVE, OPTIMISER, WINDOW, add_memory_arg, add_model_args, add_output_arg, add_settings
+from ..flags import (
+    MEMORY,
+    OBJECTIVE,
+    OPTIMISER,
+    WINDOW,
+    Number,
+    add_memory_arg,
+    add_model_args,
+    add_output_arg,
+    add_settings,
+)
 
 HELP = "memorise a text file into a .locas memory file"
 TRAINS = "segments"
@@ -28,10 +38,11 @@ DEFAULT_EPOCHS = {"selfstudy": 8, "grpo": 8}  # passes over the probes / cloze q
 def add_arguments(p):
     p.add_argument("file", help="UTF-8 text file to memorise")
     add_output_arg(p, kind="memory file (.locas)", required=True)
-    p.add_argument("--max-tokens", type=int, default=None, help="only the first N tokens of the text (default: all)")
+    p.add_argument("--max-tokens", type=Number(int, minimum=2), default=None,
+                   help="only the first N tokens of the text (default: all)")
     add_memory_arg(p, help="continue training this memory file instead of initialising a fresh one")
     p.add_argument("--init-from", dest="memory", help=argparse.SUPPRESS)  # the name before 0.2
-    p.add_argument("--budget", type=float, default=None,
+    p.add_argument("--budget", type=Number(float, positive=True), default=None,
                    help="train for this many CPU-seconds of this process (probe making included) instead of a "
                         "number of passes (default: off)")
     add_model_args(p)
@@ -42,7 +53,7 @@ def add_arguments(p):
                                   "(selfstudy) or the cloze questions (grpo) (default: 1; selfstudy and grpo 8)"})
     g = add_settings(p, ProbeConfig, title="self-study probes (--objective selfstudy, and --recall)")
     add_settings(p, SelfStudyConfig, title="self-study training (--objective selfstudy)")
-    g.add_argument("--heldout-per-chunk", type=int, default=4,
+    g.add_argument("--heldout-per-chunk", type=Number(int, minimum=0), default=4,
                    help="held-out probes per chunk for the recall report (default: 4)")
     g.add_argument("--probe-cache", default=None, help="probe cache JSON (default: OUTPUT.probes.json)")
     g.add_argument("--recall", action=argparse.BooleanOptionalAction, default=None,

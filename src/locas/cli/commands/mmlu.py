@@ -8,7 +8,7 @@
 from __future__ import annotations
 
 from ...eval.mmlu import MMLUConfig
-from ..flags import add_memory_arg, add_model_args, add_output_arg, add_settings, settings_from
+from ..flags import Number, add_memory_arg, add_model_args, add_output_arg, add_settings, settings_from
 
 HELP = "MMLU accuracy per subject, category and overall (0- or k-shot, letter NLL)"
 
@@ -16,7 +16,7 @@ HELP = "MMLU accuracy per subject, category and overall (0- or k-shot, letter NL
 def add_arguments(p):
     add_memory_arg(p)
     p.add_argument("--adapter", default=None, help="peft LoRA adapter directory to inject (default: none)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the stratified subset (default: 0)")
+    p.add_argument("--seed", type=Number(int, minimum=0), default=0, help="seed of the stratified subset (default: 0)")
     add_output_arg(p, kind="JSON file for the full report with per-question records (default: none, print only)")
     add_settings(p, MMLUConfig, title="MMLU")
     add_model_args(p, data=True)

@@ -14,6 +14,7 @@ from ..flags import (
     OBJECTIVE,
     OPTIMISER,
     WINDOW,
+    Number,
     add_dist_args,
     add_model_args,
     add_output_arg,
@@ -36,9 +37,10 @@ def add_arguments(p):
                    help="PG-19 id or text file; repeatable (default: 10146)")
     p.add_argument("--method", action="append", default=None, choices=PG19_METHODS,
                    help="what reads the book; repeatable (default: truncate and locas)")
-    p.add_argument("--max-tokens", type=int, default=None, help="only the first N tokens of each book (default: all)")
+    p.add_argument("--max-tokens", type=Number(int, minimum=2), default=None,
+                   help="only the first N tokens of each book (default: all)")
     add_output_arg(p, default="runs/pg19")
-    p.add_argument("--checkpoint-every", type=int, default=16,
+    p.add_argument("--checkpoint-every", type=Number(int, minimum=0), default=16,
                    help="checkpoint every N windows, 0 = never (default: 16)")
     add_resume_arg(p, "the checkpoints and finished books")
     p.add_argument("--retention", action="store_true",

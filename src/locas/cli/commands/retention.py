@@ -10,6 +10,7 @@ from __future__ import annotations
 from ...eval.mmlu import MMLUConfig
 from ...eval.retention import HeldoutConfig
 from ..flags import (
+    Number,
     add_dist_args,
     add_memory_arg,
     add_model_args,
@@ -33,9 +34,9 @@ def add_arguments(p):
     add_memory_arg(p, repeat=True)
     p.add_argument("--adapter", default=None, help="peft LoRA adapter directory, e.g. a saved TempLoRA (default: none)")
     p.add_argument("--dense", default=None, help="fused checkpoint directory from `locas fuse` (default: none)")
-    p.add_argument("--window-size", type=int, default=1024,
+    p.add_argument("--window-size", type=Number(int, minimum=2), default=1024,
                    help="window for the held-out perplexity and KL (default: 1024)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the MMLU subset (default: 0)")
+    p.add_argument("--seed", type=Number(int, minimum=0), default=0, help="seed of the MMLU subset (default: 0)")
     add_output_arg(p, default="runs/retention")
     add_resume_arg(p, "the MMLU subjects and held-out windows")
     add_model_args(p, data=True)

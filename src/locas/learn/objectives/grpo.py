@@ -28,7 +28,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from ...settings import setting
+from ...settings import setting, validate
 from ...text.decoding import Decoder, Sampling
 from ...text.metrics import f1_score, normalize_answer
 from ...text.tokens import encode
@@ -40,28 +40,26 @@ from .base import Objective
 class GRPOConfig:
     """Settings of the GRPO objective."""
 
-    group_size: int = setting(4, "GRPO: samples per cloze question (G)", flag="--grpo-group-size")
-    max_new_tokens: int = setting(8, "GRPO: sampled completion length in tokens", flag="--grpo-max-new-tokens")
-    temperature: float = setting(1.0, "GRPO: sampling temperature", flag="--grpo-temperature")
+    group_size: int = setting(4, "GRPO: samples per cloze question (G)", flag="--grpo-group-size", minimum=2,
+                              maximum=1024)
+    max_new_tokens: int = setting(8, "GRPO: sampled completion length in tokens", flag="--grpo-max-new-tokens",
+                                  minimum=1)
+    temperature: float = setting(1.0, "GRPO: sampling temperature", flag="--grpo-temperature", positive=True,
+                                 maximum=100.0)
     beta: float = setting(0.04, "GRPO: weight of the KL penalty towards the base model (0 = none)",
-                          flag="--grpo-beta")
+                          flag="--grpo-beta", minimum=0)
     items_per_session: int = setting(6, "GRPO: cloze questions made from each segment (LoCoMo: session)",
-                                     flag="--grpo-items")
-    items_per_step: int = setting(3, "GRPO: cloze questions per optimiser step", flag="--grpo-items-per-step")
+                                     flag="--grpo-items", minimum=1)
+    items_per_step: int = setting(3, "GRPO: cloze questions per optimiser step", flag="--grpo-items-per-step",
+                                  minimum=1)
     span_words: tuple[int, int] = setting((2, 4), "hidden span length range (words)", cli=False)
     prompt_words: int = setting(40, "GRPO: at most this many words of the passage before the span",
-                                flag="--grpo-prompt-words")
+                                flag="--grpo-prompt-words", minimum=1)
     eps: float = setting(1e-4, "added to the group's reward spread", cli=False)
 
     def __post_init__(self):
-        from ...errors import LocasError
-
         self.span_words = tuple(self.span_words)
-        if min(self.group_size, self.max_new_tokens, self.items_per_session, self.items_per_step,
-               self.prompt_words) < 1 or not self.temperature > 0 or self.beta < 0:
-            raise LocasError("GRPO settings need --grpo-group-size, --grpo-max-new-tokens, --grpo-items, "
-                             "--grpo-items-per-step and --grpo-prompt-words >= 1, --grpo-temperature > 0 and "
-                             "--grpo-beta >= 0")
+        validate(self)
 
 
 @dataclass

@@ -25,7 +25,7 @@ from ...errors import LocasError
 from ...probes.config import ProbeConfig
 from ...probes.families import make_probes
 from ...probes.teacher import Example, teacher_examples
-from ...settings import setting
+from ...settings import setting, validate
 from ...text.prompts import Prompt
 from ...text.sentences import split_chunks
 from ..step import backward_step
@@ -37,13 +37,14 @@ from .window import TeacherTargets, distill_kl
 class SelfStudyConfig:
     """How the self-study objective trains on its probes."""
 
-    ntp_weight: float = setting(0.1, "self-study: weight of next-token loss on the raw text in every step")
-    batch: int = setting(8, "self-study: probes per optimiser step", flag="--probe-batch")
-    student_window: int = setting(0, "self-study: tokens of the chunk's end the student also sees (0 = only the probe)")
+    ntp_weight: float = setting(0.1, "self-study: weight of next-token loss on the raw text in every step",
+                                minimum=0)
+    batch: int = setting(8, "self-study: probes per optimiser step", flag="--probe-batch", minimum=1)
+    student_window: int = setting(0, "self-study: tokens of the chunk's end the student also sees (0 = only the probe)",
+                                  minimum=0)
 
     def __post_init__(self):
-        if self.batch < 1 or self.ntp_weight < 0 or self.student_window < 0:
-            raise LocasError("self-study needs --probe-batch >= 1, --ntp-weight >= 0 and --student-window >= 0")
+        validate(self)
 
     def to_dict(self) -> dict:
         return asdict(self)
