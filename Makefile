@@ -19,7 +19,7 @@ $(STAMP): pyproject.toml Makefile
 	touch $(STAMP)
 
 demo: $(STAMP)
-	$(VENV)/bin/locas demo
+	$(VENV)/bin/locas demo --overwrite
 
 test: $(STAMP)
 	$(PY) -m pytest tests

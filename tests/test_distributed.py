@@ -71,13 +71,14 @@ def test_two_processes_match_one_and_failures_resume(tmp_path):
     assert a == b and len(a["locas"]) == 3
     assert f"{pa['methods']['locas']['ppl']:.4f}" == f"{pb['methods']['locas']['ppl']:.4f}"
 
-    # one document is broken: the others finish and are kept, the error names the document
+    # one document fails while it runs (one token: nothing to score; a bad file would be refused before any
+    # work): the others finish and are kept, the error names the document
     bad = tmp_path / "doc1.txt"
     good_text = bad.read_text()
-    bad.write_bytes(b"\x00\x01binary")
+    bad.write_text("w5")
     failed = _pg19(model_dir, docs, tmp_path / "three", nproc=2)
     assert failed.returncode != 0
-    assert "doc1.txt / truncate failed on rank" in failed.stderr and "binary" in failed.stderr
+    assert "doc1.txt / truncate failed on rank" in failed.stderr and "too short" in failed.stderr
     parts = sorted(p.name for p in (tmp_path / "three" / "parts").glob("*.json"))
     assert parts == ["doc0__locas.json", "doc0__truncate.json", "doc2__locas.json", "doc2__truncate.json"]
     mtimes = {p: (tmp_path / "three" / "parts" / p).stat().st_mtime_ns for p in parts}

@@ -353,5 +353,6 @@ def test_cli_pg19_variant_mlp_nlsvd(tmp_path, capsys):
     assert payload["methods"]["locas-mlp"]["ppl"] < payload["methods"]["truncate"]["ppl"]  # repetitive text
     assert "locas-mlp" in capsys.readouterr().out
     code = main(["pg19", "--model", str(model), "--book", str(book), "--variant", "mlp", "--update", "nlsvd",
-                 "--write-tokens", "all", "--window-size", "40", "--memory-width", "16", "--out", str(out)])
+                 "--write-tokens", "all", "--window-size", "40", "--memory-width", "16", "--out", str(out),
+                 "--overwrite"])
     assert code == 2 and "--capacity" in capsys.readouterr().err

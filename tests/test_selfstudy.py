@@ -198,6 +198,8 @@ def test_memorize_selfstudy_command_writes_memory_cache_and_recall(tmp_path, cap
     assert train and not train & {r["probe"] for r in sets["heldout-2"]}  # held-out never trained on
     # a rerun reads the cached probes instead of making them again
     stamp = cache.stat().st_mtime_ns
+    assert cli.main(argv) == 2  # the memory file exists: not replaced without --overwrite
+    argv.append("--overwrite")
     assert cli.main(argv) == 0
     assert cache.stat().st_mtime_ns == stamp
     # probes asked in the prompt of `locas ask --prompt-style plain`: the student sees its empty-context prefix
@@ -207,7 +209,7 @@ def test_memorize_selfstudy_command_writes_memory_cache_and_recall(tmp_path, cap
     assert prefix and len(row["context"]) > len(prefix) and row["context"][-len(prefix):] == prefix
     # bad input: one-line error
     capsys.readouterr()
-    code = cli.main(argv[:-2] + ["--families", "riddles"])
+    code = cli.main(argv[:-3] + ["--families", "riddles", "--overwrite"])
     err = capsys.readouterr().err
     assert code == 2 and "unknown probe family" in err and err.count("\n") == 1
 

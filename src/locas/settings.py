@@ -23,18 +23,19 @@ from .errors import LocasError
 
 def setting(default=MISSING, help: str = "", *, flag: str | None = None, aliases: tuple[str, ...] = (),
             choices=None, factory=None, cli: bool = True, metavar: str | None = None, minimum=None, maximum=None,
-            positive: bool = False):
+            positive: bool = False, path: str | None = None):
     """A dataclass field documented for the command line.
 
     ``flag`` overrides the flag name (default ``--field-name``); ``aliases`` are further option
     strings (e.g. the reference launchers' names); ``choices`` limits the values; ``minimum`` /
-    ``maximum`` bound a number (inclusive), ``positive`` asks for > 0; ``cli=False`` keeps a field
-    out of the command line (set from code only).
+    ``maximum`` bound a number (inclusive), ``positive`` asks for > 0; ``path`` makes the flag a path
+    of that kind (``locas.cli.checks``: checked before any work); ``cli=False`` keeps a field out of
+    the command line (set from code only).
     """
     if not help:
         raise ValueError("every setting needs a help text")
     meta = {"help": help, "flag": flag, "aliases": tuple(aliases), "choices": choices, "cli": cli, "metavar": metavar,
-            "minimum": minimum, "maximum": maximum, "positive": positive}
+            "minimum": minimum, "maximum": maximum, "positive": positive, "path": path}
     if factory is not None:
         return field(default_factory=factory, metadata=meta)
     return field(default=default, metadata=meta)

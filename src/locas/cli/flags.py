@@ -22,6 +22,7 @@ from dataclasses import MISSING, fields
 
 from ..errors import LocasError
 from ..settings import bounds_error, documented_fields
+from .checks import path_arg
 
 # TrainConfig fields by what they are about: a command shows only the groups it uses
 WINDOW = ("window_size", "steps_per_window", "epochs")
@@ -96,7 +97,9 @@ def add_settings(parser, cls, *, title: str | None = None, only=None, exclude=()
             continue
         metavar = meta["metavar"] or (None if meta["choices"] else {int: "N", float: "X"}.get(base, f.name.upper()))
         kind = Number(base, meta) if base in (int, float) else base
-        group.add_argument(*flags, type=kind, choices=meta["choices"], metavar=metavar, **kw)
+        action = group.add_argument(*flags, type=kind, choices=meta["choices"], metavar=metavar, **kw)
+        if meta.get("path"):
+            action.path_kind = meta["path"]
     return group
 
 
@@ -159,23 +162,28 @@ def add_model_args(p, data: bool = False) -> None:
                    help=f"torch CPU threads (default: half the cores, split between torchrun processes: "
                         f"{default_threads()} here)")
     if data:
-        g.add_argument("--data-dir", default=None,
-                       help="data directory with pg19/, locomo/, mmlu/ (default: $LOCAS_DATA_DIR, else ../shared/data)")
+        path_arg(g, "--data-dir", kind="dir", default=None,
+                 help="data directory with pg19/, locomo/, mmlu/ (default: $LOCAS_DATA_DIR, else ../shared/data)")
+    g.add_argument("--verbose", action="store_true",
+                   help="also show the libraries' own warnings and progress bars (default: off)")
 
 
-def add_output_arg(p, *, default=None, kind: str = "directory", required: bool = False) -> None:
-    help_ = f"output {kind}" + (f" (default: {default})" if default else " (required)" if required else "")
-    p.add_argument("-o", "--output", "--out", dest="output", default=default, required=required, help=help_)
+def add_output_arg(p, *, default=None, what: str = "directory", kind: str = "run_dir", required: bool = False) -> None:
+    """``-o/--output`` (``--out`` too) of path kind ``kind`` (locas.cli.checks), and ``--overwrite``."""
+    help_ = f"output {what}" + (f" (default: {default})" if default else " (required)" if required else "")
+    path_arg(p, "-o", "--output", "--out", kind=kind, dest="output", default=default, required=required, help=help_)
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace an existing output (default: off: an existing one is refused)")
 
 
 def add_memory_arg(p, *, required: bool = False, repeat: bool = False,
                    help: str = "Locas memory file (.locas)") -> None:
     """``--memory FILE`` (repeatable where several are compared) and ``--no-strict``."""
     if repeat:
-        p.add_argument("--memory", action="append", default=[], help=f"{help}; repeatable (default: none)")
+        path_arg(p, "--memory", kind="memory", action="append", default=[], help=f"{help}; repeatable (default: none)")
     else:
-        p.add_argument("--memory", default=None, required=required,
-                       help=f"{help}" + (" (required)" if required else " (default: none: the plain model)"))
+        path_arg(p, "--memory", kind="memory", default=None, required=required,
+                 help=f"{help}" + (" (required)" if required else " (default: none: the plain model)"))
     p.add_argument("--no-strict", action="store_true",
                    help="load a memory made for different weights of the same architecture anyway (default: off)")
 

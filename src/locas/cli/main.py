@@ -45,7 +45,7 @@ def build_parser() -> Parser:
         mod = command_module(name)
         p = sub.add_parser(name, help=mod.HELP, description=mod.HELP)
         mod.add_arguments(p)
-        p.set_defaults(_run=mod.run, _module=mod)
+        p.set_defaults(_run=mod.run, _module=mod, _parser=p)
     return parser
 
 
@@ -74,14 +74,25 @@ def set_threads(args) -> None:
     torch.set_num_threads(threads or default_threads())
 
 
-def quiet_libraries() -> None:
-    """The command's own output only: no weight-loading bars or deprecation notices from transformers."""
+def quiet_libraries(verbose: bool = False) -> None:
+    """The command's own output only: no weight-loading bars or deprecation notices from transformers and
+    torch (``--verbose`` shows them); locas's own notes print as one ``note: ...`` line each."""
     import warnings
 
+    from ..errors import LocasWarning
+
+    def note(message, category, *_args, **_kwargs):
+        prefix = "note" if issubclass(category, LocasWarning) else category.__name__
+        print(f"{prefix}: {message}", file=sys.stderr)
+
+    warnings.showwarning = note
+    if verbose:
+        return
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     warnings.filterwarnings("ignore", category=FutureWarning)
     warnings.filterwarnings("ignore", category=DeprecationWarning)
+    warnings.filterwarnings("ignore", category=UserWarning, module=r"(torch|transformers|peft|accelerate)\b")
     if "transformers" in sys.modules:  # already imported (e.g. main() called from Python)
         import transformers
 
@@ -89,38 +100,81 @@ def quiet_libraries() -> None:
         transformers.utils.logging.disable_progress_bar()
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, handled like Ctrl-C."""
+
+
+def _on_sigterm(signum, frame):
+    raise Terminated()
+
+
+def os_error(exc: OSError) -> str:
+    """One line for an operating-system error that reached the top (disk full, permission, ...)."""
+    import errno
+
+    where = f" ({exc.filename})" if getattr(exc, "filename", None) else ""
+    if exc.errno == errno.ENOSPC:
+        return f"no space left on device{where}; free some space or choose another --output"
+    if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+        return f"permission denied{where}; choose another path or fix its permissions"
+    if exc.errno == errno.ENOENT:
+        return f"file not found{where}; check the path"
+    return f"{exc.strerror or exc}{where}"
+
+
+def interrupted(args) -> str:
+    """What an interrupted command leaves: nothing (atomic writes), or a run to resume."""
+    from pathlib import Path
+
+    out = getattr(args, "output", None)
+    if hasattr(args, "resume") and out and any((Path(out) / d).exists() for d in ("parts", "ckpt")):
+        return f"interrupted: what finished is kept in {out}; rerun with --resume to continue"
+    return "interrupted: nothing written (outputs are written whole or not at all)"
+
+
 def main(argv: list[str] | None = None) -> int:
-    quiet_libraries()
+    import signal
+    import threading
+
     argv = normalize_argv(list(sys.argv[1:] if argv is None else argv))
+    quiet_libraries("--verbose" in argv)
     try:
         args = build_parser().parse_args(argv)
     except SystemExit as exc:  # --help, or a usage error already printed on one line
         return int(exc.code or 0)
     args._argv = argv  # for --num-gpus re-launching
+    previous = signal.signal(signal.SIGTERM, _on_sigterm) if threading.current_thread() is threading.main_thread() \
+        else None
     try:
-        check_objective(args)
-        if getattr(args._module, "DISTRIBUTED", False):
-            from .flags import maybe_relaunch
+        from .checks import check_paths, run_lock
 
-            code = maybe_relaunch(args)
-            if code is not None:
-                return code
-        set_threads(args)
-        code = args._run(args)
+        check_objective(args)
+        check_paths(args._parser, args)  # before the model loads: a bad path costs nothing
+        with run_lock(args._parser, args):
+            if getattr(args._module, "DISTRIBUTED", False):
+                from .flags import maybe_relaunch
+
+                code = maybe_relaunch(args)
+                if code is not None:
+                    return code
+            set_threads(args)
+            code = args._run(args)
     except LocasError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    except FileNotFoundError as exc:
-        print(f"error: file not found: {exc.filename}; check the path", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        hint = "; rerun with --resume to continue from what was kept" if hasattr(args, "resume") else ""
-        print(f"interrupted{hint}", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as exc:
+        print(interrupted(args), file=sys.stderr)
+        return 143 if isinstance(exc, Terminated) else 130
     except BrokenPipeError:  # e.g. `locas info x.locas | head -1`: the reader left, nothing to report
         devnull = os.open(os.devnull, os.O_WRONLY)
         os.dup2(devnull, sys.stdout.fileno())
         return 0
+    except OSError as exc:
+        print(f"error: {os_error(exc)}", file=sys.stderr)
+        return 2
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
     return int(code or 0)
 
 

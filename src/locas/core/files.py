@@ -89,11 +89,29 @@ def atomic_write(path: Path, write_fn) -> Path:
             os.fsync(f.fileno())
         os.replace(tmp, path)
         _fsync_dir(path.parent)
-    except BaseException:
+    except BaseException as exc:
         if os.path.exists(tmp):
             os.unlink(tmp)
+        if _is_write_failure(exc):
+            raise _write_error(path, exc) from None
         raise
     return path
+
+
+def _is_write_failure(exc: BaseException) -> bool:
+    """A failure of the write itself (disk full, permissions, a library's I/O error), not a bug or an interrupt."""
+    return isinstance(exc, OSError) or (isinstance(exc, Exception) and not isinstance(exc, LocasError)
+                                        and "error" in type(exc).__name__.lower() and "write" in str(exc).lower())
+
+
+def _write_error(path: Path, exc: BaseException) -> LocasError:
+    import errno
+
+    if isinstance(exc, OSError) and exc.errno == errno.ENOSPC or "no space" in str(exc).lower():
+        return LocasError(f"cannot write '{path}': no space left on device; free some space or choose another "
+                          "output (nothing was written)")
+    reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc).splitlines()[0][:120]
+    return LocasError(f"cannot write '{path}': {reason}; choose another output (nothing was written)")
 
 
 def _exchange(a: str, b: str) -> bool:
@@ -140,8 +158,10 @@ def atomic_directory(path, write_fn, overwrite: bool = False) -> Path:
             os.rename(tmp, path)
             shutil.rmtree(old, ignore_errors=True)
         _fsync_dir(path.parent)
-    except BaseException:
+    except BaseException as exc:
         shutil.rmtree(tmp, ignore_errors=True)
+        if _is_write_failure(exc):
+            raise _write_error(path, exc) from None
         raise
     return path
 

@@ -35,7 +35,7 @@ from .report import format_table, write_csv, write_json
 class HeldoutConfig:
     """The held-out text whose perplexity and KL to the base model show forgetting."""
 
-    heldout: str = setting("10321", "held-out PG-19 id or text file")
+    heldout: str = setting("10321", "held-out PG-19 id or text file", path="book")
     heldout_tokens: int = setting(8192, "first N tokens of the held-out text (0 = all)", minimum=0)
 
     def __post_init__(self):

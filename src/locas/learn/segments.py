@@ -27,7 +27,7 @@ from ..text.sentences import sentences
 from ..text.tokens import tokenize_text
 from .learners import make_learner
 from .step import lr_at, make_optimizer, set_lr
-from .stream import window_spans
+from .stream import check_window, window_spans
 
 
 @dataclass
@@ -128,6 +128,7 @@ def train_segments(lm, segments: list[Segment], objective, cfg, *, method: str =
     if cfg.schedule == "cosine" and (budget_s is not None or len(segments) * epochs > 1):
         raise LocasError("--schedule cosine needs one run of known length (pg19, or memorize without --budget); "
                          "training segment by segment or under a budget takes --schedule constant")
+    check_window(lm, cfg)
     torch.manual_seed(cfg.seed)  # every run starts from the seed: no dependence on rank or order
     learner = make_learner(method, lm, cfg, memory=start_memory)
     learner.begin(segments[0].tokens, segments[0].first_window)

@@ -32,6 +32,13 @@ from .objectives import make_objective
 from .step import lr_at, make_optimizer, set_lr
 
 
+def check_window(lm, cfg) -> None:
+    """A window must fit the model's context."""
+    if cfg.window_size > lm.max_length:
+        raise LocasError(f"--window-size {cfg.window_size} is longer than the model's context ({lm.max_length} "
+                         f"tokens); use at most {lm.max_length}")
+
+
 def window_spans(n_tokens: int, window: int, start: int = 0) -> list[tuple[int, int]]:
     """(start, end) of each window over tokens [start, n_tokens); consecutive windows share one token."""
     if n_tokens - start < 2:
@@ -146,6 +153,7 @@ def stream(learner, tokens: torch.Tensor, cfg: TrainConfig, *, checkpoint_dir=No
     ``stop_after`` ends the run early after that many windows (used to test resumption).
     """
     tokens = tokens.flatten().cpu()
+    check_window(learner.lm, cfg)
     spans = window_spans(len(tokens), cfg.window_size)
     schedule = [(e, s) for e in range(cfg.epochs) for s in spans]
     objective = make_objective(cfg)

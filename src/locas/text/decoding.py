@@ -163,6 +163,13 @@ class Decoder:
             pos[b, width - n:] = torch.arange(P, P + n, device=dev)
         return ids, mask, pos
 
+    def _check_fits(self, tokens: int) -> None:
+        """The prefix, a suffix and its continuation must fit the model's context."""
+        context = getattr(self.model.config, "max_position_embeddings", None)
+        if context and self.prefix_len + tokens > context:
+            raise LocasError(f"the prompt ({self.prefix_len} + {tokens} tokens with the answer) is longer than the "
+                             f"model's context ({context}); ask a shorter question or lower --max-new-tokens")
+
     def _groups(self, suffixes: list[list[int]], pad: bool):
         """(start, rows) batches of at most ``batch_size``; with ``pad`` the last is filled with copies."""
         if not suffixes:
@@ -201,6 +208,7 @@ class Decoder:
     def _decode(self, rows, limit, sampling, topk, min_new_tokens, streamer) -> list[Continuation]:
         B, dev = len(rows), self.device
         ids, mask, pos = self._left_pad(rows)
+        self._check_fits(ids.shape[1] + limit)
         cache = self._static_cache(B, self.prefix_len + ids.shape[1] + limit)
         next_pos = pos[:, -1:] + 1  # (B, 1)
         done = torch.zeros(B, dtype=torch.bool, device=dev)

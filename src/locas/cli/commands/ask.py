@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 from ...text.prompts import PROMPT_STYLES
+from ..checks import path_arg
 from ..flags import Number, add_memory_arg, add_model_args
 
 HELP = "answer one question with a memory file (no conversation needed), optionally with --context FILE"
@@ -15,7 +16,7 @@ HELP = "answer one question with a memory file (no conversation needed), optiona
 def add_answer_args(p, max_new_tokens: int) -> None:
     """The flags ask and chat share."""
     add_memory_arg(p)
-    p.add_argument("--context", default=None,
+    path_arg(p, "--context", kind="text", default=None,
                    help="text file to put before the question, cut from the front to fit (default: none)")
     p.add_argument("--max-new-tokens", type=Number(int, minimum=1), default=max_new_tokens,
                    help=f"answer length limit in tokens (default: {max_new_tokens})")

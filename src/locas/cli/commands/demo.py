@@ -9,13 +9,14 @@ that it gives the same logits, and saves/reloads the memory file.
 from __future__ import annotations
 
 from ...learn.config import TrainConfig
+from ..checks import path_arg
 from ..flags import Number, add_model_args, add_output_arg, add_settings, settings_from
 
 HELP = "main demo: SmolLM2 reads a PG-19 book with truncation vs Locas, then fuses the memory"
 
 
 def add_arguments(p):
-    p.add_argument("--book", default="10146", help="PG-19 id or text file (default: 10146)")
+    path_arg(p, "--book", kind="book", default="10146", help="PG-19 id or text file (default: 10146)")
     p.add_argument("--max-tokens", type=Number(int, minimum=2), default=12288,
                    help="tokens of the book to read (default: 12288)")
     add_settings(p, TrainConfig, title="test-time training", only=("window_size", "memory_width", "lr"),

@@ -6,11 +6,14 @@
 
 from __future__ import annotations
 
+from ..checks import path_arg
+
 HELP = "show a memory file's metadata, or the supported architectures, methods and objectives"
 
 
 def add_arguments(p):
-    p.add_argument("file", nargs="?", help="memory file (.locas) to describe (default: show what is supported)")
+    path_arg(p, "file", kind="memory", nargs="?",
+             help="memory file (.locas) to describe (default: show what is supported)")
 
 
 def run(args):

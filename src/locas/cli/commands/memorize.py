@@ -18,6 +18,7 @@ import argparse
 from ...learn.config import TrainConfig
 from ...learn.objectives import OBJECTIVE_NAMES, GRPOConfig, SelfStudyConfig
 from ...probes.config import ProbeConfig
+from ..checks import path_arg
 from ..flags import (
     MEMORY,
     OBJECTIVE,
@@ -36,8 +37,8 @@ DEFAULT_EPOCHS = {"selfstudy": 8, "grpo": 8}  # passes over the probes / cloze q
 
 
 def add_arguments(p):
-    p.add_argument("file", help="UTF-8 text file to memorise")
-    add_output_arg(p, kind="memory file (.locas)", required=True)
+    path_arg(p, "file", kind="text", help="UTF-8 text file to memorise")
+    add_output_arg(p, what="memory file (.locas)", kind="file_out", required=True)
     p.add_argument("--max-tokens", type=Number(int, minimum=2), default=None,
                    help="only the first N tokens of the text (default: all)")
     add_memory_arg(p, help="continue training this memory file instead of initialising a fresh one")
@@ -58,7 +59,8 @@ def add_arguments(p):
     g.add_argument("--probe-cache", default=None, help="probe cache JSON (default: OUTPUT.probes.json)")
     g.add_argument("--recall", action=argparse.BooleanOptionalAction, default=None,
                    help="held-out recall report after memorising (default: on for selfstudy, else off)")
-    g.add_argument("--recall-json", default=None, help="where to write the report (default: OUTPUT.recall.json)")
+    path_arg(g, "--recall-json", kind="file_out", default=None,
+             help="where to write the report (default: OUTPUT.recall.json)")
     add_settings(p, GRPOConfig, title="GRPO (--objective grpo)")
 
 
@@ -89,6 +91,8 @@ def run(args):
         raise LocasError(f"--budget must be a positive number of CPU-seconds, got {args.budget}")
     lm = load_lm(args)
     tokens = tokenize_text(lm.tokenizer, text, args.max_tokens)
+    if len(tokens) < 2:
+        raise LocasError(f"'{args.file}' has {len(tokens)} token(s); a memory needs a text of at least 2 tokens")
     start = load_memory(args.memory, model=lm, strict=not args.no_strict) if args.memory else None
     if args.max_tokens:
         text = lm.tokenizer.decode(tokens)

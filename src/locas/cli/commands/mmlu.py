@@ -8,6 +8,7 @@
 from __future__ import annotations
 
 from ...eval.mmlu import MMLUConfig
+from ..checks import path_arg
 from ..flags import Number, add_memory_arg, add_model_args, add_output_arg, add_settings, settings_from
 
 HELP = "MMLU accuracy per subject, category and overall (0- or k-shot, letter NLL)"
@@ -15,9 +16,10 @@ HELP = "MMLU accuracy per subject, category and overall (0- or k-shot, letter NL
 
 def add_arguments(p):
     add_memory_arg(p)
-    p.add_argument("--adapter", default=None, help="peft LoRA adapter directory to inject (default: none)")
+    path_arg(p, "--adapter", kind="dir", default=None, help="peft LoRA adapter directory to inject (default: none)")
     p.add_argument("--seed", type=Number(int, minimum=0), default=0, help="seed of the stratified subset (default: 0)")
-    add_output_arg(p, kind="JSON file for the full report with per-question records (default: none, print only)")
+    add_output_arg(p, what="JSON file for the full report with per-question records (default: none, print only)",
+                   kind="file_out")
     add_settings(p, MMLUConfig, title="MMLU")
     add_model_args(p, data=True)
 

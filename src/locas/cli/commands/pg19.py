@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 from ...learn.config import MLPTrainConfig, TrainConfig
+from ..checks import path_arg
 from ..flags import (
     FULL,
     LORA,
@@ -33,7 +34,7 @@ MLP_ONLY = [f for f in MLPTrainConfig.__dataclass_fields__ if f not in TrainConf
 def add_arguments(p):
     from ...eval.pg19 import PG19_METHODS
 
-    p.add_argument("--book", action="append", default=None,
+    path_arg(p, "--book", kind="book", action="append", default=None,
                    help="PG-19 id or text file; repeatable (default: 10146)")
     p.add_argument("--method", action="append", default=None, choices=PG19_METHODS,
                    help="what reads the book; repeatable (default: truncate and locas)")

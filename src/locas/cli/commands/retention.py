@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from ...eval.mmlu import MMLUConfig
 from ...eval.retention import HeldoutConfig
+from ..checks import path_arg
 from ..flags import (
     Number,
     add_dist_args,
@@ -32,8 +33,10 @@ def add_retention_args(p) -> None:
 
 def add_arguments(p):
     add_memory_arg(p, repeat=True)
-    p.add_argument("--adapter", default=None, help="peft LoRA adapter directory, e.g. a saved TempLoRA (default: none)")
-    p.add_argument("--dense", default=None, help="fused checkpoint directory from `locas fuse` (default: none)")
+    path_arg(p, "--adapter", kind="dir", default=None,
+             help="peft LoRA adapter directory, e.g. a saved TempLoRA (default: none)")
+    path_arg(p, "--dense", kind="dir", default=None,
+             help="fused checkpoint directory from `locas fuse` (default: none)")
     p.add_argument("--window-size", type=Number(int, minimum=2), default=1024,
                    help="window for the held-out perplexity and KL (default: 1024)")
     p.add_argument("--seed", type=Number(int, minimum=0), default=0, help="seed of the MMLU subset (default: 0)")
