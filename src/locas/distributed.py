@@ -143,7 +143,8 @@ def run_sharded(ctx: DistContext | None, units: list, work: Callable, *, name: C
         except Exception as exc:  # keep going: the other documents still finish and are kept
             msg = str(exc).splitlines()[0] if str(exc) else ""
             local[i] = {"error": f"{type(exc).__name__}: {msg}", "rank": ctx.rank}
-            print(f"[locas rank {ctx.rank}] {name(unit)} failed: {local[i]['error']}", file=sys.stderr, flush=True)
+            if ctx.world > 1:  # one process: the final error names it; several: say it as it happens
+                print(f"[locas rank {ctx.rank}] {name(unit)} failed: {local[i]['error']}", file=sys.stderr, flush=True)
     gathered = ctx.gather(local)
     if not ctx.is_main:
         return None

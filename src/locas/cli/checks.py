@@ -6,7 +6,8 @@ parsed arguments of every command the same way (the bad-input matrix of tests/te
 walks them too). Kinds:
 
 ==========  ====================================================================================
-text        a UTF-8 text file to read (empty, binary and non-UTF-8 files are refused)
+text        a UTF-8 text file to learn from (empty, binary and non-UTF-8 files are refused)
+context     a UTF-8 text file to put in a prompt (the same checks; any length will do)
 book        a PG-19 id, or a text file
 memory      a memory file (.locas), checked in full: metadata and checksum
 dir         a directory to read (an adapter, a fused checkpoint, the data directory)
@@ -32,7 +33,7 @@ from pathlib import Path
 
 from ..errors import LocasError
 
-KINDS = ("text", "book", "memory", "dir", "file_out", "dir_out", "run_dir")
+KINDS = ("text", "context", "book", "memory", "dir", "file_out", "dir_out", "run_dir")
 RUN_MARKERS = ("results.json", "parts", "ckpt", "memories", "retention", "book.locas")
 LOCK = ".locas.lock"
 
@@ -140,7 +141,7 @@ def check_run_dir(path: Path, overwrite: bool = False, resume: bool | None = Non
     _writable(path / "x")
 
 
-CHECKS = {"text": check_text, "book": check_book, "memory": check_memory, "dir": check_dir,
+CHECKS = {"text": check_text, "context": check_text, "book": check_book, "memory": check_memory, "dir": check_dir,
           "file_out": check_file_out, "dir_out": check_dir_out, "run_dir": check_run_dir}
 
 

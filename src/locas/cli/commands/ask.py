@@ -11,12 +11,15 @@ from ..checks import path_arg
 from ..flags import Number, add_memory_arg, add_model_args
 
 HELP = "answer one question with a memory file (no conversation needed), optionally with --context FILE"
+# a small valid invocation: the bad-input matrix (tests/test_bad_input.py) runs it, then breaks it
+EXAMPLE = {"question": "Who is Tom?", "--memory": "{memory}", "--max-new-tokens": "2", "--model": "{model}",
+           "--device": "cpu"}
 
 
 def add_answer_args(p, max_new_tokens: int) -> None:
     """The flags ask and chat share."""
     add_memory_arg(p)
-    path_arg(p, "--context", kind="text", default=None,
+    path_arg(p, "--context", kind="context", default=None,
                    help="text file to put before the question, cut from the front to fit (default: none)")
     p.add_argument("--max-new-tokens", type=Number(int, minimum=1), default=max_new_tokens,
                    help=f"answer length limit in tokens (default: {max_new_tokens})")

@@ -10,6 +10,8 @@ from ..flags import Number
 from .ask import add_answer_args
 
 HELP = "interactive chat with a memory file (streams tokens); empty line or Ctrl-D quits"
+# a small valid invocation: the bad-input matrix (tests/test_bad_input.py) runs it, then breaks it
+EXAMPLE = {"--memory": "{memory}", "--max-new-tokens": "2", "--model": "{model}", "--device": "cpu"}
 
 
 def add_arguments(p):

@@ -8,6 +8,8 @@ from __future__ import annotations
 from ..flags import Number, add_memory_arg, add_model_args, add_output_arg
 
 HELP = "fuse a memory file into a standalone checkpoint (intermediate_size + r)"
+# a small valid invocation: the bad-input matrix (tests/test_bad_input.py) runs it, then breaks it
+EXAMPLE = {"--memory": "{memory}", "-o": "{out}", "--model": "{model}", "--device": "cpu"}
 
 
 def add_arguments(p):

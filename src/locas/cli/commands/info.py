@@ -9,6 +9,8 @@ from __future__ import annotations
 from ..checks import path_arg
 
 HELP = "show a memory file's metadata, or the supported architectures, methods and objectives"
+# a small valid invocation: the bad-input matrix (tests/test_bad_input.py) runs it, then breaks it
+EXAMPLE = {"file": "{memory}"}
 
 
 def add_arguments(p):

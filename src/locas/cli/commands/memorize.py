@@ -32,6 +32,9 @@ from ..flags import (
 )
 
 HELP = "memorise a text file into a .locas memory file"
+# a small valid invocation: the bad-input matrix (tests/test_bad_input.py) runs it, then breaks it
+EXAMPLE = {"file": "{text}", "-o": "{out}.locas", "--max-tokens": "64", "--window-size": "32", "--memory-width": "4",
+           "--model": "{model}", "--device": "cpu"}
 TRAINS = "segments"
 DEFAULT_EPOCHS = {"selfstudy": 8, "grpo": 8}  # passes over the probes / cloze questions; window objectives: 1
 

@@ -12,6 +12,8 @@ from ..checks import path_arg
 from ..flags import Number, add_memory_arg, add_model_args, add_output_arg, add_settings, settings_from
 
 HELP = "MMLU accuracy per subject, category and overall (0- or k-shot, letter NLL)"
+# a small valid invocation: the bad-input matrix (tests/test_bad_input.py) runs it, then breaks it
+EXAMPLE = {"--shots": "0", "-o": "{out}.json", "--model": "{model}", "--device": "cpu", "--data-dir": "{data}"}
 
 
 def add_arguments(p):

@@ -26,6 +26,9 @@ from ..flags import (
 from .retention import add_retention_args
 
 HELP = "PG-19 whole-book perplexity: truncation vs full attention vs Locas vs TempLoRA"
+# a small valid invocation: the bad-input matrix (tests/test_bad_input.py) runs it, then breaks it
+EXAMPLE = {"--book": "{text}", "--method": "locas", "--max-tokens": "64", "--window-size": "32", "--memory-width": "4",
+           "-o": "{out}", "--model": "{model}", "--device": "cpu", "--data-dir": "{data}"}
 TRAINS = "windows"
 DISTRIBUTED = True
 MLP_ONLY = [f for f in MLPTrainConfig.__dataclass_fields__ if f not in TrainConfig.__dataclass_fields__]
@@ -85,6 +88,15 @@ def run(args):
 
         raise LocasError(f"--max-tokens must be at least 2 (or left out for the whole book), got {args.max_tokens}")
     settings_from(args, MLPTrainConfig if args.variant == "mlp" else TrainConfig)  # bad settings: before the model
+    if not args.retention:
+        from ...eval.mmlu import MMLUConfig
+        from ...eval.retention import HeldoutConfig
+
+        if settings_from(args, HeldoutConfig) != HeldoutConfig() or settings_from(args, MMLUConfig) != MMLUConfig():
+            from ...errors import LocasError
+
+            raise LocasError("--heldout, --heldout-tokens, --subjects, --limit-per-subject, --shots and --batch-size "
+                             "take effect only with --retention; add --retention or drop them")
     if args.retention:  # single process: the memorised states must stay in memory for the report
         from .retention import run_with_pg19
 
