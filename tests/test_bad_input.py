@@ -11,6 +11,7 @@ path. A new subcommand with an ``EXAMPLE`` is covered without editing this file.
 from __future__ import annotations
 
 import errno
+import os  # noqa: E402
 import re
 from pathlib import Path
 
@@ -21,6 +22,7 @@ from locas.cli.flags import Number
 from locas.cli.main import COMMANDS, build_parser, command_module
 from test_locomo_support import char_lm
 
+_FSYNC = os.fsync
 UNWRITABLE = "/proc/locas-bad-input/out"  # not writable even for root
 _PROGRESS = re.compile(r"\r|\d+%\||it/s\]|s/it\]")
 
@@ -42,7 +44,8 @@ def world(tmp_path_factory):
     good = (root / "good.locas").read_bytes()
     files = {
         "text": "Ann adopted a cat named Tom in May. Bob bought a red bike from Carl. Tom likes fish a lot.\n",
-        "empty": "", "one-token": "a", "binary": b"\x89PNG\x00\x00\x01\x02" * 20, "non-utf8": bytes(range(0x80, 0xA0)) * 8,
+        "empty": "", "one-token": "a", "binary": b"\x89PNG\x00\x00\x01\x02" * 20,
+        "non-utf8": bytes(range(0x80, 0xA0)) * 8,
         "corrupt": good[: len(good) // 2],
     }
     paths = {}
@@ -141,6 +144,15 @@ def _fill(value: str, world: dict) -> str:
     return value.format(**{k: v for k, v in world.items()})
 
 
+@pytest.fixture(autouse=True)
+def _no_stdin(monkeypatch):
+    """``locas chat`` reads questions from stdin: give it an empty one (it ends at once)."""
+    import io
+    import sys
+
+    monkeypatch.setattr(sys, "stdin", io.StringIO(""))
+
+
 def test_every_example_runs(world, tmp_path, capsys):
     from locas.cli.main import main
 
@@ -182,7 +194,7 @@ def test_bad_input_matrix(world, tmp_path, capsys, monkeypatch):
         try:
             code = main(_argv(name, example, world, out, changes))
         finally:
-            monkeypatch.undo()
+            monkeypatch.setattr("locas.core.files.os.fsync", _FSYNC)
         err = [ln for ln in capsys.readouterr().err.splitlines() if ln.strip() and not _PROGRESS.search(ln)]
         problems = []
         if code != 2:
