@@ -9,13 +9,29 @@ model wrapper, memory files, model loading) <- ``text`` (tokens, prompts, the de
 <- ``learn`` (configs, learners, objectives, streaming and segment training) <- ``eval`` <- ``cli``.
 """
 
-from .core.arch import ArchSpec, get_arch, register_arch, supported_model_types
-from .core.files import load_memory, read_memory_info, save_memory
-from .core.memory import MemoryMLP, clip_vectors_
-from .core.model import LocasForCausalLM, ModelState, Qwen3ForCausalLMWithMemory
 from .errors import LocasError, MemoryFileError, UnsupportedArchitectureError
 
 __version__ = "0.2.0"
+
+# the public names, imported on first use (``import locas.cli`` stays light: the command can answer
+# Ctrl-C and argument errors before torch is loaded)
+_LAZY = {
+    "ArchSpec": "core.arch", "get_arch": "core.arch", "register_arch": "core.arch",
+    "supported_model_types": "core.arch", "load_memory": "core.files", "read_memory_info": "core.files",
+    "save_memory": "core.files", "MemoryMLP": "core.memory", "clip_vectors_": "core.memory",
+    "LocasForCausalLM": "core.model", "ModelState": "core.model", "Qwen3ForCausalLMWithMemory": "core.model",
+}
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        import importlib
+
+        value = getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'locas' has no attribute {name!r}")
+
 
 __all__ = [
     "ArchSpec",

@@ -138,14 +138,20 @@ def main(argv: list[str] | None = None) -> int:
 
     argv = normalize_argv(list(sys.argv[1:] if argv is None else argv))
     quiet_libraries("--verbose" in argv)
-    try:
-        args = build_parser().parse_args(argv)
-    except SystemExit as exc:  # --help, or a usage error already printed on one line
-        return int(exc.code or 0)
-    args._argv = argv  # for --num-gpus re-launching
     previous = signal.signal(signal.SIGTERM, _on_sigterm) if threading.current_thread() is threading.main_thread() \
         else None
     try:
+        return _run(argv)
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+
+
+def _run(argv: list[str]) -> int:
+    args = None
+    try:
+        args = build_parser().parse_args(argv)  # imports torch: Ctrl-C may come here too
+        args._argv = argv  # for --num-gpus re-launching
         from .checks import check_paths, run_lock
 
         check_objective(args)
@@ -159,11 +165,13 @@ def main(argv: list[str] | None = None) -> int:
                     return code
             set_threads(args)
             code = args._run(args)
+    except SystemExit as exc:  # --help, or a usage error already printed on one line
+        return int(exc.code or 0)
     except LocasError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt as exc:
-        print(interrupted(args), file=sys.stderr)
+        print(interrupted(args) if args is not None else "interrupted: nothing written", file=sys.stderr)
         return 143 if isinstance(exc, Terminated) else 130
     except BrokenPipeError:  # e.g. `locas info x.locas | head -1`: the reader left, nothing to report
         devnull = os.open(os.devnull, os.O_WRONLY)
@@ -172,9 +180,6 @@ def main(argv: list[str] | None = None) -> int:
     except OSError as exc:
         print(f"error: {os_error(exc)}", file=sys.stderr)
         return 2
-    finally:
-        if previous is not None:
-            signal.signal(signal.SIGTERM, previous)
     return int(code or 0)
 
 
