@@ -89,21 +89,25 @@ def trial(world: dict, command: str, rng: random.Random, index: int) -> dict:
     run = root / f"pg19-{index}" if command == "pg19" else None
     if run is not None:
         argv += ["-o", run]
-    before = _tmp_leftovers(root)
+    before = set(_tmp_leftovers(root))
     proc = subprocess.Popen(locas(*argv), env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     delay = rng.uniform(0.3, 1.1) * world.get(f"{command}_seconds", world["pg19_seconds"])
-    try:
-        proc.wait(timeout=delay)
-        killed = False
-    except subprocess.TimeoutExpired:
-        proc.send_signal(signal.SIGKILL)
-        proc.wait()
-        killed = True
-    during_write = len(_tmp_leftovers(root)) > len(before)  # a temporary file the kill left mid-write
+    aimed = index % 2 == 1  # every other trial aims at a write: killed as soon as a temporary file appears
+    t0, killed = time.perf_counter(), False
+    while proc.poll() is None:
+        writing = aimed and set(_tmp_leftovers(root)) - before
+        if writing or (not aimed and time.perf_counter() - t0 >= delay) or time.perf_counter() - t0 > 600:
+            proc.send_signal(signal.SIGKILL)
+            proc.wait()
+            killed = True
+            break
+        time.sleep(0.0005 if aimed else 0.01)
+    during_write = bool(set(_tmp_leftovers(root)) - before)  # a temporary file the kill left mid-write
     for p in _tmp_leftovers(root):  # litter of the killed process (never the artefact itself): cleared
         if p not in before:
             shutil.rmtree(p) if p.is_dir() else p.unlink()
-    out = {"command": command, "killed": killed, "delay_s": round(delay, 2), "during_write": during_write}
+    out = {"command": command, "aimed_at_write": aimed, "killed": killed,
+           "at_s": round(time.perf_counter() - t0, 2), "during_write": during_write}
     if command == "memorize":
         out["valid"] = _valid_memory(root / "m.locas")
     elif command == "fuse":

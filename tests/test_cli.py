@@ -161,3 +161,19 @@ def test_python_dash_m_locas_runs_the_command(tmp_path):
 
     out = subprocess.run([sys.executable, "-m", "locas", "info"], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0 and "objectives" in out.stdout and "selfstudy" in out.stdout
+
+
+def test_two_names_of_one_flag_with_different_values_is_an_error(capsys):
+    code, err = _run(capsys, "memorize", "x.txt", "-o", "y.locas", "--objective", "ntp", "--loss", "sd")
+    assert code == 2 and err.count("\n") == 1 and "given twice" in err and "--objective ntp, --loss sd" in err
+
+
+def test_a_closed_pipe_is_not_a_traceback(tmp_path):
+    import subprocess
+    import sys
+
+    lm = tiny_lm("llama")
+    save_memory(random_memory(lm), tmp_path / "m.locas", model=lm)
+    cmd = f"{sys.executable} -m locas info {tmp_path / 'm.locas'} | head -1"
+    out = subprocess.run(cmd, shell=True, capture_output=True, text=True, timeout=120)
+    assert out.stdout.strip() == "{" and "Traceback" not in out.stderr and "BrokenPipe" not in out.stderr

@@ -46,12 +46,12 @@ def test_interrupt_is_one_line_and_writes_nothing(world, tmp_path, sig, code):
 
 def test_a_run_directory_takes_one_process_at_a_time(world, tmp_path):
     run = tmp_path / "run"
-    first = subprocess.Popen(locas(*world["pg19"], "--epochs", 200, "-o", run), env=ENV, stdout=subprocess.PIPE,
-                             stderr=subprocess.PIPE)
+    long_run = [200 if prev == "--epochs" else a for prev, a in zip([None, *world["pg19"]], world["pg19"])]
+    first = subprocess.Popen(locas(*long_run, "-o", run), env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     try:
         _started(first)
-        second = subprocess.run(locas(*world["pg19"], "-o", run, "--resume"), env=ENV, capture_output=True,
-                                text=True, timeout=300)
+        second = subprocess.run(locas(*long_run, "-o", run, "--resume"), env=ENV, capture_output=True, text=True,
+                                timeout=300)
     finally:
         first.send_signal(signal.SIGINT)
         _, err = first.communicate(timeout=120)

@@ -82,3 +82,43 @@ def test_metadata_is_json_not_pickle(tmp_path):
     header_len = int.from_bytes(path.read_bytes()[:8], "little")
     header = json.loads(path.read_bytes()[8: 8 + header_len])
     assert json.loads(header["__metadata__"]["locas"])["format"] == "locas-memory"
+
+
+def test_written_files_and_directories_get_the_users_umask(tmp_path):
+    import os
+
+    from locas.core.files import atomic_directory, atomic_write
+
+    lm = tiny_lm("llama")
+    old = os.umask(0o022)
+    try:
+        path = save_memory(random_memory(lm), tmp_path / "m.locas", model=lm)
+        json_path = atomic_write(tmp_path / "r.json", lambda tmp: open(tmp, "w").write("{}"))
+        out = atomic_directory(tmp_path / "fused", lambda tmp: (tmp / "config.json").write_text("{}"))
+    finally:
+        os.umask(old)
+    assert path.stat().st_mode & 0o777 == 0o644 and json_path.stat().st_mode & 0o777 == 0o644
+    assert out.stat().st_mode & 0o777 == 0o755 and (out / "config.json").stat().st_mode & 0o777 == 0o644
+
+
+def test_atomic_directory_refuses_clobbering_and_swaps_whole(tmp_path):
+    from locas.core.files import atomic_directory
+    from locas.errors import LocasError
+
+    target = tmp_path / "fused"
+    atomic_directory(target, lambda tmp: (tmp / "a").write_text("old"))
+    with pytest.raises(LocasError, match="--overwrite"):
+        atomic_directory(target, lambda tmp: (tmp / "b").write_text("new"))
+    with pytest.raises(RuntimeError):  # a failed write leaves the old directory as it was, and no temporary one
+
+        def broken(tmp):
+            (tmp / "b").write_text("half")
+            raise RuntimeError("boom")
+
+        atomic_directory(target, broken, overwrite=True)
+    assert sorted(p.name for p in target.iterdir()) == ["a"] and not list(tmp_path.glob(".*.tmp"))
+    atomic_directory(target, lambda tmp: (tmp / "b").write_text("new"), overwrite=True)
+    assert sorted(p.name for p in target.iterdir()) == ["b"] and not list(tmp_path.glob(".*"))
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(LocasError, match="is a file"):
+        atomic_directory(tmp_path / "file", lambda tmp: None)

@@ -209,7 +209,8 @@ def test_memorize_selfstudy_command_writes_memory_cache_and_recall(tmp_path, cap
     assert prefix and len(row["context"]) > len(prefix) and row["context"][-len(prefix):] == prefix
     # bad input: one-line error
     capsys.readouterr()
-    code = cli.main(argv[:-3] + ["--families", "riddles", "--overwrite"])
+    bad = ["riddles" if prev == "--families" else a for prev, a in zip([None, *argv], argv)]
+    code = cli.main(bad)
     err = capsys.readouterr().err
     assert code == 2 and "unknown probe family" in err and err.count("\n") == 1
 

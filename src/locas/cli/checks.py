@@ -65,6 +65,26 @@ def check_paths(parser, args) -> None:
             CHECKS[action.path_kind](Path(value), overwrite=overwrite, resume=resume)
 
 
+def check_repeated(parser, argv: list[str]) -> None:
+    """One setting given twice with different values (``--objective ntp --loss sd``: two names of one flag)
+    is an error, not a silent override."""
+    import argparse
+
+    for action in parser._actions:
+        if not action.option_strings or isinstance(action, (argparse._AppendAction, argparse._CountAction)):
+            continue
+        given = []
+        for i, token in enumerate(argv):
+            name, eq, value = token.partition("=")
+            if name in action.option_strings:
+                given.append((name, value if eq else (argv[i + 1] if action.nargs != 0 and i + 1 < len(argv)
+                                                      else "")))
+        if len({v for _, v in given}) > 1:
+            shown = ", ".join(f"{n} {v}".strip() for n, v in given)
+            raise LocasError(f"one setting given twice with different values ({shown}); give "
+                             f"{action.option_strings[0]} once")
+
+
 # ---- inputs ----------------------------------------------------------------------------------------
 def check_text(path: Path, **_) -> None:
     from ..data.paths import read_text

@@ -152,8 +152,9 @@ def _run(argv: list[str]) -> int:
     try:
         args = build_parser().parse_args(argv)  # imports torch: Ctrl-C may come here too
         args._argv = argv  # for --num-gpus re-launching
-        from .checks import check_paths, run_lock
+        from .checks import check_paths, check_repeated, run_lock
 
+        check_repeated(args._parser, argv)
         check_objective(args)
         check_paths(args._parser, args)  # before the model loads: a bad path costs nothing
         with run_lock(args._parser, args):
