@@ -83,6 +83,7 @@ class Plan:
     optimizer: object = None
     cfg: object = None
     step: int = 0
+    on_step: object = None  # on_step(step, total or None): called before every batch (progress)
 
     def batches(self, items: list, batch: int = 1, passes: int | None = None, shuffle: bool = False
                 ) -> Iterator[list]:
@@ -105,19 +106,22 @@ class Plan:
                 if self.optimizer is not None and self.cfg.schedule == "cosine" and total:
                     set_lr(self.optimizer, lr_at(self.cfg, self.step, total))
                 self.step += 1
+                if self.on_step is not None:
+                    self.on_step(self.step, total or None)
                 yield items[i:i + batch]
             done += 1
 
 
 def train_segments(lm, segments: list[Segment], objective, cfg, *, method: str = "locas", passes: int | None = None,
                    epochs: int | None = None, budget_s: float | None = None, start_memory: torch.Tensor | None = None,
-                   examples=None, progress: bool = True, desc: str = "memorise"):
+                   examples=None, progress: bool = True, desc: str = "memorise", on_step=None):
     """Train a fresh ``method`` learner (locas or lora) on ``segments`` in order with ``objective``.
 
     ``epochs`` (default ``cfg.epochs``) passes over the segment list; each segment gets ``passes`` passes
     of the objective (default: one for window objectives, whose windows take ``steps_per_window``
     steps each; ``cfg.steps_per_window`` for the others), or ``budget_s`` CPU-seconds.
-    ``examples`` hands prepared probes to a one-segment self-study run. Returns (learner, stats):
+    ``examples`` hands prepared probes to a one-segment self-study run; ``on_step(step, total | None)``
+    sees every step (``total`` when known). Returns (learner, stats):
     wall and CPU seconds, extra parameters, one stats dict per segment.
     """
     if not segments:
@@ -139,7 +143,8 @@ def train_segments(lm, segments: list[Segment], objective, cfg, *, method: str =
     jobs = [(e, s) for e in range(epochs) for s in segments]
     for epoch, segment in tqdm(jobs, desc=desc, disable=not progress, unit="segment", dynamic_ncols=True):
         c = time.process_time()
-        plan = Plan(passes, rng, gen, deadline=None if budget_s is None else c + budget_s, optimizer=optimizer, cfg=cfg)
+        plan = Plan(passes, rng, gen, deadline=None if budget_s is None else c + budget_s, optimizer=optimizer, cfg=cfg,
+                    on_step=on_step)
         if examples is not None:
             stats = objective.update(learner, optimizer, segment, plan, examples=examples)
         else:

@@ -147,8 +147,10 @@ def _load_checkpoint(path: Path, learner, optimizer, fingerprint: dict):
 
 def stream(learner, tokens: torch.Tensor, cfg: TrainConfig, *, checkpoint_dir=None,
            checkpoint_every: int = 0, resume: bool = False, progress: bool = True,
-           stop_after: int | None = None, desc: str | None = None) -> StreamResult:
+           stop_after: int | None = None, desc: str | None = None, on_window=None) -> StreamResult:
     """Run ``learner`` over ``tokens`` (1-D) window by window; returns its scores.
+
+    ``on_window(done, total, result)`` is called after every window (e.g. a server job's progress).
 
     ``stop_after`` ends the run early after that many windows (used to test resumption).
     """
@@ -193,6 +195,8 @@ def stream(learner, tokens: torch.Tensor, cfg: TrainConfig, *, checkpoint_dir=No
             result.wall_s = time.perf_counter() - t0
             bar.update(1)
             bar.set_postfix(ppl=f"{result.ppl:.2f}")
+            if on_window is not None:
+                on_window(index + 1, len(schedule), result)
             if ckpt is not None and checkpoint_every and (index + 1) % checkpoint_every == 0:
                 _save_checkpoint(ckpt, learner, optimizer, result, index + 1, fingerprint)
     finally:

@@ -36,7 +36,6 @@ HELP = "memorise a text file into a .locas memory file"
 EXAMPLE = {"file": "{text}", "-o": "{out}.locas", "--max-tokens": "64", "--window-size": "32", "--memory-width": "4",
            "--model": "{model}", "--device": "cpu"}
 TRAINS = "segments"
-DEFAULT_EPOCHS = {"selfstudy": 8, "grpo": 8}  # passes over the probes / cloze questions; window objectives: 1
 
 
 def add_arguments(p):
@@ -73,14 +72,14 @@ def run(args):
     from ...core.files import load_memory, save_memory
     from ...data.paths import read_text
     from ...errors import LocasError
-    from ...learn.objectives import ObjectiveSettings, make_objective
+    from ...learn.memorize import default_epochs, memorize_text
+    from ...learn.objectives import ObjectiveSettings
     from ...text.tokens import tokenize_text
     from ..flags import load_lm, setting_value, settings_from
 
     text = read_text(args.file)
-    objective_name = setting_value(args, TrainConfig, "objective").lower()
-    objective_name = "sd" if objective_name == "st" else objective_name
-    epochs = setting_value(args, TrainConfig, "epochs") or DEFAULT_EPOCHS.get(objective_name, 1)
+    epochs = setting_value(args, TrainConfig, "epochs") or default_epochs(setting_value(args, TrainConfig,
+                                                                                         "objective").lower())
     cfg = settings_from(args, TrainConfig, epochs=epochs)
     settings = ObjectiveSettings(selfstudy=settings_from(args, SelfStudyConfig), grpo=settings_from(args, GRPOConfig),
                                  probes=settings_from(args, ProbeConfig, seed=cfg.seed))
@@ -99,7 +98,6 @@ def run(args):
     start = load_memory(args.memory, model=lm, strict=not args.no_strict) if args.memory else None
     if args.max_tokens:
         text = lm.tokenizer.decode(tokens)
-    objective = make_objective(cfg, settings)
     train = heldout = None
     c0 = time.process_time()
     if selfstudy or recall:
@@ -111,10 +109,9 @@ def run(args):
         made = ", ".join(f"{k} {v:.1f} s" for k, v in times.items() if v) or "all from the cache"
         print(f"{len(train)} training probes, {len(heldout)} held-out probes ({made}); cache {cache}")
     budget = max(args.budget - (time.process_time() - c0), 0.0) if args.budget else None  # probe making counts
-    if objective.windows and budget is None:
-        learner, extra = _stream(lm, tokens, cfg, start)
-    else:
-        learner, extra = _segment(lm, tokens, text, objective, cfg, start, budget, train if selfstudy else None)
+    result = memorize_text(lm, text, cfg, settings, tokens=tokens, start_memory=start, budget_s=budget,
+                           examples=train if selfstudy else None)
+    learner, extra = result.learner, _report(lm, result, tokens, cfg, settings, train if selfstudy else None)
     save_memory(learner.full_memory(), args.output, model=lm, layers=learner.layers, init=cfg.memory_init,
                 extra={"train": cfg.to_dict(), "source": str(args.file), "tokens": len(tokens), **extra})
     print(f"wrote {args.output} ({learner.extra_params():,} parameters)")
@@ -131,40 +128,29 @@ def _ppl_without_and_with(lm, learner, tokens, window):
     return before, after
 
 
-def _stream(lm, tokens, cfg, start):
-    from ...learn.learners import make_learner
-    from ...learn.stream import stream
-
-    learner = make_learner("locas", lm, cfg, memory=start)
-    result = stream(learner, tokens, cfg, desc="memorize")
-    before, after = _ppl_without_and_with(lm, learner, tokens, cfg.window_size)
-    print(f"{len(tokens):,} tokens, {len(result.window_nll)} windows x {cfg.steps_per_window} steps, "
-          f"{result.wall_s:.1f} s, {result.skipped_updates} skipped updates")
-    for e, p in enumerate(result.epoch_ppl(), 1):
-        print(f"  epoch {e}: streaming perplexity {p:.3f} (scored before each update)")
+def _report(lm, result, tokens, cfg, settings, examples) -> dict:
+    """Print what the run did; returns what the memory file records about it."""
+    if result.streamed is not None:
+        res = result.streamed
+        print(f"{len(tokens):,} tokens, {len(res.window_nll)} windows x {cfg.steps_per_window} steps, "
+              f"{res.wall_s:.1f} s, {res.skipped_updates} skipped updates")
+        for e, p in enumerate(res.epoch_ppl(), 1):
+            print(f"  epoch {e}: streaming perplexity {p:.3f} (scored before each update)")
+    else:
+        st = result.stats["segments"][0]
+        details = ", ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in st.items()
+                            if k not in ("epoch", "segment", "cpu_s", "prep_cpu_s", "steps"))
+        print(f"{cfg.objective}: {st['steps']} steps in {result.stats['train_s']:.1f} s "
+              f"({result.stats['train_cpu_s']:.1f} CPU-s); {details}")
+    before, after = _ppl_without_and_with(lm, result.learner, tokens, cfg.window_size)
     print(f"perplexity of the text: {before:.3f} without memory -> {after:.3f} with memory")
-    return learner, {"objective": cfg.objective}
-
-
-def _segment(lm, tokens, text, objective, cfg, start, budget, examples):
-    """One segment, the whole text: passes of the objective (selfstudy, grpo), or a CPU budget."""
-    from ...learn.segments import Segment, train_segments
-
-    segment = Segment.from_text(lm.tokenizer, text, cfg.window_size, tokens=tokens, seed=cfg.seed)
-    learner, stats = train_segments(lm, [segment], objective, cfg, passes=cfg.epochs, epochs=1, budget_s=budget,
-                                    start_memory=start, examples=examples, desc=f"memorize ({cfg.objective})")
-    st = stats["segments"][0]
-    details = ", ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in st.items()
-                        if k not in ("epoch", "segment", "cpu_s", "prep_cpu_s", "steps"))
-    print(f"{cfg.objective}: {st['steps']} steps in {stats['train_s']:.1f} s ({stats['train_cpu_s']:.1f} CPU-s); "
-          f"{details}")
-    before, after = _ppl_without_and_with(lm, learner, tokens, cfg.window_size)
-    print(f"perplexity of the text: {before:.3f} without memory -> {after:.3f} with memory")
-    extra = {"objective": cfg.objective, "steps": st["steps"]}
+    extra = {"objective": cfg.objective}
+    if result.streamed is None:
+        extra["steps"] = result.steps
     if examples is not None:
-        extra.update(probes=len(examples), ntp_weight=objective.study.ntp_weight,
-                     families=",".join(objective.probes.families))
-    return learner, extra
+        extra.update(probes=len(examples), ntp_weight=settings.selfstudy.ntp_weight,
+                     families=",".join(settings.probes.families))
+    return extra
 
 
 def _recall(lm, memory, heldout, pcfg, args):
