@@ -114,3 +114,52 @@ def clip_vectors_(memory: torch.Tensor) -> torch.Tensor:
 def value_norm_mean(down_weight: torch.Tensor) -> float:
     """Mean L2 norm of the backbone's value vectors (columns of ``down_weight``, (d, I))."""
     return down_weight.detach().float().norm(dim=0).mean().item()
+
+
+def rescale_width(memory: torch.Tensor, width: int) -> torch.Tensor:
+    """``memory`` (L, B, r, d, C) as a memory of ``width`` >= r slots with the same output: zero-value slots
+    appended, and the values scaled by ``width / r`` because the output scale is ``tau = value_norm / width``."""
+    r = memory.shape[-3]
+    if width < r:
+        raise ValueError(f"cannot shrink a memory of width {r} to {width}")
+    out = torch.zeros(memory.shape[:-3] + (width,) + memory.shape[-2:], dtype=memory.dtype, device=memory.device)
+    out[..., :r, :, :] = memory
+    if width != r:
+        out[..., :r, :, -1] *= width / r
+    return out
+
+
+def stack_memories(memories: list[torch.Tensor]) -> torch.Tensor:
+    """Several memories (L, B, r_i, d, C) of one model as one (L, B, sum r_i, d, C) whose output is the sum of
+    theirs: slots concatenated, each memory's values scaled by ``sum r / r_i`` (each keeps its own ``tau``).
+
+        >>> both = stack_memories([a, b])            # lm(x, memory=both) == base + tau_a a(x) + tau_b b(x)
+    """
+    if not memories:
+        raise ValueError("nothing to stack")
+    total = sum(m.shape[-3] for m in memories)
+    parts = []
+    for m in memories:
+        part = m.clone()
+        part[..., -1] *= total / m.shape[-3]
+        parts.append(part)
+    return torch.cat(parts, dim=-3)
+
+
+def batch_memories(rows: list[torch.Tensor | None], like: torch.Tensor | None = None) -> torch.Tensor | None:
+    """One batch memory (L, B, W, d, C) from per-row memories (L, 1, r_b, d, C) or None (the base model): every
+    row padded to the widest with zero-value slots and values rescaled (``rescale_width``), so row ``b`` gives
+    what its own memory gives alone. All None: None."""
+    present = [m for m in rows if m is not None]
+    if not present:
+        return None
+    width = max(m.shape[-3] for m in present)
+    template = present[0]
+    out = []
+    for m in rows:
+        if m is None:
+            out.append(torch.zeros(template.shape[:1] + (1, width) + template.shape[-2:], dtype=template.dtype,
+                                   device=template.device))
+        else:
+            out.append(rescale_width(m, width))
+    return torch.cat(out, dim=1)
