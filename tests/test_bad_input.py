@@ -46,7 +46,7 @@ def world(tmp_path_factory):
         "text": "Ann adopted a cat named Tom in May. Bob bought a red bike from Carl. Tom likes fish a lot.\n",
         "empty": "", "one-token": "a", "binary": b"\x89PNG\x00\x00\x01\x02" * 20,
         "non-utf8": bytes(range(0x80, 0xA0)) * 8,
-        "corrupt": good[: len(good) // 2],
+        "corrupt": good[: len(good) // 2], "comments": "# no key here\n\n",
     }
     paths = {}
     for name, content in files.items():
@@ -106,10 +106,10 @@ def cells(world) -> list[tuple[str, str, dict, object]]:
             key = _key(action, example)
             kind = getattr(action, "path_kind", None)
             classes: dict[str, object] = {}
-            if kind in ("text", "context", "book", "memory"):
+            if kind in ("text", "context", "book", "memory", "keys"):
                 classes |= {"missing path": "{root}/missing.txt", "directory for a file": "{dir}",
                             "empty file": "{empty}", "binary file": "{binary}"}
-            if kind in ("text", "context", "book"):
+            if kind in ("text", "context", "book", "keys"):
                 classes["non-UTF-8 file"] = "{non-utf8}"
             if kind in ("text", "book"):
                 classes["one-token text"] = "{one-token}"
@@ -119,6 +119,10 @@ def cells(world) -> list[tuple[str, str, dict, object]]:
                     classes["memory of another model"] = "{other}"
             if kind == "dir":
                 classes |= {"missing directory": "{root}/missing-dir", "file for a directory": "{text}"}
+            if kind == "keys":
+                classes["comments only"] = "{comments}"
+            if kind == "store":
+                classes |= {"unwritable output": UNWRITABLE, "file for a directory": "{text}"}
             if kind in ("file_out", "dir_out", "run_dir"):
                 classes |= {"unwritable output": UNWRITABLE, "existing output": "EXISTING"}
                 classes["directory for a file" if kind == "file_out" else "file for a directory"] = \

@@ -57,7 +57,7 @@ def test_a_run_directory_takes_one_process_at_a_time(world, tmp_path):
         _, err = first.communicate(timeout=120)
     assert second.returncode == 2
     assert second.stderr.strip().splitlines() == [
-        f"error: another locas process is running in '{run}'; wait for it to finish, or choose another output"]
+        f"error: another locas process is running in '{run}'; wait for it to finish, or choose another directory"]
     assert first.returncode == 130 and "rerun with --resume" in err.decode()  # its checkpoints are kept
 
 

@@ -11,11 +11,14 @@ context     a UTF-8 text file to put in a prompt (the same checks; any length wi
 book        a PG-19 id, or a text file
 memory      a memory file (.locas), checked in full: metadata and checksum
 dir         a directory to read (an adapter, a fused checkpoint, the data directory)
+keys        a file of API keys (one per line; UTF-8, at least one key)
 file_out    a file to write: not a directory, its folder writable, an existing one only with --overwrite
 dir_out     an artefact directory to write (a fused checkpoint): not a file, an existing non-empty one
             only with --overwrite
 run_dir     a run's directory (pg19, locomo, retention, demo): an earlier run in it only with --resume
             (to continue it) or --overwrite (to replace its results); locked while the command runs
+store       a directory a long-running command keeps its files in (`locas serve --memory-dir`): created if
+            missing, must be writable; locked while the command runs (one server per directory)
 ==========  ====================================================================================
 
     >>> path_arg(p, "file", kind="text", help="UTF-8 text file to memorise")
@@ -33,7 +36,8 @@ from pathlib import Path
 
 from ..errors import LocasError
 
-KINDS = ("text", "context", "book", "memory", "dir", "file_out", "dir_out", "run_dir")
+KINDS = ("text", "context", "book", "memory", "dir", "keys", "file_out", "dir_out", "run_dir", "store")
+LOCKED = ("run_dir", "store")
 RUN_MARKERS = ("results.json", "parts", "ckpt", "memories", "retention", "book.locas")
 LOCK = ".locas.lock"
 
@@ -115,6 +119,13 @@ def check_dir(path: Path, **_) -> None:
         raise LocasError(f"'{path}' is a file, not a directory; give a directory")
 
 
+def check_keys(path: Path, **_) -> None:
+    from ..serve.auth import ApiKeys
+
+    check_text(path)
+    ApiKeys.from_file(path)
+
+
 # ---- outputs ---------------------------------------------------------------------------------------
 def _writable(path: Path) -> None:
     """The nearest existing folder above ``path`` must be a folder we can create files in (probed for real:
@@ -161,8 +172,15 @@ def check_run_dir(path: Path, overwrite: bool = False, resume: bool | None = Non
     _writable(path / "x")
 
 
+def check_store(path: Path, **_) -> None:
+    if path.exists() and not path.is_dir():
+        raise LocasError(f"'{path}' is a file, not a directory; give a directory to keep the memories in")
+    _writable(path / "x")
+
+
 CHECKS = {"text": check_text, "context": check_text, "book": check_book, "memory": check_memory, "dir": check_dir,
-          "file_out": check_file_out, "dir_out": check_dir_out, "run_dir": check_run_dir}
+          "keys": check_keys, "file_out": check_file_out, "dir_out": check_dir_out, "run_dir": check_run_dir,
+          "store": check_store}
 
 
 # ---- one process per run directory ------------------------------------------------------------------
@@ -171,7 +189,7 @@ def run_lock(parser, args):
     """Hold an exclusive lock on every run directory of ``args`` while the command runs (rank 0 of a
     torchrun job, or the process that re-launched it); a second process gets a one-line error. A run
     directory this command created and left empty is removed again."""
-    dirs = [Path(v) for a in path_actions(parser) if a.path_kind == "run_dir" for v in _values(getattr(args, a.dest))]
+    dirs = [Path(v) for a in path_actions(parser) if a.path_kind in LOCKED for v in _values(getattr(args, a.dest))]
     if os.environ.get("LOCAS_LOCK_HELD") or os.environ.get("RANK", "0") != "0":
         dirs = []  # the parent process (--num-gpus) or rank 0 holds it
     held, created = [], []
@@ -186,7 +204,7 @@ def run_lock(parser, args):
             except BlockingIOError:
                 fh.close()
                 raise LocasError(f"another locas process is running in '{d}'; wait for it to finish, or choose "
-                                 "another output") from None
+                                 "another directory") from None
             held.append(fh)
         if dirs:
             os.environ["LOCAS_LOCK_HELD"] = "1"  # children re-launched through torchrun inherit it

@@ -3,6 +3,7 @@
     $ locas pg19 --book 10146 --method truncate --method locas --max-tokens 16384
     $ locas memorize notes.txt -o notes.locas --objective selfstudy
     $ locas fuse --memory notes.locas -o fused/
+    $ locas serve --memory-dir memories/
     $ python -m locas info
 
 Each command module defines ``HELP``, ``add_arguments(parser)`` and ``run(args)``; ``TRAINS``
@@ -31,6 +32,8 @@ COMMANDS = {
     "locomo": "locomo",
     "ask": "ask",
     "chat": "chat",
+    "stack": "stack",
+    "serve": "serve",
 }
 
 

@@ -272,10 +272,7 @@ def load_memory(path, model=None, *, device=None, strict: bool = True) -> torch.
     else:
         warnings.warn(f"'{path}' was written by locas 0.1 and carries no checksum, so its bytes cannot be verified "
                       "(save it again to add one)", LocasWarning, stacklevel=2)
-    if len(meta["layers"]) != memory.shape[0] or (model is not None and not all(
-            0 <= i < model.num_layers for i in meta["layers"])):
-        raise _damaged(path, "its layer list does not match its tensor")
-    if model is not None:
+    if model is not None:  # another model's memory is named as such, before any check of its layers
         mine = (model.config.model_type, model.num_layers, model.hidden_size)
         theirs = (meta.get("model_type"), meta.get("model_layers", meta["num_layers"]), meta["hidden_size"])
         if mine != theirs:
@@ -283,6 +280,10 @@ def load_memory(path, model=None, *, device=None, strict: bool = True) -> torch.
                 f"'{path}' was made for {meta.get('base_model')} ({theirs[0]}, {theirs[1]} layers, "
                 f"hidden {theirs[2]}), not this model ({mine[0]}, {mine[1]} layers, hidden {mine[2]}); "
                 "load it with the model it was made for")
+    if len(meta["layers"]) != memory.shape[0] or (model is not None and not all(
+            0 <= i < model.num_layers for i in meta["layers"])):
+        raise _damaged(path, "its layer list does not match its tensor")
+    if model is not None:
         if strict and meta.get("fingerprint") and meta["fingerprint"] != model_fingerprint(model):
             raise MemoryFileError(
                 f"'{path}' was made for different weights ({meta.get('base_model')}); use that model, "

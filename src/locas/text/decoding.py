@@ -30,14 +30,19 @@ from ..errors import LocasError
 _NEWLINE_STOPS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
-def stop_token_ids(tokenizer, model=None, newline: bool = True) -> frozenset[int]:
-    """The tokens that end an answer: EOS (the tokenizer's and the model's generation config's),
-    ``<|im_end|>``, and with ``newline`` every token whose text contains a line break. Without a
-    tokenizer (a model trained on raw ids), only the model's EOS."""
+def eos_token_ids(tokenizer, model=None) -> frozenset[int]:
+    """EOS: the tokenizer's and the model's generation config's (what ``model.generate`` stops at)."""
     ids = set()
     for t in (getattr(tokenizer, "eos_token_id", None),
               getattr(getattr(model, "generation_config", None), "eos_token_id", None)):
         ids.update(t if isinstance(t, (list, tuple)) else [t] if t is not None else [])
+    return frozenset(ids)
+
+
+def stop_token_ids(tokenizer, model=None, newline: bool = True) -> frozenset[int]:
+    """The tokens that end an answer: EOS (``eos_token_ids``), ``<|im_end|>``, and with ``newline`` every
+    token whose text contains a line break. Without a tokenizer (a model trained on raw ids), only EOS."""
+    ids = set(eos_token_ids(tokenizer, model))
     if tokenizer is None:
         return frozenset(ids)
     vocab = tokenizer.get_vocab()

@@ -1,0 +1,414 @@
+"""The FastAPI app of `locas serve`: OpenAI-compatible completions and chat with a memory per request.
+
+The memory of a request is ``"model": "<memory id>"`` (memories are listed in ``/v1/models`` with
+the base model as parent, so unmodified OpenAI clients work) or the extra field ``"memory"``
+(one id, or several whose outputs add); neither is the exact base model. Memories are uploaded,
+listed and deleted under ``/v1/memories``, or made from a text by a background job
+(``/v1/jobs/{id}`` follows it). See docs/SERVING.md.
+
+    >>> app = create_app(Server(lm, "memories/"))
+    >>> uvicorn.run(app, host="127.0.0.1", port=8000)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+import json
+import secrets
+import threading
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+import torch
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse, StreamingResponse
+from pydantic import ValidationError
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from ..core.memory import stack_memories
+from ..errors import LocasError, MemoryFileError
+from ..text.decoding import Sampling, stop_token_ids
+from .auth import ApiKeys, Unauthorized
+from .batcher import Batcher, Generation
+from .jobs import Jobs, JobsFull
+from .protocol import ApiError, ChatRequest, CompletionRequest, MemoryJobRequest
+from .store import MemoryStore, NotFound, StoreFull, check_id
+
+
+@dataclass
+class Limits:
+    """What one request may ask."""
+
+    max_body_bytes: int = 4 << 20  # JSON requests
+    max_upload_bytes: int = 512 << 20  # memory files
+    max_job_text_chars: int = 2 << 20
+
+
+class Server:
+    """The served model with its memory store, batcher, jobs and keys."""
+
+    def __init__(self, lm, memory_dir, *, model_id: str | None = None, keys: ApiKeys | None = None,
+                 max_batch: int = 16, max_wait_ms: float = 10.0, max_memories: int = 1000, max_jobs: int = 4,
+                 load_job_model=None, limits: Limits | None = None):
+        self.lm = lm
+        self.model_id = model_id or str(lm.name)
+        self.keys = keys or ApiKeys()
+        self.store = MemoryStore(memory_dir, lm, max_per_owner=max_memories)
+        self.batcher = Batcher(lm, max_batch=max_batch, max_wait_ms=max_wait_ms)
+        # jobs train on their own copy of the model: training never touches the one that serves
+        self.jobs = Jobs(self.store, load_job_model or (lambda: copy.deepcopy(lm)), max_pending=max_jobs)
+        self.limits = limits or Limits()
+        self.created = int(time.time())
+
+    def close(self) -> None:
+        self.batcher.close()
+        self.jobs.close()
+
+
+@contextmanager
+def serving(server: Server, host: str = "127.0.0.1", port: int = 0):
+    """Run ``server`` on uvicorn in a background thread; yields its base URL (``http://host:port``).
+
+        >>> with serving(Server(lm, "memories/")) as url:
+        ...     OpenAI(base_url=f"{url}/v1", api_key="none").completions.create(model="notes", prompt="Hi")
+    """
+    import socket
+
+    import uvicorn
+
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind((host, port))
+    sock.listen(128)
+    config = uvicorn.Config(create_app(server), log_level="warning", access_log=False, timeout_graceful_shutdown=2)
+    runner = uvicorn.Server(config)
+    thread = threading.Thread(target=runner.run, kwargs={"sockets": [sock]}, name="locas-http", daemon=True)
+    thread.start()
+    while not runner.started and thread.is_alive():
+        time.sleep(0.01)
+    try:
+        yield f"http://{host}:{sock.getsockname()[1]}"
+    finally:
+        runner.should_exit = True
+        thread.join(timeout=10)
+        sock.close()
+        server.close()
+
+
+def _error(exc: ApiError) -> JSONResponse:
+    return JSONResponse(exc.body(), status_code=exc.status)
+
+
+def create_app(server: Server) -> FastAPI:
+    app = FastAPI(title="locas", description="One model, many memories: an OpenAI-compatible server.")
+    lm, store, batcher, jobs, limits = server.lm, server.store, server.batcher, server.jobs, server.limits
+    tok = lm.tokenizer
+
+    # ---- errors: every one as OpenAI does, never a stack trace -----------------------------------------
+    @app.exception_handler(ApiError)
+    async def _api_error(_request, exc: ApiError):
+        return _error(exc)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(_request, exc: StarletteHTTPException):
+        return _error(ApiError(exc.status_code, str(exc.detail)))
+
+    @app.exception_handler(Exception)
+    async def _internal(_request, exc: Exception):
+        first = str(exc).splitlines()[0][:200] if str(exc) else ""
+        return _error(ApiError(500, f"internal error: {type(exc).__name__}: {first}"))
+
+    @app.middleware("http")
+    async def _limits(request: Request, call_next):
+        limit = limits.max_upload_bytes if request.url.path == "/v1/memories" and "json" not in request.headers.get(
+            "content-type", "") else limits.max_body_bytes
+        size = request.headers.get("content-length")
+        if size is not None and (not size.isdigit() or int(size) > limit):
+            return _error(ApiError(413, f"request body too large (limit {limit} bytes)", code="request_too_large"))
+        try:
+            return await call_next(request)
+        except ApiError as exc:
+            return _error(exc)
+
+    def owner_of(request: Request) -> str:
+        try:
+            return server.keys.owner(request.headers.get("authorization"))
+        except Unauthorized as exc:
+            raise ApiError(401, str(exc), code="invalid_api_key") from None
+
+    async def json_body(request: Request, schema):
+        raw = await request.body()
+        try:
+            data = json.loads(raw or b"null")
+        except ValueError:
+            raise ApiError(400, "the request body is not valid JSON") from None
+        if not isinstance(data, dict):
+            raise ApiError(400, "the request body must be a JSON object")
+        try:
+            return schema.model_validate(data)
+        except ValidationError as exc:
+            first = exc.errors()[0]
+            where = ".".join(str(p) for p in first.get("loc", ())) or None
+            kind = "unknown field" if first.get("type") == "extra_forbidden" else first.get("msg", "invalid value")
+            raise ApiError(400, f"{where}: {kind}" if where else kind, param=where) from None
+
+    # ---- memories for a request ------------------------------------------------------------------------
+    def memory_for(owner: str, model: str, memory) -> torch.Tensor | None:
+        ids = [memory] if isinstance(memory, str) else list(memory or [])
+        if model != server.model_id:
+            if ids or not _is_memory(owner, model):
+                raise ApiError(404, f"the model '{model}' does not exist", code="model_not_found", param="model")
+            ids = [model]
+        if not ids:
+            return None
+        found = []
+        for memory_id in ids:
+            try:
+                found.append(store.get(owner, check_id(memory_id)))
+            except MemoryFileError as exc:  # in the store but unreadable now (changed on disk after it was checked)
+                message = str(exc).replace(str(store.root), "<memory-dir>")
+                raise ApiError(500, f"the memory '{memory_id}' cannot be loaded: {message}; delete it and upload it "
+                                    "again", code="memory_damaged", param="memory") from None
+            except (NotFound, LocasError):
+                raise ApiError(404, f"the memory '{memory_id}' does not exist", code="memory_not_found",
+                               param="memory") from None
+        return found[0] if len(found) == 1 else stack_memories(found)
+
+    def _is_memory(owner: str, name: str) -> bool:
+        try:
+            return store.exists(owner, check_id(name))
+        except LocasError:
+            return False
+
+    turn_end = stop_token_ids(tok, lm.model, newline=False)  # EOS and a chat template's <|im_end|>
+
+    def generations(req, prompts: list[list[int]], memory) -> list[Generation]:
+        stops = req.stops()
+        stop_ids = turn_end if isinstance(req, ChatRequest) else frozenset()
+        default = 16 if isinstance(req, CompletionRequest) else 256
+        rows = []
+        for ids in prompts:
+            if not ids:
+                raise ApiError(400, "the prompt is empty", param="prompt")
+            room = lm.max_length - len(ids)
+            wanted = getattr(req, "max_completion_tokens", None) or req.max_tokens
+            max_tokens = wanted or max(min(default, room), 1)
+            if max_tokens > room:
+                raise ApiError(400, f"the prompt ({len(ids)} tokens) and max_tokens ({max_tokens}) exceed the "
+                                    f"model's context of {lm.max_length} tokens", code="context_length_exceeded",
+                               param="max_tokens")
+            for i in range(req.n):
+                sampling = None if req.temperature == 0 else Sampling(
+                    req.temperature, req.top_p, torch.Generator().manual_seed(
+                        req.seed + i if req.seed is not None else secrets.randbits(62)))
+                rows.append(Generation(ids, memory=memory, max_tokens=max_tokens, sampling=sampling, stop=stops,
+                                       stop_ids=stop_ids))
+        return rows
+
+    async def respond(request: Request, req, rows: list[Generation], kind: str, prompt_tokens: int):
+        rid = f"{'chatcmpl' if kind == 'chat' else 'cmpl'}-{secrets.token_hex(12)}"
+        created = int(time.time())
+        if req.stream:
+            return StreamingResponse(_events(rows, kind, rid, created, req.model), media_type="text/event-stream")
+        for g in rows:
+            batcher.submit(g)
+        waiting = asyncio.gather(*(asyncio.wrap_future(g.future) for g in rows))
+        try:
+            while True:  # a client that left is noticed within half a second and its rows leave the batch
+                finished, _ = await asyncio.wait({waiting}, timeout=0.5)
+                if finished:
+                    done = waiting.result()
+                    break
+                if await request.is_disconnected():
+                    waiting.cancel()
+                    raise ApiError(499, "the client closed the connection")
+        finally:
+            for g in rows:
+                g.cancelled = True  # a client that left mid-way: the rest of its rows stop
+        choices = []
+        for i, g in enumerate(done):
+            if kind == "chat":
+                choices.append({"index": i, "message": {"role": "assistant", "content": g.text},
+                                "finish_reason": g.finish_reason})
+            else:
+                choices.append({"index": i, "text": g.text, "finish_reason": g.finish_reason, "logprobs": None})
+        completion = sum(len(g.tokens) for g in done)
+        return {"id": rid, "object": "chat.completion" if kind == "chat" else "text_completion", "created": created,
+                "model": req.model, "choices": choices,
+                "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": completion,
+                          "total_tokens": prompt_tokens + completion}}
+
+    async def _events(rows, kind, rid, created, model):
+        loop = asyncio.get_running_loop()
+        queue: asyncio.Queue = asyncio.Queue()
+        for i, g in enumerate(rows):
+            g.listener = lambda text, i=i: loop.call_soon_threadsafe(queue.put_nowait, (i, text))
+            g.future.add_done_callback(lambda _f, i=i: loop.call_soon_threadsafe(queue.put_nowait, (i, None)))
+        obj = "chat.completion.chunk" if kind == "chat" else "text_completion"
+
+        def chunk(i, text=None, finish=None, role=False) -> str:
+            if kind == "chat":
+                delta = {"role": "assistant"} if role else ({"content": text} if text is not None else {})
+                choice = {"index": i, "delta": delta, "finish_reason": finish}
+            else:
+                choice = {"index": i, "text": text or "", "finish_reason": finish, "logprobs": None}
+            event = {"id": rid, "object": obj, "created": created, "model": model, "choices": [choice]}
+            return f"data: {json.dumps(event)}\n\n"
+
+        try:
+            if kind == "chat":
+                for i in range(len(rows)):
+                    yield chunk(i, role=True)
+            for g in rows:
+                batcher.submit(g)
+            finished = 0
+            while finished < len(rows):
+                i, text = await queue.get()
+                if text is not None:
+                    yield chunk(i, text)
+                    continue
+                finished += 1
+                exc = rows[i].future.exception()
+                if exc is not None:
+                    yield f"data: {json.dumps(ApiError(500, f'generation failed: {exc}').body())}\n\n"
+                else:
+                    yield chunk(i, finish=rows[i].finish_reason)
+            yield "data: [DONE]\n\n"
+        finally:
+            for g in rows:  # finished, or the client left: its rows leave the batch at their next token
+                g.cancelled = True
+
+    # ---- routes ---------------------------------------------------------------------------------------
+    @app.get("/health")
+    async def health():
+        return {"status": "ok", "model": server.model_id, "batches": batcher.batches, "rows": batcher.rows,
+                "dropped": batcher.dropped, "jobs_pending": jobs.pending()}
+
+    @app.get("/v1/models")
+    async def models(request: Request):
+        owner = owner_of(request)
+        data = [{"id": server.model_id, "object": "model", "created": server.created, "owned_by": "locas"}]
+        data += [{"id": m["id"], "object": "model", "created": m["created"], "owned_by": owner,
+                  "parent": server.model_id, "root": server.model_id} for m in store.list(owner)]
+        return {"object": "list", "data": data}
+
+    @app.post("/v1/completions")
+    async def completions(request: Request):
+        owner = owner_of(request)
+        req = await json_body(request, CompletionRequest)
+        texts = [req.prompt] if isinstance(req.prompt, str) else req.prompt
+        if not texts:
+            raise ApiError(400, "the prompt list is empty", param="prompt")
+        memory = memory_for(owner, req.model, req.memory)
+        prompts = [list(tok(t)["input_ids"]) for t in texts]
+        rows = generations(req, prompts, memory)
+        return await respond(request, req, rows, "completion", sum(len(p) for p in prompts))
+
+    @app.post("/v1/chat/completions")
+    async def chat(request: Request):
+        owner = owner_of(request)
+        req = await json_body(request, ChatRequest)
+        if not getattr(tok, "chat_template", None):
+            raise ApiError(400, "this model has no chat template; use /v1/completions")
+        memory = memory_for(owner, req.model, req.memory)
+        messages = [m.model_dump(exclude_none=True) for m in req.messages]
+        ids = tok.apply_chat_template(messages, add_generation_prompt=True, tokenize=True)
+        ids = list(ids["input_ids"] if hasattr(ids, "keys") else ids)
+        rows = generations(req, [ids], memory)
+        return await respond(request, req, rows, "chat", len(ids))
+
+    @app.get("/v1/memories")
+    async def list_memories(request: Request):
+        return {"object": "list", "data": store.list(owner_of(request))}
+
+    @app.get("/v1/memories/{memory_id}")
+    async def get_memory(memory_id: str, request: Request):
+        owner = owner_of(request)
+        try:
+            return store.describe(owner, check_id(memory_id))
+        except (NotFound, LocasError):
+            raise ApiError(404, f"the memory '{memory_id}' does not exist", code="memory_not_found") from None
+
+    @app.delete("/v1/memories/{memory_id}")
+    async def delete_memory(memory_id: str, request: Request):
+        owner = owner_of(request)
+        try:
+            store.delete(owner, check_id(memory_id))
+        except (NotFound, LocasError):
+            raise ApiError(404, f"the memory '{memory_id}' does not exist", code="memory_not_found") from None
+        return {"id": memory_id, "object": "memory", "deleted": True}
+
+    @app.post("/v1/memories")
+    async def create_memory(request: Request):
+        owner = owner_of(request)
+        ctype = request.headers.get("content-type", "")
+        if "json" in ctype:
+            return await _job(owner, await json_body(request, MemoryJobRequest))
+        if "multipart/form-data" in ctype:
+            form = await request.form()
+            upload, memory_id = form.get("file"), form.get("id")
+            if upload is None or isinstance(upload, str):
+                raise ApiError(400, "send the memory file as the form field 'file'", param="file")
+            data = await upload.read()
+        elif "octet-stream" in ctype:
+            data, memory_id = await request.body(), request.query_params.get("id")
+        else:
+            raise ApiError(400, "POST a memory file (multipart form field 'file', or application/octet-stream), or "
+                                "JSON {\"text\": ...} to memorise a text")
+        if len(data) > limits.max_upload_bytes:
+            raise ApiError(413, f"memory file too large (limit {limits.max_upload_bytes} bytes)")
+        memory_id = _new_id(owner, memory_id)
+        try:
+            return JSONResponse(store.put_bytes(owner, memory_id, data), status_code=201)
+        except StoreFull as exc:
+            raise ApiError(429, str(exc), code="too_many_memories") from None
+        except FileExistsError:
+            raise ApiError(409, f"a memory '{memory_id}' already exists; delete it first or choose another id",
+                           code="memory_exists", param="id") from None
+        except MemoryFileError as exc:
+            raise ApiError(400, str(exc).replace(str(store.root), "<memory-dir>"), code="invalid_memory_file",
+                           param="file") from None
+
+    def _new_id(owner: str, memory_id) -> str:
+        if memory_id is None:
+            return store.new_id()
+        try:
+            memory_id = check_id(str(memory_id))
+        except LocasError as exc:
+            raise ApiError(400, str(exc), param="id") from None
+        if store.exists(owner, memory_id):
+            raise ApiError(409, f"a memory '{memory_id}' already exists; delete it first or choose another id",
+                           code="memory_exists", param="id")
+        return memory_id
+
+    async def _job(owner: str, req: MemoryJobRequest):
+        if len(req.text) > limits.max_job_text_chars:
+            raise ApiError(413, f"text too long for one job (limit {limits.max_job_text_chars} characters)")
+        memory_id = _new_id(owner, req.id)
+        cfg = req.train_config(lm.intermediate_size)
+        try:
+            record = jobs.submit(owner, memory_id, req.text, cfg, budget_s=req.budget)
+        except FileExistsError:
+            raise ApiError(409, f"a memory '{memory_id}' already exists or is being made", code="memory_exists") \
+                from None
+        except JobsFull as exc:
+            raise ApiError(429, str(exc), code="too_many_jobs") from None
+        except StoreFull as exc:
+            raise ApiError(429, str(exc), code="too_many_memories") from None
+        return JSONResponse(record, status_code=202)
+
+    @app.get("/v1/jobs")
+    async def list_jobs(request: Request):
+        return {"object": "list", "data": jobs.list(owner_of(request))}
+
+    @app.get("/v1/jobs/{job_id}")
+    async def get_job(job_id: str, request: Request):
+        owner = owner_of(request)
+        try:
+            return jobs.get(owner, check_id(job_id))
+        except (NotFound, LocasError):
+            raise ApiError(404, f"the job '{job_id}' does not exist", code="job_not_found") from None
+
+    return app

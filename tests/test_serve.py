@@ -1,0 +1,419 @@
+"""`locas serve` over real HTTP on 127.0.0.1: the official openai client, exactness against ``lm.generate``,
+heterogeneous batches, uploads, jobs, restarts, isolation between keys, and every bad input.
+
+A tiny character-level chat model serves (``max_positions=256``, so context limits are cheap to hit).
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import threading
+import time
+
+import httpx
+import pytest
+import torch
+
+from conftest import random_memory
+from locas import save_memory
+from locas.serve.app import Limits, Server, serving
+from locas.serve.auth import ApiKeys
+from test_locomo_support import char_lm
+
+PROMPTS = ["Ann adopted a cat", "Hi", "Bob bought a red bike from Carl and", "x"]
+
+
+@pytest.fixture(scope="module")
+def lm():
+    torch.set_num_threads(1)
+    return char_lm(seed=5, chat=True, max_positions=256)
+
+
+@pytest.fixture(scope="module")
+def files(lm, tmp_path_factory):
+    """Memory files of several widths for the served model, and one of another model."""
+    root = tmp_path_factory.mktemp("serve-files")
+    out = {}
+    for name, width, seed in [("a", 4, 11), ("b", 8, 12), ("c", 2, 13)]:
+        out[name] = root / f"{name}.locas"
+        save_memory(random_memory(lm, width=width, seed=seed, scale=2.0), out[name], model=lm)
+    other = char_lm(seed=9, layers=3)
+    out["other"] = root / "other.locas"
+    save_memory(random_memory(other, width=4), out["other"], model=other)
+    out["corrupt"] = root / "corrupt.locas"
+    out["corrupt"].write_bytes(out["a"].read_bytes()[:-40])
+    return out
+
+
+def upload(client: httpx.Client, path, memory_id: str, key: str | None = None) -> httpx.Response:
+    headers = {"Authorization": f"Bearer {key}"} if key else {}
+    return client.post("/v1/memories", files={"file": (path.name, path.read_bytes())}, data={"id": memory_id},
+                       headers=headers)
+
+
+@pytest.fixture(scope="module")
+def server(lm, files, tmp_path_factory):
+    """An open server (no keys) with memories a, b, c uploaded; yields (url, Server)."""
+    srv = Server(lm, tmp_path_factory.mktemp("served"), max_batch=8, max_wait_ms=150,
+                 load_job_model=lambda: copy.deepcopy(lm), limits=Limits(max_body_bytes=64 << 10))
+    with serving(srv) as url:
+        with httpx.Client(base_url=url, timeout=60) as client:
+            for name in "abc":
+                assert upload(client, files[name], name).status_code == 201
+        yield url, srv
+
+
+@pytest.fixture()
+def client(server):
+    with httpx.Client(base_url=server[0], timeout=60) as c:
+        yield c
+
+
+def expected(lm, prompt: str, memory, max_new_tokens: int, eos=None) -> str:
+    """What ``lm.generate`` (transformers, greedy) continues ``prompt`` with under ``memory``."""
+    ids = torch.tensor([lm.tokenizer(prompt)["input_ids"]])
+    out = lm.generate(ids, memory=memory, max_new_tokens=max_new_tokens, do_sample=False,
+                      pad_token_id=lm.tokenizer.pad_token_id, eos_token_id=eos)
+    return lm.tokenizer.decode(out[0, ids.shape[1]:], skip_special_tokens=True)
+
+
+def complete(client, **body) -> dict:
+    r = client.post("/v1/completions", json={"max_tokens": 12, "temperature": 0, **body})
+    assert r.status_code == 200, r.text
+    return r.json()
+
+
+# ---- exactness -------------------------------------------------------------------------------------------
+def test_greedy_completion_equals_lm_generate(server, client, lm, files):
+    from locas import load_memory
+
+    for name in "ab":
+        memory = load_memory(files[name], model=lm)
+        for prompt in PROMPTS[:2]:
+            got = complete(client, model=name, prompt=prompt)["choices"][0]["text"]
+            assert got == expected(lm, prompt, memory, 12), (name, prompt)
+    plain = complete(client, model=server[1].model_id, prompt=PROMPTS[0])["choices"][0]["text"]
+    assert plain == expected(lm, PROMPTS[0], None, 12)  # no memory: the exact base model
+    with_memory = complete(client, model="a", prompt=PROMPTS[0])["choices"][0]["text"]
+    assert with_memory != plain  # the memory matters (so the equalities above say something)
+
+
+def test_concurrent_requests_with_different_memories_equal_each_alone(server, client):
+    url, srv = server
+    cases = [(m, p) for m, p in zip(["a", "b", None, "c", ["a", "b"], "a"], PROMPTS + PROMPTS[:2])]
+
+    def body(memory, prompt):
+        return {"model": srv.model_id, "memory": memory, "prompt": prompt, "max_tokens": 10, "temperature": 0}
+
+    alone = [complete(client, **body(m, p))["choices"][0]["text"] for m, p in cases]
+    before = srv.batcher.batches
+    results: list = [None] * len(cases)
+
+    def ask(i):
+        with httpx.Client(base_url=url, timeout=60) as c:
+            results[i] = c.post("/v1/completions", json=body(*cases[i])).json()["choices"][0]["text"]
+
+    threads = [threading.Thread(target=ask, args=(i,)) for i in range(len(cases))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert results == alone
+    assert srv.batcher.batches - before < len(cases)  # they really were decoded together
+    assert len(set(alone)) > 2
+
+
+def test_stacked_memories_equal_the_stacked_file(server, client, files, lm, tmp_path):
+    from locas.cli.main import main
+
+    out = tmp_path / "ab.locas"
+    model_dir = tmp_path / "model"
+    lm.model.save_pretrained(model_dir)
+    lm.tokenizer.save_pretrained(model_dir)
+    assert main(["stack", str(files["a"]), str(files["b"]), "-o", str(out), "--model", str(model_dir),
+                 "--device", "cpu"]) == 0
+    assert upload(client, out, "ab-file").status_code == 201
+    for prompt in PROMPTS[:3]:
+        by_request = complete(client, model=server[1].model_id, memory=["a", "b"], prompt=prompt)
+        by_file = complete(client, model="ab-file", prompt=prompt)
+        assert by_request["choices"][0]["text"] == by_file["choices"][0]["text"]
+    assert client.delete("/v1/memories/ab-file").status_code == 200
+
+
+# ---- the openai client -----------------------------------------------------------------------------------
+def test_openai_client_completion_and_chat_streaming_and_not(server, lm, files):
+    from openai import OpenAI
+
+    from locas import load_memory
+
+    url, srv = server
+    api = OpenAI(base_url=f"{url}/v1", api_key="unused")
+    models = [m.id for m in api.models.list().data]
+    assert models[0] == srv.model_id and {"a", "b", "c"} <= set(models)
+
+    done = api.completions.create(model="a", prompt=PROMPTS[0], max_tokens=8, temperature=0)
+    assert done.choices[0].text == expected(lm, PROMPTS[0], load_memory(files["a"], model=lm), 8)
+    assert done.usage.prompt_tokens == len(lm.tokenizer(PROMPTS[0])["input_ids"])
+    assert done.choices[0].finish_reason == "length" and done.usage.completion_tokens == 8
+    assert done.usage.total_tokens == done.usage.prompt_tokens + 8
+    streamed = api.completions.create(model="a", prompt=PROMPTS[0], max_tokens=8, temperature=0, stream=True)
+    assert "".join(c.choices[0].text for c in streamed) == done.choices[0].text
+
+    messages = [{"role": "user", "content": "What did Ann adopt?"}]
+    chat = api.chat.completions.create(model="b", messages=messages, max_tokens=8, temperature=0)
+    ids = lm.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+    turn_end = [lm.tokenizer.eos_token_id, lm.tokenizer.convert_tokens_to_ids("<|im_end|>")]
+    assert chat.choices[0].message.content == expected(lm, ids, load_memory(files["b"], model=lm), 8, turn_end)
+    chunks = list(api.chat.completions.create(model="b", messages=messages, max_tokens=8, temperature=0,
+                                              stream=True))
+    assert chunks[0].choices[0].delta.role == "assistant"
+    assert "".join(c.choices[0].delta.content or "" for c in chunks) == chat.choices[0].message.content
+    assert chunks[-1].choices[0].finish_reason in ("length", "stop")
+
+    extra = api.completions.create(model=srv.model_id, prompt="Hi", max_tokens=4, temperature=0,
+                                   extra_body={"memory": "a"})
+    assert extra.choices[0].text == api.completions.create(model="a", prompt="Hi", max_tokens=4,
+                                                           temperature=0).choices[0].text
+
+
+def test_sampling_seed_n_and_stop(client):
+    body = {"model": "a", "prompt": "Ann", "max_tokens": 12, "temperature": 1.0, "seed": 7}
+    one, two = complete(client, **body), complete(client, **body)
+    assert one["choices"][0]["text"] == two["choices"][0]["text"]  # a seed gives the same draw
+    several = complete(client, **body, n=3)["choices"]
+    assert [c["index"] for c in several] == [0, 1, 2] and several[0]["text"] == one["choices"][0]["text"]
+    assert len({c["text"] for c in several}) > 1
+    full = complete(client, model="a", prompt="Ann", max_tokens=12)["choices"][0]["text"]
+    stop = full[3:5]
+    cut = complete(client, model="a", prompt="Ann", max_tokens=12, stop=[stop])["choices"][0]
+    assert cut["text"] == full[:full.find(stop)] and cut["finish_reason"] == "stop"
+
+
+def test_a_client_that_leaves_is_dropped_from_the_batch(server):
+    url, srv = server
+    before = srv.batcher.dropped
+    body = {"model": srv.model_id, "prompt": "Ann", "max_tokens": 200, "temperature": 1.0, "seed": 1,
+            "stream": True}  # (this seed draws no EOS for 200 tokens)
+    with httpx.Client(base_url=url, timeout=60) as c, c.stream("POST", "/v1/completions", json=body) as r:
+        for _ in r.iter_lines():
+            break  # read the first event, then hang up
+    deadline = time.time() + 20
+    while srv.batcher.dropped == before and time.time() < deadline:
+        time.sleep(0.05)
+    assert srv.batcher.dropped == before + 1
+
+
+# ---- memories and jobs -----------------------------------------------------------------------------------
+def test_upload_use_delete(client, files):
+    assert upload(client, files["a"], "temp").status_code == 201
+    info = client.get("/v1/memories/temp").json()
+    assert info["width"] == 4 and info["base_model"]
+    assert complete(client, model="temp", prompt="Hi")["choices"][0]["text"] == \
+        complete(client, model="a", prompt="Hi")["choices"][0]["text"]
+    raw = client.post("/v1/memories?id=temp2", content=files["b"].read_bytes(),
+                      headers={"content-type": "application/octet-stream"})
+    assert raw.status_code == 201 and raw.json()["width"] == 8
+    for memory_id in ("temp", "temp2"):
+        assert client.delete(f"/v1/memories/{memory_id}").json()["deleted"] is True
+        assert client.post("/v1/completions", json={"model": memory_id, "prompt": "Hi"}).status_code == 404
+    assert "temp" not in [m["id"] for m in client.get("/v1/memories").json()["data"]]
+
+
+def test_job_makes_the_memory_memorize_makes_while_serving(server, client, lm):
+    from locas import load_memory
+    from locas.learn.config import TrainConfig
+    from locas.learn.memorize import memorize_text
+
+    text = "Ann adopted a cat named Tom in May. Bob bought a red bike from Carl. Tom likes fish. " * 40
+    settings = {"window_size": 48, "memory_width": 6, "epochs": 2, "lr": 0.05}
+    r = client.post("/v1/memories", json={"text": text, "id": "notes", "settings": settings})
+    assert r.status_code == 202, r.text
+    job = r.json()
+    seen, served = [], 0
+    while job["state"] in ("queued", "running"):
+        assert complete(client, model="a", prompt="Hi", max_tokens=2)  # the server answers while a job trains
+        served += 1
+        job = client.get(f"/v1/jobs/{job['id']}").json()
+        seen.append(job["progress"])
+    assert job["state"] == "succeeded", job
+    assert job["tokens_done"] == job["tokens_total"] > 0 and job["progress"] == 1.0
+    assert served >= 2 and len(set(seen)) >= 2  # progress moved while we watched
+    got = load_memory(server[1].store._path("public", "notes"), model=lm)
+    want = memorize_text(copy.deepcopy(lm), text, TrainConfig(objective="ntp", **settings), progress=False)
+    torch.testing.assert_close(got, want.learner.full_memory(), rtol=0, atol=0)  # the code of `locas memorize`
+    assert complete(client, model="notes", prompt="Ann adopted")["choices"][0]["text"]
+    assert client.delete("/v1/memories/notes").status_code == 200
+
+
+def test_restart_keeps_memories_and_fails_interrupted_jobs(lm, files, tmp_path):
+    srv = Server(lm, tmp_path, load_job_model=lambda: copy.deepcopy(lm))
+    with serving(srv) as url, httpx.Client(base_url=url, timeout=60) as c:
+        assert upload(c, files["a"], "kept").status_code == 201
+        before = complete(c, model="kept", prompt="Ann")["choices"][0]["text"]
+    record = {"id": "job-cut", "object": "job", "memory": "half", "state": "running", "progress": 0.4}
+    (tmp_path / ".jobs" / "public").mkdir(parents=True, exist_ok=True)
+    (tmp_path / ".jobs" / "public" / "job-cut.json").write_text(json.dumps(record))  # as a kill leaves it
+    with serving(Server(lm, tmp_path)) as url, httpx.Client(base_url=url, timeout=60) as c:
+        assert [m["id"] for m in c.get("/v1/memories").json()["data"]] == ["kept"]
+        assert complete(c, model="kept", prompt="Ann")["choices"][0]["text"] == before
+        job = c.get("/v1/jobs/job-cut").json()
+        assert job["state"] == "failed" and "restart" in job["error"]
+        assert c.get("/v1/memories/half").status_code == 404  # never half-written
+    assert not list(tmp_path.rglob("*.tmp"))
+
+
+# ---- isolation -------------------------------------------------------------------------------------------
+def test_keys_isolate_memories_and_jobs(lm, files, tmp_path):
+    gate = threading.Event()  # the job worker waits for it (loading its model), so a job stays queued or running
+
+    def job_model():
+        gate.wait(timeout=60)
+        return copy.deepcopy(lm)
+
+    srv = Server(lm, tmp_path, keys=ApiKeys(["key-a", "key-b"]), max_memories=2, max_jobs=1, load_job_model=job_model)
+    with serving(srv) as url, httpx.Client(base_url=url, timeout=60) as c:
+        a, b = {"Authorization": "Bearer key-a"}, {"Authorization": "Bearer key-b"}
+        assert c.get("/v1/models").status_code == 401
+        assert c.get("/v1/memories", headers={"Authorization": "Bearer nope"}).status_code == 401
+        assert c.post("/v1/completions", json={"model": srv.model_id, "prompt": "Hi"}).json()["error"]["code"] == \
+            "invalid_api_key"
+        assert upload(c, files["a"], "mine", key="key-a").status_code == 201
+        assert [m["id"] for m in c.get("/v1/memories", headers=a).json()["data"]] == ["mine"]
+        assert c.get("/v1/memories", headers=b).json()["data"] == []
+        assert "mine" not in [m["id"] for m in c.get("/v1/models", headers=b).json()["data"]]
+        for method, path, body in [("GET", "/v1/memories/mine", None), ("DELETE", "/v1/memories/mine", None),
+                                   ("POST", "/v1/completions", {"model": "mine", "prompt": "Hi"}),
+                                   ("POST", "/v1/completions", {"model": srv.model_id, "memory": "mine",
+                                                                "prompt": "Hi"})]:
+            r = c.request(method, path, json=body, headers=b)
+            assert r.status_code == 404, (method, path, r.text)
+        assert upload(c, files["a"], "mine", key="key-b").status_code == 201  # B's own "mine" is another memory
+        job = c.post("/v1/memories", json={"text": "Ann adopted a cat named Tom. " * 4, "settings":
+                                           {"window_size": 16, "memory_width": 4}}, headers=a).json()
+        assert c.get(f"/v1/jobs/{job['id']}", headers=b).status_code == 404
+        assert c.get("/v1/jobs", headers=b).json()["data"] == []
+        busy = c.post("/v1/memories", json={"text": "More text here.", "settings": {"memory_width": 4}}, headers=b)
+        assert busy.status_code == 429 and busy.json()["error"]["code"] == "too_many_jobs"
+        gate.set()
+        while c.get(f"/v1/jobs/{job['id']}", headers=a).json()["state"] in ("queued", "running"):
+            time.sleep(0.1)
+        full = upload(c, files["b"], "third", key="key-a")  # "mine" and the job's memory: A's limit of 2
+        assert full.status_code == 429 and "limit" in full.json()["error"]["message"]
+        assert c.delete("/v1/memories/mine", headers=a).status_code == 200
+        survived = c.post("/v1/completions", json={"model": "mine", "prompt": "Hi", "max_tokens": 2}, headers=b)
+        assert survived.status_code == 200  # B's memory survived A's delete
+    owners = sorted(p.name for p in tmp_path.iterdir() if not p.name.startswith("."))
+    assert len(owners) == 2 and all(o.startswith("k-") for o in owners)  # keys never reach the disk
+    assert not any("key-a" in p.read_text(errors="ignore") for p in tmp_path.rglob("*.json"))
+
+
+# ---- bad input -------------------------------------------------------------------------------------------
+BAD = [  # (method, path, body or raw bytes, content type, status, code or a word of the message)
+    ("POST", "/v1/completions", b"{not json", "application/json", 400, "not valid JSON"),
+    ("POST", "/v1/completions", b"[1, 2]", "application/json", 400, "JSON object"),
+    ("POST", "/v1/completions", {"model": "a", "prompt": "Hi", "bogus": 1}, None, 400, "unknown field"),
+    ("POST", "/v1/completions", {"prompt": "Hi"}, None, 400, "model"),
+    ("POST", "/v1/completions", {"model": "a", "prompt": "Hi", "max_tokens": "many"}, None, 400, "max_tokens"),
+    ("POST", "/v1/completions", {"model": "a", "prompt": "Hi", "max_tokens": 0}, None, 400, "max_tokens"),
+    ("POST", "/v1/completions", {"model": "a", "prompt": "Hi", "temperature": -1}, None, 400, "temperature"),
+    ("POST", "/v1/completions", {"model": "a", "prompt": "Hi", "n": 0}, None, 400, "n"),
+    ("POST", "/v1/completions", {"model": "a", "prompt": "Hi", "stop": ["1", "2", "3", "4", "5"]}, None, 400, "stop"),
+    ("POST", "/v1/completions", {"model": "a", "prompt": ""}, None, 400, "empty"),
+    ("POST", "/v1/completions", {"model": "a", "prompt": []}, None, 400, "empty"),
+    ("POST", "/v1/completions", {"model": "a", "prompt": "Hi", "max_tokens": 300}, None, 400,
+     "context_length_exceeded"),
+    ("POST", "/v1/completions", {"model": "a", "prompt": "x" * 300}, None, 400, "context_length_exceeded"),
+    ("POST", "/v1/completions", {"model": "nope", "prompt": "Hi"}, None, 404, "model_not_found"),
+    ("POST", "/v1/completions", {"model": "a", "memory": "nope", "prompt": "Hi"}, None, 404, "model_not_found"),
+    ("POST", "/v1/completions", {"model": "MODEL", "memory": ["a", "nope"], "prompt": "Hi"}, None, 404,
+     "memory_not_found"),
+    ("POST", "/v1/completions", {"model": "MODEL", "memory": "../../etc/passwd", "prompt": "Hi"}, None, 404,
+     "memory_not_found"),
+    ("POST", "/v1/completions", {"model": "a", "prompt": "Hi" * 40000}, None, 413, "request_too_large"),
+    ("POST", "/v1/chat/completions", {"model": "a", "messages": []}, None, 400, "messages"),
+    ("POST", "/v1/chat/completions", {"model": "a", "messages": [{"role": "robot", "content": "x"}]}, None, 400,
+     "role"),
+    ("POST", "/v1/chat/completions", {"model": "a", "messages": "Hi"}, None, 400, "messages"),
+    ("GET", "/v1/memories/nope", None, None, 404, "memory_not_found"),
+    ("GET", "/v1/memories/..%2F..%2Fetc", None, None, 404, None),
+    ("DELETE", "/v1/memories/nope", None, None, 404, "memory_not_found"),
+    ("GET", "/v1/jobs/nope", None, None, 404, "job_not_found"),
+    ("GET", "/v1/nothing-here", None, None, 404, None),
+    ("PUT", "/v1/completions", {}, None, 405, None),
+    ("POST", "/v1/memories", b"some text", "text/plain", 400, "memory file"),
+    ("POST", "/v1/memories", {"text": ""}, None, 400, "text"),
+    ("POST", "/v1/memories", {"text": "Ann.", "objective": "nope"}, None, 400, "objective"),
+    ("POST", "/v1/memories", {"text": "Ann.", "settings": {"colour": 1}}, None, 400, "unknown setting"),
+    ("POST", "/v1/memories", {"text": "Ann.", "settings": {"lr": "fast"}}, None, 400, "expected float"),
+    ("POST", "/v1/memories", {"text": "Ann.", "settings": {"lr": -1.0}}, None, 400, "settings.lr"),
+    ("POST", "/v1/memories", {"text": "Ann.", "settings": {"memory_width": 9999}}, None, 400, "FFN width"),
+    ("POST", "/v1/memories", {"text": "Ann.", "id": "../x"}, None, 400, "bad memory id"),
+    ("POST", "/v1/memories", {"text": "Ann.", "id": "a"}, None, 409, "memory_exists"),
+]
+
+
+@pytest.mark.parametrize("method,path,body,ctype,status,expect", BAD, ids=[f"{b[0]} {b[1]} {b[5]}" for b in BAD])
+def test_bad_request_gets_an_openai_error_and_the_server_survives(server, client, method, path, body, ctype, status,
+                                                                 expect):
+    if isinstance(body, dict) and body.get("model") == "MODEL":
+        body = {**body, "model": server[1].model_id}
+    if isinstance(body, bytes):
+        r = client.request(method, path, content=body, headers={"content-type": ctype})
+    else:
+        r = client.request(method, path, json=body)
+    assert r.status_code == status, r.text
+    error = r.json()["error"]
+    assert set(error) == {"message", "type", "param", "code"} and error["message"]
+    assert "Traceback" not in r.text and "File \"" not in r.text
+    if expect:
+        assert expect in (error["code"] or "") or expect in error["message"], error
+    assert client.get("/health").json()["status"] == "ok"
+
+
+@pytest.mark.parametrize("name,message", [("corrupt", "not a readable memory file"), ("other", "made for"),
+                                          ("junk", "not a readable memory file")])
+def test_bad_uploads_are_refused_with_the_reason(client, files, tmp_path, name, message):
+    path = files.get(name) or tmp_path / "junk.locas"
+    if name == "junk":
+        path.write_bytes(b"\x00" * 100)
+    r = upload(client, path, f"bad-{name}")
+    assert r.status_code == 400 and message in r.json()["error"]["message"], r.text
+    assert str(tmp_path) not in r.text and ".upload." not in r.text  # no server paths in the answer
+    assert client.get(f"/v1/memories/bad-{name}").status_code == 404
+    assert complete(client, model="a", prompt="Hi", max_tokens=2)
+
+
+# ---- the command -----------------------------------------------------------------------------------------
+def test_locas_serve_command_starts_answers_and_stops(lm, tmp_path):
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    model_dir = tmp_path / "model"
+    lm.model.save_pretrained(model_dir)
+    lm.tokenizer.save_pretrained(model_dir)
+    def cmd(memory_dir, port):
+        return [sys.executable, "-m", "locas", "serve", "--memory-dir", str(tmp_path / memory_dir), "--model",
+                str(model_dir), "--device", "cpu", "--port", str(port), "--threads", "1"]
+
+    proc = subprocess.Popen(cmd("mem", 0), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        line = proc.stdout.readline()
+        assert "http://127.0.0.1:" in line, line + proc.stderr.read()
+        url = line.split(" on ")[1].split()[0].removesuffix("/v1")
+        assert httpx.get(f"{url}/health", timeout=30).json()["status"] == "ok"
+        taken = url.rsplit(":", 1)[1]
+        for memory_dir, port, message in [("mem2", taken, "choose another --port"),
+                                          ("mem", 0, "another locas process is running")]:
+            second = subprocess.run(cmd(memory_dir, port), capture_output=True, text=True, timeout=120)
+            lines = second.stderr.strip().splitlines()
+            assert second.returncode == 2 and len(lines) == 1 and message in lines[0], second.stderr
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            os.kill(proc.pid, signal.SIGKILL)
+    assert proc.returncode == 0 and "stopped" in out, err
+    assert "Traceback" not in err
