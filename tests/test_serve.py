@@ -188,6 +188,10 @@ def test_sampling_seed_n_and_stop(client):
     stop = full[3:5]
     cut = complete(client, model="a", prompt="Ann", max_tokens=12, stop=[stop])["choices"][0]
     assert cut["text"] == full[:full.find(stop)] and cut["finish_reason"] == "stop"
+    early = {"model": "a", "prompt": "Ann", "max_tokens": 20, "temperature": 1.0, "seed": 1}  # draws EOS at once
+    assert complete(client, **early)["choices"][0]["finish_reason"] == "stop"
+    past = complete(client, **early, ignore_eos=True)
+    assert past["choices"][0]["finish_reason"] == "length" and past["usage"]["completion_tokens"] == 20
 
 
 def test_a_client_that_leaves_is_dropped_from_the_batch(server):

@@ -186,7 +186,7 @@ def create_app(server: Server) -> FastAPI:
 
     def generations(req, prompts: list[list[int]], memory) -> list[Generation]:
         stops = req.stops()
-        stop_ids = turn_end if isinstance(req, ChatRequest) else frozenset()
+        stop_ids = frozenset() if req.ignore_eos else turn_end if isinstance(req, ChatRequest) else None
         default = 16 if isinstance(req, CompletionRequest) else 256
         rows = []
         for ids in prompts:

@@ -37,7 +37,7 @@ class Generation:
     max_tokens: int = 16
     sampling: Sampling | None = None  # None: greedy
     stop: list[str] = field(default_factory=list)
-    stop_ids: frozenset = frozenset()  # tokens that end this row besides EOS (a chat turn's end), not returned
+    stop_ids: frozenset | None = None  # tokens that end this row, not returned (None: the model's EOS)
     listener: object = None  # listener(delta_text) for streaming, called from the decoding thread
     tokens: list[int] = field(default_factory=list)
     text: str = ""
@@ -75,7 +75,7 @@ class Generation:
 
     def finish(self, out) -> None:
         if self.finish_reason is None:
-            self.finish_reason = "stop" if out.stop is not None else "length"
+            self.finish_reason = "length"
         self._emit()
         if not self.future.done():
             self.future.set_result(self)
@@ -94,7 +94,7 @@ class Batcher:
         self.batches = 0
         self.rows = 0
         self.dropped = 0  # rows whose client left before they finished
-        self.eos = eos_token_ids(lm.tokenizer, lm.model)  # what lm.generate stops at; rows may add their own
+        self.eos = eos_token_ids(lm.tokenizer, lm.model)  # what lm.generate stops at: a row's default
         self.thread = threading.Thread(target=self._loop, name="locas-batcher", daemon=True)
         self.thread.start()
 
@@ -150,7 +150,10 @@ class Batcher:
             memory = batch_memories([g.memory for g in rows])
             context = lm.use_memory(memory) if memory is not None else lm.disabled()
             with context, torch.no_grad():
-                decoder = Decoder(lm.model, lm.tokenizer, [], batch_size=len(rows), stop_ids=self.eos)
+                for g in rows:
+                    g.stop_ids = self.eos if g.stop_ids is None else g.stop_ids
+                # the rows' own stop tokens end them (``Generation.push``); the decoder stops only at their limits
+                decoder = Decoder(lm.model, lm.tokenizer, [], batch_size=len(rows), stop_ids=())
                 outs = decoder.generate([g.prompt_ids for g in rows], [g.max_tokens for g in rows],
                                         sampling=[g.sampling for g in rows],
                                         on_token=lambda row, token: rows[row].push(token))

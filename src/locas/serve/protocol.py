@@ -49,6 +49,7 @@ class _Request(BaseModel):
     stream: bool = False
     stop: str | list[str] | None = None
     seed: int | None = Field(None, ge=0)
+    ignore_eos: bool = Field(False, description="keep going past EOS up to max_tokens (vLLM's extension)")
     user: str | None = None
 
     def stops(self) -> list[str]:
