@@ -1,7 +1,7 @@
 """Serving benchmark: one model, many memories, over real HTTP on loopback, side by side in one process.
 
 SmolLM2-135M behind `locas serve` (``locas.serve.app.serving``: FastAPI + uvicorn in a thread,
-max batch 16, max wait 10 ms). C concurrent clients (the official ``openai`` client, one thread
+continuous batching, max batch 16, max wait 10 ms). C concurrent clients (the official ``openai`` client, one thread
 each, closed loop: a client sends its next request when its last one is answered), each request
 ``--new-tokens`` (64) greedy tokens with ``ignore_eos`` so every request costs the same:
 
@@ -9,6 +9,9 @@ each, closed loop: a client sends its next request when its last one is answered
   (b) own      every client on its own memory: 16 Locas-GLU memories (r=64), each trained (NTP, one
                pass) on a different 2K-token passage of the PG-19 books in ../shared/data
   (c) serial   the requests of (b) at C=16 served one at a time (one client)
+
+At each C the modes alternate, one request per client a round (none, own, none, own, ...), so that
+the machine's drift over the run falls on both alike.
 
 Reports tokens/s and p50/p95 request latency per (mode, C), the ratios (b)/(a) at every C
 (target >= 0.8) and (b)@16 / (c) (target >= 3), a JSON record and a plot of throughput vs C.
@@ -94,7 +97,15 @@ def run_load(url: str, requests: list[list[dict]]) -> dict:
     if errors:
         raise SystemExit(f"{len(errors)} requests failed, e.g. {errors[0]}")
     return {"requests": len(latencies), "tokens": tokens[0], "wall_s": wall, "tokens_per_s": tokens[0] / wall,
-            "p50_s": statistics.median(latencies), "p95_s": percentile(latencies, 0.95)}
+            "p50_s": statistics.median(latencies), "p95_s": percentile(latencies, 0.95), "latencies": latencies}
+
+
+def merge_runs(runs: list[dict]) -> dict:
+    """Rounds of one mode as one record: tokens over the summed wall time, latencies pooled."""
+    latencies = [x for r in runs for x in r["latencies"]]
+    tokens, wall = sum(r["tokens"] for r in runs), sum(r["wall_s"] for r in runs)
+    return {"requests": len(latencies), "tokens": tokens, "wall_s": wall, "tokens_per_s": tokens / wall,
+            "p50_s": statistics.median(latencies), "p95_s": percentile(latencies, 0.95), "latencies": latencies}
 
 
 def main():
@@ -133,11 +144,17 @@ def main():
                 "max_tokens": args.new_tokens, "extra_body": {"ignore_eos": True}}
 
     results: dict[str, dict] = {}
+    for i in range(clients):  # every memory in the server's cache, as on a server that has been up a while
+        server.store.get("public", f"doc-{i}")
     with serving(server) as url:
         run_load(url, [[body(0, True)]])  # warm-up
-        for c in levels:
-            for mode, memory in (("none", False), ("own", True)):
-                r = run_load(url, [[body(i, memory)] * per_client for i in range(c)])
+        for c in levels:  # the two modes alternate, one request per client a round, so drift hits both alike
+            rounds: dict[str, list] = {"none": [], "own": []}
+            for _ in range(per_client):
+                for mode, memory in (("none", False), ("own", True)):
+                    rounds[mode].append(run_load(url, [[body(i, memory)] for i in range(c)]))
+            for mode, runs in rounds.items():
+                r = merge_runs(runs)
                 results[f"{mode}@{c}"] = {"mode": mode, "concurrency": c, **r}
                 print(f"  {mode:6s} C={c:2d}: {r['tokens_per_s']:7.1f} tok/s  p50 {r['p50_s']:6.2f} s  "
                       f"p95 {r['p95_s']:6.2f} s", flush=True)
@@ -145,7 +162,7 @@ def main():
         r = run_load(url, serial)
         results["serial"] = {"mode": "serial", "concurrency": 1, **r}
         print(f"  serial      : {r['tokens_per_s']:7.1f} tok/s  p50 {r['p50_s']:6.2f} s", flush=True)
-        batches, rows = server.batcher.batches, server.batcher.rows
+        steps, shared, rows = server.batcher.steps, server.batcher.shared_steps, server.batcher.rows
 
     ratios = {f"own/none@{c}": results[f"own@{c}"]["tokens_per_s"] / results[f"none@{c}"]["tokens_per_s"]
               for c in levels}
@@ -163,7 +180,7 @@ def main():
               "threads": args.threads, "memories": clients, "width": args.width, "new_tokens": args.new_tokens,
               "requests_per_client": per_client, "max_batch": args.max_batch, "max_wait_ms": args.max_wait_ms,
               "train_s": train_s, "results": results, "ratios": ratios, "targets": targets,
-              "batches": batches, "rows": rows, "markdown": markdown_table(header, rows_) + "\n\n" +
+              "steps": steps, "shared_steps": shared, "rows": rows, "markdown": markdown_table(header, rows_) + "\n\n" +
               markdown_table(["ratio", "measured", "target", ""], ratio_rows)}
     write_json(RESULTS / f"{name}.json", record)
     series = {label: (levels, [results[f"{mode}@{c}"]["tokens_per_s"] for c in levels])

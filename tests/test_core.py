@@ -212,3 +212,101 @@ def test_bad_memory_shape_error():
     lm = tiny_lm("llama")
     with pytest.raises(Exception, match="does not fit this model"):
         lm(random_ids(), memory=torch.zeros(2, 1, 4, 32, 3))
+
+
+def _layer_out(wrapper, x, memory):
+    wrapper.memory = memory
+    try:
+        with torch.no_grad():
+            return wrapper(x)
+    finally:
+        wrapper.memory = None
+
+
+def test_stacked_memory_adds_outputs_exactly():
+    """stack_memories: slots concatenated, values rescaled so each keeps its own tau; one layer's output is
+    base + a's extra + b's extra (and a width-padded memory gives what it gives alone)."""
+    from locas.core.memory import rescale_width, stack_memories
+
+    lm = tiny_lm("llama")
+    w = lm.wrappers[0]
+    x = torch.randn(2, 7, lm.hidden_size)
+    a, b = random_memory(lm, width=3, seed=4)[0], random_memory(lm, width=5, seed=5)[0]  # (1, r, d, 3)
+    base = _layer_out(w, x, None)
+    ya, yb = _layer_out(w, x, a), _layer_out(w, x, b)
+    both = stack_memories([a[None], b[None]])[0]
+    assert both.shape[-3] == 8
+    assert torch.allclose(_layer_out(w, x, both), base + (ya - base) + (yb - base), atol=1e-5)
+    assert torch.allclose(_layer_out(w, x, rescale_width(a[None], 11)[0]), ya, atol=1e-6)
+    assert not torch.allclose(ya, yb, atol=1e-3)  # the memories differ, so the sum is a real test
+    with pytest.raises(ValueError, match="shrink"):
+        rescale_width(b[None], 2)
+
+
+def test_batch_memories_rows_match_alone():
+    """Rows of different widths, and a row without memory (the exact base model), in one batch."""
+    from locas.core.memory import batch_memories
+
+    lm = tiny_lm("qwen2")
+    ids = random_ids(3, 9)
+    a, b = random_memory(lm, width=2, seed=6), random_memory(lm, width=6, seed=7)
+    mem = batch_memories([a, None, b])
+    assert mem.shape[1:3] == (3, 6)
+    with torch.no_grad():
+        batch = lm(ids, memory=mem).logits
+        assert torch.allclose(batch[0], lm(ids[:1], memory=a).logits[0], atol=1e-5)
+        assert torch.allclose(batch[1], lm(ids[1:2]).logits[0], atol=1e-5)
+        assert torch.allclose(batch[2], lm(ids[2:], memory=b).logits[0], atol=1e-5)
+    assert batch_memories([None, None]) is None
+
+
+def test_cached_channels_follow_the_memory():
+    """A memory without grad is split into contiguous channels once; an in-place change or another tensor
+    is seen at the next call, and a memory being trained still gets its gradient."""
+    lm = tiny_lm("llama")
+    w = lm.wrappers[0]
+    x = torch.randn(1, 5, lm.hidden_size)
+    mem = random_memory(lm, width=4)[0].clone()
+    first = _layer_out(w, x, mem)
+    w.memory = mem
+    with torch.no_grad():
+        assert torch.equal(w(x), first) and w._split is not None
+        mem[..., -1].mul_(3.0)  # in place: the cached copy is stale
+        changed = w(x)
+    w.memory = None
+    assert w._split is None  # the copy does not outlive the memory
+    base = _layer_out(w, x, None)
+    assert torch.allclose(changed - base, 3 * (first - base), atol=1e-5)
+    trained = mem.clone().requires_grad_(True)
+    w.memory = trained
+    w(x).sum().backward()
+    w.memory = None
+    assert trained.grad is not None and trained.grad.abs().sum() > 0
+
+
+def test_decoder_rows_sample_on_their_own():
+    """Per-row sampling and limits: a row's tokens do not depend on the other rows of its batch, a greedy
+    row in a sampled batch is the greedy continuation, and on_token ends only its own row."""
+    from locas.text.decoding import Decoder, Sampling
+
+    lm = tiny_lm("llama")
+    prompts = [random_ids(1, 6, seed=s)[0].tolist() for s in (1, 2, 3)]
+
+    def sampler(seed):
+        return Sampling(temperature=1.5, top_p=0.95, generator=torch.Generator().manual_seed(seed))
+
+    with torch.no_grad():
+        dec = Decoder(lm.model, lm.tokenizer, [], batch_size=3, stop_ids=())
+        together = dec.generate(prompts, [5, 3, 6], sampling=[sampler(10), None, sampler(11)])
+        alone0 = dec.generate(prompts[:1], [5], sampling=[sampler(10)])[0]
+        alone2 = dec.generate(prompts[2:], [6], sampling=[sampler(11)])[0]
+        greedy1 = dec.generate(prompts[1:2], 3)[0]
+        other_seed = dec.generate(prompts[:1], [5], sampling=[sampler(12)])[0]
+        seen = []
+        cut = dec.generate(prompts, [6, 6, 6], sampling=[None] * 3,
+                           on_token=lambda row, tok: seen.append(row) or not (row == 1 and seen.count(1) == 2))
+    assert [len(c.tokens) for c in together] == [5, 3, 6]
+    assert together[0].tokens == alone0.tokens and together[2].tokens == alone2.tokens
+    assert together[1].tokens == greedy1.tokens
+    assert other_seed.tokens != alone0.tokens  # the seed matters, so the equalities above mean something
+    assert len(cut[1].tokens) <= 2 and len(cut[0].tokens) == len(cut[2].tokens) == 6

@@ -50,3 +50,39 @@ def test_trained_memory_fuses_exactly_on_smollm2(smollm2, tmp_path):
     assert (got - expected).abs().max() <= 1e-4
     path = save_memory(memory, tmp_path / "book.locas", model=lm)
     assert torch.equal(load_memory(path, model=lm), memory.cpu())
+
+
+def test_server_on_smollm2_matches_generate(smollm2, tmp_path):
+    """`locas serve` on the real model: the openai client's chat completion with a memory (by its id as the
+    model) is what ``lm.generate`` gives with that memory after the chat template, streamed or not."""
+    from openai import OpenAI
+
+    from conftest import random_memory
+    from locas.serve.app import Server, serving
+
+    lm = smollm2
+    memory = random_memory(lm, width=8, seed=3, scale=0.3)
+    save_memory(memory, tmp_path / "notes.locas", model=lm)
+    server = Server(lm, tmp_path / "served", max_batch=4, max_wait_ms=5)
+    server.store.put_bytes("public", "notes", (tmp_path / "notes.locas").read_bytes())
+    messages = [{"role": "user", "content": "Where did Ann go on Sunday?"}]
+    ids = lm.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True)
+    ids = torch.tensor([list(ids["input_ids"] if hasattr(ids, "keys") else ids)])
+    end = lm.tokenizer.convert_tokens_to_ids("<|im_end|>")
+    out = lm.generate(ids, memory=memory, max_new_tokens=10, do_sample=False,
+                      eos_token_id=[end, lm.tokenizer.eos_token_id])
+    want = lm.tokenizer.decode(out[0, ids.shape[1]:], skip_special_tokens=True)
+    with torch.no_grad(), lm.disabled():
+        base = lm.tokenizer.decode(lm.model.generate(ids, max_new_tokens=10, do_sample=False)[0, ids.shape[1]:],
+                                   skip_special_tokens=True)
+    with serving(server) as url:
+        client = OpenAI(base_url=f"{url}/v1", api_key="-", max_retries=0)
+        models = {m.id: m for m in client.models.list().data}
+        assert "notes" in models
+        got = client.chat.completions.create(model="notes", messages=messages, max_tokens=10, temperature=0)
+        streamed = client.chat.completions.create(model="notes", messages=messages, max_tokens=10, temperature=0,
+                                                  stream=True)
+        pieces = "".join(c.choices[0].delta.content or "" for c in streamed if c.choices)
+    assert got.choices[0].message.content == want == pieces
+    assert got.usage.prompt_tokens == ids.shape[1] and got.usage.completion_tokens >= 1
+    assert want != base  # the memory changes the answer, so the equality above is about the memory

@@ -107,7 +107,7 @@ def test_concurrent_requests_with_different_memories_equal_each_alone(server, cl
         return {"model": srv.model_id, "memory": memory, "prompt": prompt, "max_tokens": 10, "temperature": 0}
 
     alone = [complete(client, **body(m, p))["choices"][0]["text"] for m, p in cases]
-    before = srv.batcher.batches
+    before = srv.batcher.shared_steps
     results: list = [None] * len(cases)
 
     def ask(i):
@@ -120,8 +120,37 @@ def test_concurrent_requests_with_different_memories_equal_each_alone(server, cl
     for t in threads:
         t.join()
     assert results == alone
-    assert srv.batcher.batches - before < len(cases)  # they really were decoded together
+    assert srv.batcher.shared_steps > before  # they really were decoded together
     assert len(set(alone)) > 2
+
+
+def test_a_request_joins_a_running_batch(lm):
+    """Continuous batching: a request that comes while another is decoding joins it at the next step (it
+    is done long before the first one), and both give exactly what each gives alone."""
+    from locas.serve.batcher import Batcher, Generation
+
+    memory = random_memory(lm, width=4, seed=11, scale=2.0)
+    batcher = Batcher(lm, max_batch=4, max_wait_ms=1)
+    try:
+        started = threading.Event()
+
+        def slow(delta):  # a few ms per token, so the long row is still going when the short one comes
+            started.set()
+            time.sleep(0.005)
+
+        ids = [lm.tokenizer(p)["input_ids"] for p in PROMPTS[:2]]
+        long = batcher.submit(Generation(ids[0], max_tokens=120, stop_ids=frozenset(), listener=slow))
+        assert started.wait(30)
+        short = batcher.submit(Generation(ids[1], memory=memory, max_tokens=6, stop_ids=frozenset()))
+        short.future.result(timeout=60)
+        assert not long.future.done() and batcher.peak == 2
+        long.future.result(timeout=60)
+    finally:
+        batcher.close()
+    assert long.finish_reason == short.finish_reason == "length"
+    assert long.text == expected(lm, PROMPTS[0], None, 120, eos=[])
+    assert short.text == expected(lm, PROMPTS[1], memory, 6, eos=[])
+    assert lm.wrappers[0].memory is None  # idle again: the plain base model
 
 
 def test_stacked_memories_equal_the_stacked_file(server, client, files, lm, tmp_path):
@@ -284,9 +313,11 @@ def test_keys_isolate_memories_and_jobs(lm, files, tmp_path):
             "invalid_api_key"
         assert upload(c, files["a"], "mine", key="key-a").status_code == 201
         assert [m["id"] for m in c.get("/v1/memories", headers=a).json()["data"]] == ["mine"]
+        assert c.get("/v1/memories/mine/content", headers=a).content == files["a"].read_bytes()  # a download
         assert c.get("/v1/memories", headers=b).json()["data"] == []
         assert "mine" not in [m["id"] for m in c.get("/v1/models", headers=b).json()["data"]]
-        for method, path, body in [("GET", "/v1/memories/mine", None), ("DELETE", "/v1/memories/mine", None),
+        for method, path, body in [("GET", "/v1/memories/mine", None), ("GET", "/v1/memories/mine/content", None),
+                                   ("DELETE", "/v1/memories/mine", None),
                                    ("POST", "/v1/completions", {"model": "mine", "prompt": "Hi"}),
                                    ("POST", "/v1/completions", {"model": srv.model_id, "memory": "mine",
                                                                 "prompt": "Hi"})]:

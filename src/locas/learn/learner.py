@@ -98,7 +98,8 @@ class MemoryLearner(Learner):
             return self.lm.model(input_ids=ids, use_cache=False).logits
 
     def after_step(self):
-        clip_vectors_(self.memory.data)
+        with torch.no_grad():  # in place on the parameter itself: its version moves, so no cached copy goes stale
+            clip_vectors_(self.memory)
 
     def state(self) -> ModelState:
         return ModelState(memory=self.memory.detach(), layers=self.layers)

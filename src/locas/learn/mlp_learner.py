@@ -130,9 +130,10 @@ class LocasMLPLearner(MemoryLearner):
             self.used = self.capacity // 2
             self.compressions += 1
             self.timings["nlsvd_s"] += time.perf_counter() - t1
-        self.used = append_slots(self.memory.data, self.used, w)
-        if self.clip and self.update == "nlsvd":
-            clip_vectors_(self.memory.data)
+        with torch.no_grad():  # in place on the parameter: its version moves (see MemoryMLP's cached channels)
+            self.used = append_slots(self.memory, self.used, w)
+            if self.clip and self.update == "nlsvd":
+                clip_vectors_(self.memory)
         return w.nll
 
     # ---- results and checkpoints --------------------------------------------------------------

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 
 import torch
 from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse, StreamingResponse
+from fastapi.responses import JSONResponse, Response, StreamingResponse
 from pydantic import ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
@@ -283,8 +283,9 @@ def create_app(server: Server) -> FastAPI:
     # ---- routes ---------------------------------------------------------------------------------------
     @app.get("/health")
     async def health():
-        return {"status": "ok", "model": server.model_id, "batches": batcher.batches, "rows": batcher.rows,
-                "dropped": batcher.dropped, "jobs_pending": jobs.pending()}
+        return {"status": "ok", "model": server.model_id, "steps": batcher.steps, "running": batcher.active,
+                "queued": batcher.queue.qsize(), "rows": batcher.rows, "dropped": batcher.dropped,
+                "jobs_pending": jobs.pending()}
 
     @app.get("/v1/models")
     async def models(request: Request):
@@ -330,6 +331,16 @@ def create_app(server: Server) -> FastAPI:
             return store.describe(owner, check_id(memory_id))
         except (NotFound, LocasError):
             raise ApiError(404, f"the memory '{memory_id}' does not exist", code="memory_not_found") from None
+
+    @app.get("/v1/memories/{memory_id}/content")
+    async def download_memory(memory_id: str, request: Request):
+        owner = owner_of(request)
+        try:
+            data = store.read_bytes(owner, check_id(memory_id))
+        except (NotFound, LocasError):
+            raise ApiError(404, f"the memory '{memory_id}' does not exist", code="memory_not_found") from None
+        return Response(data, media_type="application/octet-stream",
+                        headers={"Content-Disposition": f'attachment; filename="{memory_id}.locas"'})
 
     @app.delete("/v1/memories/{memory_id}")
     async def delete_memory(memory_id: str, request: Request):

@@ -98,6 +98,14 @@ class MemoryStore:
                 self.cache.popitem(last=False)
             return memory
 
+    def read_bytes(self, owner: str, memory_id: str) -> bytes:
+        """The memory's file, as stored (a download)."""
+        path = self._path(owner, memory_id)
+        try:
+            return path.read_bytes()
+        except FileNotFoundError:
+            raise NotFound(memory_id) from None
+
     def _load(self, path) -> torch.Tensor:
         """A memory file checked in full against the served model. A Locas-MLP memory trained with another
         memory activation is refused: loading it would switch the activation of every request's model."""

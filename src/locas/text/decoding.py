@@ -80,6 +80,17 @@ class Sampling:
         return pick[:, 0].to(logits.device)
 
 
+def draw(logits: torch.Tensor, sampling) -> torch.Tensor:
+    """(B, V) logits -> (B,) next tokens: greedy (None), one sampler for the batch, or a list with one
+    sampler (or None: greedy) per row, each drawing from its own generator."""
+    if sampling is None:
+        return logits.argmax(-1)
+    if not isinstance(sampling, list):
+        return sampling.draw(logits)
+    return torch.stack([logits[b].argmax(-1) if s is None else s.draw(logits[b:b + 1])[0]
+                        for b, s in enumerate(sampling)])
+
+
 @dataclass
 class Continuation:
     """One generated continuation.
@@ -153,7 +164,7 @@ class Decoder:
             layer.cumulative_length.fill_(self.prefix_len)
         return self._cache
 
-    def _left_pad(self, rows: list[list[int]]):
+    def left_pad(self, rows: list[list[int]]):
         """Input ids (B, W), attention mask (B, P + W) and position ids (B, W) of left-padded rows."""
         B, P, dev = len(rows), self.prefix_len, self.device
         width = max(len(s) for s in rows)
@@ -224,20 +235,10 @@ class Decoder:
         self.answered += len(suffixes)
         return out
 
-    @staticmethod
-    def _draw(logits: torch.Tensor, sampling) -> torch.Tensor:
-        """(B,) next tokens: greedy, one sampler for the batch, or one sampler (or greedy) per row."""
-        if sampling is None:
-            return logits.argmax(-1)
-        if not isinstance(sampling, list):
-            return sampling.draw(logits)
-        return torch.stack([logits[b].argmax(-1) if s is None else s.draw(logits[b:b + 1])[0]
-                            for b, s in enumerate(sampling)])
-
     def _decode(self, rows, limits, sampling, topk, min_new_tokens, streamer, on_token, offset) -> list[Continuation]:
         B, dev = len(rows), self.device
         limit = max(limits)
-        ids, mask, pos = self._left_pad(rows)
+        ids, mask, pos = self.left_pad(rows)
         self._check_fits(ids.shape[1] + limit)
         cache = self._static_cache(B, self.prefix_len + ids.shape[1] + limit)
         next_pos = pos[:, -1:] + 1  # (B, 1)
@@ -255,7 +256,7 @@ class Decoder:
             if step < min_new_tokens and len(stops) < logits.shape[-1]:
                 logits = logits.clone()
                 logits[:, stops[stops < logits.shape[-1]]] = float("-inf")
-            token = self._draw(logits, sampling)  # (B,)
+            token = draw(logits, sampling)  # (B,)
             for b in range(B):
                 if done[b]:
                     continue
@@ -303,7 +304,7 @@ class Decoder:
         rows = [s + t for s, t in zip(suffixes, targets)]
         self._cache = None
         for lo, group in self._groups(rows, pad=False):
-            ids, mask, pos = self._left_pad(group)
+            ids, mask, pos = self.left_pad(group)
             cache = self._static_cache(len(group), self.prefix_len + ids.shape[1])
             logits = self.model(input_ids=ids, attention_mask=mask, position_ids=pos, past_key_values=cache,
                                 use_cache=True).logits.float()  # (B, W, V)

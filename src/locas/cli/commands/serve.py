@@ -33,7 +33,8 @@ def add_arguments(p):
     g.add_argument("--max-batch", type=Number(int, minimum=1, maximum=1024), default=16,
                    help="requests decoded together (default: 16)")
     g.add_argument("--max-wait-ms", type=Number(float, minimum=0, maximum=60_000), default=10.0,
-                   help="how long a request waits for company before its batch starts (default: 10)")
+                   help="how long a request waits for company when nothing is decoding (a running batch is "
+                        "joined at its next step) (default: 10)")
     g.add_argument("--max-memories", type=Number(int, minimum=1, maximum=10_000_000), default=1000,
                    help="memories per API key (default: 1000)")
     g.add_argument("--max-jobs", type=Number(int, minimum=1, maximum=1024), default=4,
