@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.locas-installed
 
-.PHONY: demo test lint setup clean-venv
+.PHONY: demo test lint setup clean-venv engines test-engines
 
 setup: $(STAMP)
 
@@ -22,7 +22,17 @@ demo: $(STAMP)
 	$(VENV)/bin/locas demo --overwrite
 
 test: $(STAMP)
-	$(PY) -m pytest tests
+	$(PY) -m pytest tests -rs
+
+# llama-cpp-python builds llama.cpp from source (a few minutes once; pip caches the built wheel)
+ENGINES := $(VENV)/.locas-engines
+engines: $(ENGINES)
+$(ENGINES): $(STAMP)
+	CMAKE_ARGS="-DGGML_NATIVE=ON" $(PY) -m pip install --quiet "llama-cpp-python==0.3.36"
+	touch $(ENGINES)
+
+test-engines: $(ENGINES)
+	$(PY) -m pytest tests -m engines -rs
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check src tests benchmarks

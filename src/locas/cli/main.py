@@ -34,6 +34,7 @@ COMMANDS = {
     "chat": "chat",
     "stack": "stack",
     "serve": "serve",
+    "export": "export",
 }
 
 
