@@ -149,6 +149,13 @@ def default_threads() -> int:
     return max(1, (os.cpu_count() or 1) // 2 // max(local_world, 1))
 
 
+def add_threads_arg(g) -> None:
+    """``--threads`` (every command that runs torch takes it)."""
+    g.add_argument("--threads", type=Number(int, minimum=1, maximum=4096), default=None,
+                   help=f"torch CPU threads (default: half the cores, split between torchrun processes: "
+                        f"{default_threads()} here)")
+
+
 def add_model_args(p, data: bool = False) -> None:
     g = p.add_argument_group("model and runtime")
     g.add_argument("--model", default="smollm2-135m",
@@ -158,9 +165,7 @@ def add_model_args(p, data: bool = False) -> None:
                    help="model weights' dtype; memories stay float32 (default: float32)")
     g.add_argument("--device-map", default=None,
                    help="'auto' spreads a model too large for one GPU over all GPUs (accelerate) (default: none)")
-    g.add_argument("--threads", type=Number(int, minimum=1, maximum=4096), default=None,
-                   help=f"torch CPU threads (default: half the cores, split between torchrun processes: "
-                        f"{default_threads()} here)")
+    add_threads_arg(g)
     if data:
         path_arg(g, "--data-dir", kind="dir", default=None,
                  help="data directory with pg19/, locomo/, mmlu/ (default: $LOCAS_DATA_DIR, else ../shared/data)")

@@ -11,7 +11,7 @@ agreement with transformers.
 from __future__ import annotations
 
 from ..checks import path_arg
-from ..flags import add_output_arg
+from ..flags import add_output_arg, add_threads_arg
 
 HELP = "export a (fused) Llama-architecture checkpoint as a GGUF file for llama.cpp (f32, f16, q8_0)"
 # a small valid invocation: the bad-input matrix (tests/test_bad_input.py) runs it, then breaks it
@@ -26,6 +26,7 @@ def add_arguments(p):
     add_output_arg(p, what="GGUF file", kind="file_out", required=True)
     p.add_argument("--dtype", choices=DTYPES, default="f16",
                    help="weight type: f32 (exact), f16, q8_0 (8-bit blocks; norms stay f32) (default: f16)")
+    add_threads_arg(p)
 
 
 def run(args):
