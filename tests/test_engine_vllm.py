@@ -29,7 +29,9 @@ def test_vllm_runs_the_fused_checkpoint(tmp_path):
 
     tokenizer = transformers.AutoTokenizer.from_pretrained(default_model_dir())
     torch.manual_seed(0)
-    config = transformers.LlamaConfig(vocab_size=len(tokenizer), hidden_size=64, intermediate_size=96,
+    # head_dim 64, as SmolLM2's: vLLM's CPU attention refuses small ones ("Unsupported CPU attention
+    # configuration: head_dim=16")
+    config = transformers.LlamaConfig(vocab_size=len(tokenizer), hidden_size=256, intermediate_size=256,
                                       num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
                                       max_position_embeddings=512, tie_word_embeddings=True, initializer_range=0.1)
     lm = LocasForCausalLM(transformers.AutoModelForCausalLM.from_config(config).eval(), tokenizer=tokenizer)
