@@ -282,31 +282,3 @@ def test_cached_channels_follow_the_memory():
     w(x).sum().backward()
     w.memory = None
     assert trained.grad is not None and trained.grad.abs().sum() > 0
-
-
-def test_decoder_rows_sample_on_their_own():
-    """Per-row sampling and limits: a row's tokens do not depend on the other rows of its batch, a greedy
-    row in a sampled batch is the greedy continuation, and on_token ends only its own row."""
-    from locas.text.decoding import Decoder, Sampling
-
-    lm = tiny_lm("llama")
-    prompts = [random_ids(1, 6, seed=s)[0].tolist() for s in (1, 2, 3)]
-
-    def sampler(seed):
-        return Sampling(temperature=1.5, top_p=0.95, generator=torch.Generator().manual_seed(seed))
-
-    with torch.no_grad():
-        dec = Decoder(lm.model, lm.tokenizer, [], batch_size=3, stop_ids=())
-        together = dec.generate(prompts, [5, 3, 6], sampling=[sampler(10), None, sampler(11)])
-        alone0 = dec.generate(prompts[:1], [5], sampling=[sampler(10)])[0]
-        alone2 = dec.generate(prompts[2:], [6], sampling=[sampler(11)])[0]
-        greedy1 = dec.generate(prompts[1:2], 3)[0]
-        other_seed = dec.generate(prompts[:1], [5], sampling=[sampler(12)])[0]
-        seen = []
-        cut = dec.generate(prompts, [6, 6, 6], sampling=[None] * 3,
-                           on_token=lambda row, tok: seen.append(row) or not (row == 1 and seen.count(1) == 2))
-    assert [len(c.tokens) for c in together] == [5, 3, 6]
-    assert together[0].tokens == alone0.tokens and together[2].tokens == alone2.tokens
-    assert together[1].tokens == greedy1.tokens
-    assert other_seed.tokens != alone0.tokens  # the seed matters, so the equalities above mean something
-    assert len(cut[1].tokens) <= 2 and len(cut[0].tokens) == len(cut[2].tokens) == 6

@@ -124,6 +124,40 @@ def test_concurrent_requests_with_different_memories_equal_each_alone(server, cl
     assert len(set(alone)) > 2
 
 
+def test_batched_rows_sample_on_their_own(lm):
+    """Per-row sampling and limits in one batch: a row's tokens do not depend on the other rows, a greedy
+    row in a sampled batch is the greedy continuation, and a row that ends (its stop) ends only itself."""
+    from locas.serve.batcher import Batcher, Generation
+    from locas.text.decoding import Sampling
+
+    prompts = [lm.tokenizer(p)["input_ids"] for p in PROMPTS[:3]]
+
+    def sampler(seed):
+        return Sampling(temperature=1.5, top_p=0.95, generator=torch.Generator().manual_seed(seed))
+
+    def run(rows):  # rows: (prompt index, max tokens, sampler seed or None, stop_ids); submitted together
+        batcher = Batcher(lm, max_batch=4, max_wait_ms=200)
+        try:
+            gens = [batcher.submit(Generation(prompts[i], max_tokens=n, stop_ids=stop,
+                                              sampling=None if seed is None else sampler(seed)))
+                    for i, n, seed, stop in rows]
+            return [g.future.result(timeout=60).tokens for g in gens], batcher.peak
+        finally:
+            batcher.close()
+
+    none = frozenset()
+    (together, peak) = run([(0, 5, 10, none), (1, 3, None, none), (2, 6, 11, none)])
+    assert peak == 3 and [len(t) for t in together] == [5, 3, 6]
+    assert together[0] == run([(0, 5, 10, none)])[0][0] and together[2] == run([(2, 6, 11, none)])[0][0]
+    assert together[1] == run([(1, 3, None, none)])[0][0]
+    assert run([(0, 5, 12, none)])[0][0] != together[0]  # the seed matters, so the equalities mean something
+    greedy, alone = run([(0, 6, None, none)])[0][0], run([(1, 6, None, none)])[0][0]
+    stop = alone[2]  # row 1 stops at its third token (or earlier, if that token came before)
+    cut = run([(0, 6, None, none), (1, 6, None, frozenset({stop})), (2, 6, None, none)])[0]
+    assert cut[1] == alone[:alone.index(stop)] and len(cut[1]) <= 2
+    assert cut[0] == greedy and len(cut[2]) == 6  # the others go on to their limits
+
+
 def test_a_request_joins_a_running_batch(lm):
     """Continuous batching: a request that comes while another is decoding joins it at the next step (it
     is done long before the first one), and both give exactly what each gives alone."""

@@ -174,7 +174,7 @@ def stack_memories(memories: list[torch.Tensor]) -> torch.Tensor:
     return torch.cat(parts, dim=-3)
 
 
-def batch_memories(rows: list[torch.Tensor | None], like: torch.Tensor | None = None) -> torch.Tensor | None:
+def batch_memories(rows: list[torch.Tensor | None]) -> torch.Tensor | None:
     """One batch memory (L, B, W, d, C) from per-row memories (L, 1, r_b, d, C) or None (the base model): every
     row padded to the widest with zero-value slots and values rescaled (``rescale_width``), so row ``b`` gives
     what its own memory gives alone. All None: None."""

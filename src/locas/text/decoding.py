@@ -199,45 +199,30 @@ class Decoder:
 
     # ---- generating -------------------------------------------------------------------------------
     @torch.no_grad()
-    def generate(self, suffixes: list[list[int]], max_new_tokens: int | list[int] | None = None, *,
-                 sampling: Sampling | list[Sampling | None] | None = None, topk: int = 0, min_new_tokens: int = 0,
-                 streamer=None, on_token=None) -> list[Continuation]:
+    def generate(self, suffixes: list[list[int]], max_new_tokens: int | None = None, *,
+                 sampling: Sampling | None = None, topk: int = 0, min_new_tokens: int = 0,
+                 streamer=None) -> list[Continuation]:
         """One continuation per suffix: greedy, or sampled with ``sampling``.
 
-        ``sampling`` and ``max_new_tokens`` may be given per row (lists; a None sampling is greedy):
-        then every row draws from its own generator, so its tokens do not depend on the others.
         ``min_new_tokens`` forbids the stop tokens for that many first positions (``1``: never an
         empty answer); ``topk`` keeps the top-k logits of every generated position; ``streamer``
-        (e.g. transformers' ``TextStreamer``) receives the first row's tokens as they come;
-        ``on_token(row, token)`` sees every row's tokens and ends that row by returning False (a
-        stop string, a client that left).
+        (e.g. transformers' ``TextStreamer``) receives the first row's tokens as they come.
         """
-        per_row = isinstance(sampling, list) or isinstance(max_new_tokens, list)
-        if per_row:
-            n = len(suffixes)
-            limits = max_new_tokens if isinstance(max_new_tokens, list) else [max_new_tokens or self.max_new_tokens] * n
-            samplings = sampling if isinstance(sampling, list) else [sampling] * n
-            if len(limits) != n or len(samplings) != n:
-                raise LocasError("give one sampling and one max_new_tokens per suffix")
+        limit = max_new_tokens or self.max_new_tokens
         out: list[Continuation] = []
         t0 = time.perf_counter()
         self._cache = None  # a fresh static cache per call, sized by its first batch
         # greedy batches are padded to a fixed size (one static cache); sampled ones are not (the draws
         # of a row must not depend on how many rows follow it)
-        for lo, rows in self._groups(suffixes, pad=sampling is None and not per_row):
+        for lo, rows in self._groups(suffixes, pad=sampling is None):
             n = min(len(rows), len(suffixes) - lo)
-            if per_row:
-                limit, samp = limits[lo:lo + n], samplings[lo:lo + n]
-            else:
-                limit, samp = [max_new_tokens or self.max_new_tokens] * len(rows), sampling
-            out.extend(self._decode(rows, limit, samp, topk, min_new_tokens, streamer, on_token, lo)[:n])
+            out.extend(self._decode(rows, limit, sampling, topk, min_new_tokens, streamer)[:n])
         self.decode_s += time.perf_counter() - t0
         self.answered += len(suffixes)
         return out
 
-    def _decode(self, rows, limits, sampling, topk, min_new_tokens, streamer, on_token, offset) -> list[Continuation]:
+    def _decode(self, rows, limit, sampling, topk, min_new_tokens, streamer) -> list[Continuation]:
         B, dev = len(rows), self.device
-        limit = max(limits)
         ids, mask, pos = self.left_pad(rows)
         self._check_fits(ids.shape[1] + limit)
         cache = self._static_cache(B, self.prefix_len + ids.shape[1] + limit)
@@ -267,12 +252,10 @@ class Decoder:
                 if t in self.stop_ids:
                     done[b] = True
                     outs[b].stop = t
-                    continue
-                outs[b].tokens.append(t)
-                if streamer is not None and b == 0:
-                    streamer.put(torch.tensor([t]))
-                if (on_token is not None and on_token(offset + b, t) is False) or len(outs[b].tokens) >= limits[b]:
-                    done[b] = True
+                else:
+                    outs[b].tokens.append(t)
+                    if streamer is not None and b == 0:
+                        streamer.put(torch.tensor([t]))
             if bool(done.all()):
                 break
             ids, pos = token[:, None], next_pos
