@@ -45,6 +45,7 @@ from locas.eval.locomo import (
     write_report,
 )
 from locas.learn.config import TrainConfig
+from locas.learn.memorize import objective_defaults
 
 RESULTS = Path(__file__).parent / "results" / "locomo"
 QUICK_SESSIONS = 6  # conv-30: 6 of 19 sessions (~4.6K tokens), 44 of 105 questions
@@ -126,7 +127,8 @@ def main():
     for label in args.methods:
         mtype, loss, lr = parse_method(label)
         lr = lr or (args.locas_lr if mtype == "locas" else args.lora_lr)
-        cfg = TrainConfig(window_size=args.window_size, lr=lr, objective=loss, memory_width=args.memory_width,
+        window = objective_defaults(loss).get("window_size", args.window_size)  # selfstudy: its 256-token NTP term
+        cfg = TrainConfig(window_size=window, lr=lr, objective=loss, memory_width=args.memory_width,
                           lora_rank=args.lora_rank, sd_context=args.sd_context)
         settings = LocomoSettings(method=mtype, context_mode=contexts[0], extra_contexts=tuple(contexts[1:]),
                                   control=False, session_budget=args.session_budget, **common)

@@ -85,7 +85,8 @@ def main():
     tokens = tokenize_text(lm.tokenizer, text, max_tokens)
     text = lm.tokenizer.decode(tokens)
     families = tuple(args.families.split(","))
-    pcfg = ProbeConfig(families=families, per_chunk=args.probes_per_chunk, answer_tokens=args.answer_tokens, seed=0)
+    pcfg = ProbeConfig(families=families, per_chunk=args.probes_per_chunk, answer_tokens=args.answer_tokens, seed=0,
+                       prompt_style="qa")  # the distillation recipe measured here (the new default: docs/RECALL.md)
     cache = RESULTS / f"selfstudy{'-quick' if args.quick else ''}.probes.json"
     if not args.reuse_probes:
         cache.unlink(missing_ok=True)  # measure the preparation cost afresh
@@ -93,7 +94,7 @@ def main():
     prep_s = sum(prep.values())
     print(f"{len(tokens)} tokens; {len(train)} training probes, {len(heldout)} held-out probes; prep {prep_s:.0f} s")
     segment = Segment.from_text(lm.tokenizer, text, args.window, tokens=tokens)
-    settings = ObjectiveSettings(selfstudy=SelfStudyConfig(ntp_weight=args.ntp_weight), probes=pcfg)
+    settings = ObjectiveSettings(selfstudy=SelfStudyConfig(ntp_weight=args.ntp_weight, loss="kl"), probes=pcfg)
 
     base = recall_report(lm, None, heldout, pcfg, progress=False)
     runs = {}

@@ -38,8 +38,8 @@ def setup(root: Path) -> dict:
     model, text = word_model(root), doc_file(root, 2)
     common = ["--model", model, "--device", "cpu"]
     world = {"root": root, "model": model, "text": text, "common": common}
-    world["memorize"] = ["memorize", text, "-o", root / "m.locas", "--overwrite", "--window-size", 16,
-                         "--memory-width", 4, "--epochs", 12, *common]
+    world["memorize"] = ["memorize", text, "-o", root / "m.locas", "--overwrite", "--objective", "ntp",
+                         "--window-size", 16, "--memory-width", 4, "--epochs", 12, *common]
     world["fuse"] = ["fuse", "--memory", root / "m.locas", "-o", root / "fused", "--overwrite", *common]
     world["pg19"] = ["pg19", "--book", text, "--method", "locas", "--window-size", 16, "--memory-width", 4,
                      "--epochs", 4, "--checkpoint-every", 1, *common]

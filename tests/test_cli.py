@@ -71,7 +71,8 @@ def test_memorize_and_fuse_commands_on_a_local_model(tmp_path, capsys):
     text.write_text(" ".join(f"w{3 + (i * 7) % 40}" for i in range(300)))
     out = tmp_path / "t.locas"
     code = cli.main(["memorize", str(text), "-o", str(out), "--model", str(model_dir), "--device", "cpu",
-                     "--window-size", "64", "--memory-width", "4", "--epochs", "2", "--lr", "0.05"])
+                     "--objective", "ntp", "--window-size", "64", "--memory-width", "4", "--epochs", "2",
+                     "--lr", "0.05"])
     printed = capsys.readouterr().out
     assert code == 0 and out.is_file() and "epoch 2" in printed and "without memory" in printed
     code = cli.main(["fuse", "--memory", str(out), "-o", str(tmp_path / "fused"), "--model", str(model_dir),

@@ -32,8 +32,8 @@ def _started(proc: subprocess.Popen, timeout: float = 120) -> str:
 @pytest.mark.parametrize("sig,code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
 def test_interrupt_is_one_line_and_writes_nothing(world, tmp_path, sig, code):
     out = tmp_path / "m.locas"
-    argv = ["memorize", world["text"], "-o", out, "--window-size", 16, "--memory-width", 4, "--epochs", 400,
-            *world["common"]]
+    argv = ["memorize", world["text"], "-o", out, "--objective", "ntp", "--window-size", 16, "--memory-width", 4,
+            "--epochs", 400, *world["common"]]
     proc = subprocess.Popen(locas(*argv), env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     _started(proc)
     proc.send_signal(sig)
@@ -65,8 +65,8 @@ def test_two_processes_writing_one_memory_file_leave_one_valid_file(world, tmp_p
     from fault_trials import _valid_memory
 
     out = tmp_path / "m.locas"
-    argv = ["memorize", world["text"], "-o", out, "--window-size", 16, "--memory-width", 4, "--epochs", 3,
-            *world["common"]]
+    argv = ["memorize", world["text"], "-o", out, "--objective", "ntp", "--window-size", 16, "--memory-width", 4,
+            "--epochs", 3, *world["common"]]
     procs = [subprocess.Popen(locas(*argv, "--seed", str(k)), env=ENV, stdout=subprocess.DEVNULL,
                               stderr=subprocess.DEVNULL) for k in range(2)]
     assert [p.wait(timeout=300) for p in procs] == [0, 0]

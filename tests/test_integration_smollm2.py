@@ -86,3 +86,36 @@ def test_server_on_smollm2_matches_generate(smollm2, tmp_path):
     assert got.choices[0].message.content == want == pieces
     assert got.usage.prompt_tokens == ids.shape[1] and got.usage.completion_tokens >= 1
     assert want != base  # the memory changes the answer, so the equality above is about the memory
+
+
+def test_default_memorize_then_ask_answers_from_the_memory_on_smollm2(smollm2, tmp_path, capsys):
+    """A new user's path: `locas memorize doc.txt` with the defaults, then `locas ask` with no flags. The memory
+    records the prompt it trained in, ask uses it, the answer is not blank, and questions about the text
+    (worded differently from it) get a lower answer NLL than without the memory."""
+    import json
+    from pathlib import Path
+
+    from locas import cli
+    from locas.core.files import read_memory_info
+    from locas.eval.recall import question_examples, recall_report
+    from locas.probes.config import ProbeConfig
+
+    doc = json.loads((Path(__file__).parent.parent / "benchmarks/data/recall/isle-of-kesh.json").read_text())
+    text = doc["text"].split("\n\n")[0]  # the first paragraph (~130 tokens)
+    path = tmp_path / "kesh.txt"
+    path.write_text(text)
+    out = tmp_path / "kesh.locas"
+    torch.set_num_threads(2)
+    assert cli.main(["memorize", str(path), "-o", str(out), "--device", "cpu", "--no-recall"]) == 0
+    info = read_memory_info(out)
+    assert info["objective"] == "selfstudy" and info["prompt"]["style"] == "plain" and info["steps"] >= 3
+    capsys.readouterr()
+    assert cli.main(["ask", "What is the capital of the Isle of Kesh?", "--memory", str(out), "--device", "cpu",
+                     "--max-new-tokens", "8"]) == 0
+    assert capsys.readouterr().out.strip()  # never a blank answer
+    questions = [q for q in doc["questions"] if q["answer"] in text]
+    assert len(questions) >= 4
+    examples = question_examples(smollm2, text, questions, ProbeConfig(chunk_tokens=1024))
+    report = recall_report(smollm2, load_memory(out, model=smollm2), examples, ProbeConfig(), progress=False)
+    s = report["summary"]["all"]
+    assert s["nll_ratio"] < 0.9 and s["improved"] >= 0.5, s

@@ -147,20 +147,23 @@ def _answer_nll(lm, memory, prompt, answer) -> float:
     return float(nll[len(prompt) - 1:].mean())
 
 
-def test_selfstudy_moves_the_no_context_answer_toward_the_teacher_more_than_ntp():
+@pytest.mark.parametrize("loss", ["kl", "label"])
+def test_selfstudy_moves_the_no_context_answer_toward_the_teacher_more_than_ntp(loss):
     lm = _copy_model()
     key = [17, 31, 22]
     document = [BOS, KEY, *key, SEP]
     teacher = answer_with_teacher(lm, document, [[Q]], 3, 40)[0]
     assert teacher["answer"] == key  # with the document in context the model copies the key
     assert teacher["nll"] < 0.3
-    ex = Example("question", document, [Q], teacher["answer"], teacher["values"], teacher["index"])
+    # kl: the teacher's distributions; label: the reference answer itself (no teacher)
+    ex = Example("question", document, [Q], teacher["answer"], teacher["values"], teacher["index"],
+                 reference="key" if loss == "label" else None)
     tokens = torch.tensor(document)
     segment = Segment(tokens, (0, len(document)), window=len(document))
     results = {}
     for name in ("ntp", "selfstudy"):  # the same 40 steps: 40 passes over one window, or over one probe
         cfg = TrainConfig(window_size=len(document), lr=3e-2, memory_width=8, seed=0, objective=name)
-        objective = make_objective(cfg, ObjectiveSettings(selfstudy=SelfStudyConfig(ntp_weight=0.0)))
+        objective = make_objective(cfg, ObjectiveSettings(selfstudy=SelfStudyConfig(ntp_weight=0.0, loss=loss)))
         learner, stats = train_segments(lm, [segment], objective, cfg, passes=40,
                                         examples=[ex] if name == "selfstudy" else None, progress=False)
         assert stats["segments"][0]["steps"] == 40 and stats["segments"][0]["skipped"] == 0
@@ -184,7 +187,8 @@ def test_memorize_selfstudy_command_writes_memory_cache_and_recall(tmp_path, cap
     argv = ["memorize", str(text), "-o", str(out), "--model", str(model_dir), "--device", "cpu",
             "--objective", "selfstudy", "--families", "cloze,template", "--chunk-tokens", "40",
             "--probes-per-chunk", "3", "--heldout-per-chunk", "2", "--epochs", "2", "--memory-width", "4",
-            "--window-size", "32", "--answer-tokens", "4"]
+            "--window-size", "32", "--answer-tokens", "4", "--recall", "--heldout-families", "cloze,template",
+            "--probe-loss", "kl", "--probe-style", "qa"]
     assert cli.main(argv) == 0
     printed = capsys.readouterr().out
     cache = out.with_name(out.name + ".probes.json")
@@ -194,8 +198,8 @@ def test_memorize_selfstudy_command_writes_memory_cache_and_recall(tmp_path, cap
     report = json.loads(recall.read_text())
     assert report["summary"]["all"]["n"] >= 2 and "memory_f1" in report["summary"]["all"]
     sets = json.loads(cache.read_text())["sets"]
-    train = {r["probe"] for r in sets["train-3"]}
-    assert train and not train & {r["probe"] for r in sets["heldout-2"]}  # held-out never trained on
+    train = {r["probe"] for r in sets["train-3-cloze,template-teacher"]}
+    assert train and not train & {r["probe"] for r in sets["heldout-2-cloze,template-teacher"]}  # never trained on
     # a rerun reads the cached probes instead of making them again
     stamp = cache.stat().st_mtime_ns
     assert cli.main(argv) == 2  # the memory file exists: not replaced without --overwrite
@@ -203,8 +207,9 @@ def test_memorize_selfstudy_command_writes_memory_cache_and_recall(tmp_path, cap
     assert cli.main(argv) == 0
     assert cache.stat().st_mtime_ns == stamp
     # probes asked in the prompt of `locas ask --prompt-style plain`: the student sees its empty-context prefix
-    assert cli.main(argv + ["--probe-style", "plain", "--probe-cache", str(tmp_path / "plain.json")]) == 0
-    row = json.loads((tmp_path / "plain.json").read_text())["sets"]["train-3"][0]
+    plain = ["plain" if a == "qa" else a for a in argv]
+    assert cli.main(plain + ["--probe-cache", str(tmp_path / "plain.json")]) == 0
+    row = json.loads((tmp_path / "plain.json").read_text())["sets"]["train-3-cloze,template-teacher"][0]
     prefix = row["student_prefix"]  # plain style: teacher = chunk + instruction, student = instruction
     assert prefix and len(row["context"]) > len(prefix) and row["context"][-len(prefix):] == prefix
     # bad input: one-line error

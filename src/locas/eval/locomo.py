@@ -36,14 +36,14 @@ from ..probes.config import ProbeConfig
 from ..settings import setting, validate
 from ..text.decoding import Decoder
 from ..text.metrics import ADVERSARIAL, TEMPORAL, score_item
-from ..text.prompts import PROMPT_STYLES, TEMPORAL_HINT, Prompt
+from ..text.prompts import INSTRUCTION, PROMPT_STYLES, TEMPORAL_HINT, Prompt
 from ..text.tokens import tail_tokens
 from .report import bar_plot, format_table, markdown_table, write_json
 
 CONTEXT_MODES = ("full", "date_split", "none")
 LOCOMO_METHODS = ("locas", "lora", "none")
-# the self-study probes of a session: no model-written families (a session is short), answers in the harness's prompt
-LOCOMO_PROBES = ProbeConfig(families=("cloze", "template"), per_chunk=12, chunk_tokens=1024, answer_tokens=16)
+# the self-study probes of a session: fact probes (a session is short), asked in the harness's answer prompt
+LOCOMO_PROBES = ProbeConfig(families=("fact",), chunk_tokens=1024, answer_tokens=16, instruction=INSTRUCTION)
 
 
 @dataclass
@@ -97,7 +97,8 @@ def locomo_objectives(lm, settings: LocomoSettings, objectives: ObjectiveSetting
     objectives = objectives or ObjectiveSettings(probes=LOCOMO_PROBES)
     style = Prompt.resolve_style(lm.tokenizer, settings.prompt_style)
     return ObjectiveSettings(selfstudy=objectives.selfstudy, grpo=objectives.grpo,
-                             probes=ProbeConfig(**{**objectives.probes.to_dict(), "prompt_style": style}))
+                             probes=ProbeConfig(**{**objectives.probes.to_dict(), "prompt_style": style,
+                                                   "instruction": INSTRUCTION}))
 
 
 def run_fingerprint(lm, settings: LocomoSettings, cfg: TrainConfig, objectives: ObjectiveSettings) -> dict:

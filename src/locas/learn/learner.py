@@ -43,9 +43,10 @@ class Learner:
     def parameters(self) -> list[torch.Tensor]:
         return []
 
-    def logits(self, ids: torch.Tensor) -> torch.Tensor:
-        """(B, T) -> (B, T, V) with the learner's current state."""
-        return self.lm.model(input_ids=ids, use_cache=False).logits
+    def logits(self, ids: torch.Tensor, **inputs) -> torch.Tensor:
+        """(B, T) -> (B, T, V) with the learner's current state; ``inputs``: attention_mask, position_ids,
+        logits_to_keep (then (B, K, V))."""
+        return self.lm.model(input_ids=ids, use_cache=False, **inputs).logits
 
     @contextmanager
     def frozen(self):
@@ -93,9 +94,9 @@ class MemoryLearner(Learner):
     def extra_params(self):
         return self.memory.numel()
 
-    def logits(self, ids):
+    def logits(self, ids, **inputs):
         with self.lm.use_memory(self.memory, self.layers):
-            return self.lm.model(input_ids=ids, use_cache=False).logits
+            return self.lm.model(input_ids=ids, use_cache=False, **inputs).logits
 
     def after_step(self):
         with torch.no_grad():  # in place on the parameter itself: its version moves, so no cached copy goes stale

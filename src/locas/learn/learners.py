@@ -55,9 +55,9 @@ class LocasLearner(MemoryLearner):
 class TruncateLearner(Learner):
     name = "truncate"
 
-    def logits(self, ids):
+    def logits(self, ids, **inputs):
         with self.lm.disabled():
-            return self.lm.model(input_ids=ids, use_cache=False).logits
+            return self.lm.model(input_ids=ids, use_cache=False, **inputs).logits
 
 
 class FullAttentionLearner(Learner):
@@ -111,9 +111,9 @@ class LoraLearner(Learner):
     def extra_params(self):
         return sum(p.numel() for p in self.params)
 
-    def logits(self, ids):
+    def logits(self, ids, **inputs):
         with self.lm.disabled():
-            return self.peft_model(input_ids=ids, use_cache=False).logits
+            return self.peft_model(input_ids=ids, use_cache=False, **inputs).logits
 
     @contextmanager
     def frozen(self):

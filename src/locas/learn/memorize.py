@@ -23,7 +23,9 @@ from .objectives import ObjectiveSettings, make_objective
 from .segments import Segment, train_segments
 from .stream import stream
 
-DEFAULT_EPOCHS = {"selfstudy": 8, "grpo": 8}  # passes over the probes / cloze questions; window objectives: 1
+# what an objective trains with when the command leaves it unset (chosen on benchmarks/recall.py's tuning documents
+# for selfstudy: docs/RECALL.md); window objectives keep TrainConfig's defaults (one pass, lr 3e-2, 1024-token windows)
+OBJECTIVE_DEFAULTS = {"selfstudy": {"epochs": 1, "lr": 0.1, "window_size": 256}, "grpo": {"epochs": 8}}
 
 
 @dataclass
@@ -49,9 +51,9 @@ class MemorizeResult:
                 "train_s": round(self.train_s, 2)}
 
 
-def default_epochs(objective: str) -> int:
-    name = "sd" if objective == "st" else objective
-    return DEFAULT_EPOCHS.get(name, 1)
+def objective_defaults(objective: str) -> dict:
+    """The TrainConfig values ``objective`` trains with unless told otherwise (``OBJECTIVE_DEFAULTS``)."""
+    return dict(OBJECTIVE_DEFAULTS.get(str(objective).lower(), {}))
 
 
 def memorize_text(lm, text: str, cfg, settings: ObjectiveSettings | None = None, *, tokens: torch.Tensor | None = None,

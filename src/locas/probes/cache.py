@@ -20,7 +20,7 @@ from ..errors import LocasError
 from ..text.sentences import split_chunks
 from .config import ProbeConfig
 from .families import make_probes, probe_key
-from .teacher import Example, teacher_examples
+from .teacher import Example, label_examples, teacher_examples
 
 
 class ProbeCache:
@@ -45,13 +45,14 @@ class ProbeCache:
             return None
         return [Example(r["family"], r["context"], r["prompt"], r["answer"], torch.tensor(r["topk_logits"]),
                         torch.tensor(r["topk_index"], dtype=torch.long), r["answer_text"], r["reference"],
-                        r["reference_ids"], r["teacher_nll"], r["probe"], r.get("student_prefix", [])) for r in rows]
+                        r["reference_ids"], r["teacher_nll"], r["probe"], r.get("student_prefix", []),
+                        r.get("aliases", [])) for r in rows]
 
     def put(self, name: str, examples: list[Example]) -> list[Example]:
         rows = []
         for e in examples:
             r = {k: getattr(e, k) for k in ("family", "context", "prompt", "answer", "answer_text", "reference",
-                                            "reference_ids", "teacher_nll", "probe", "student_prefix")}
+                                            "reference_ids", "teacher_nll", "probe", "student_prefix", "aliases")}
             r["topk_logits"] = [[round(float(x), 4) for x in row] for row in e.topk_logits.tolist()]
             r["topk_index"] = e.topk_index.tolist()
             rows.append(r)
@@ -68,8 +69,11 @@ def fingerprint(lm, text: str, cfg: ProbeConfig) -> dict:
 
 
 def build_probe_sets(lm, text: str, cfg: ProbeConfig, heldout_per_chunk: int = 0, cache_path=None,
-                     progress: bool = True) -> tuple[list[Example], list[Example], dict]:
-    """Training examples (seed ``cfg.seed``) and held-out ones (seed + 1, disjoint); cached when a path is given.
+                     progress: bool = True, teacher: bool = True, heldout_families: tuple | None = None
+                     ) -> tuple[list[Example], list[Example], dict]:
+    """Training examples (seed ``cfg.seed``) and held-out ones (seed + 1, disjoint, of ``heldout_families``,
+    default the training families, always answered by the teacher: the with-text ceiling); cached when a
+    path is given. ``teacher=False`` makes the training examples hard-label ones (``label_examples``).
 
     Returns (train, heldout, timings in seconds).
     """
@@ -78,9 +82,11 @@ def build_probe_sets(lm, text: str, cfg: ProbeConfig, heldout_per_chunk: int = 0
     times = {}
     sets = {}
     train_keys: set[str] = set()
-    for name, seed, cap in (("train", cfg.seed, cfg.per_chunk), ("heldout", cfg.seed + 1, heldout_per_chunk)):
-        key = f"{name}-{cap}"
-        if cap <= 0:
+    held = tuple(heldout_families or cfg.families)
+    for name, seed, cap, fams, answered in (("train", cfg.seed, cfg.per_chunk, cfg.families, teacher),
+                                            ("heldout", cfg.seed + 1, heldout_per_chunk, held, True)):
+        key = f"{name}-{cap}-{','.join(fams)}-{'teacher' if answered else 'label'}"
+        if name == "heldout" and cap <= 0:
             sets[name] = []
             continue
         cached = cache.get(key) if cache else None
@@ -90,12 +96,16 @@ def build_probe_sets(lm, text: str, cfg: ProbeConfig, heldout_per_chunk: int = 0
             times[name] = 0.0
             continue
         t0 = time.perf_counter()
-        sub = ProbeConfig(**{**cfg.to_dict(), "per_chunk": cap})
+        sub = ProbeConfig(**{**cfg.to_dict(), "per_chunk": cap, "families": fams})
         probes = make_probes(lm, chunks, sub, seed=seed, exclude=train_keys, progress=progress)
-        examples = teacher_examples(lm, chunks, probes, sub, progress=progress)
+        if answered:
+            examples = teacher_examples(lm, chunks, probes, sub, progress=progress)
+        else:
+            examples = label_examples(lm, chunks, probes, sub)
         train_keys |= {p.key for p in probes}
         times[name] = time.perf_counter() - t0
         sets[name] = cache.put(key, examples) if cache else examples
     if not sets["train"]:
-        raise LocasError("no probes could be made from this text (too short?); add text or more families")
+        raise LocasError("no probes could be made from this text (no sentence with a name or a number?); add "
+                         "families (--families fact,template) or memorise its wording with --objective ntp")
     return sets["train"], sets["heldout"], times

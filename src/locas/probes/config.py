@@ -1,5 +1,6 @@
 """How probes about a text are made and answered (the self-study objective's data).
 
+    >>> cfg = ProbeConfig()                                   # fact probes in 3 wordings, asked like `locas ask`
     >>> cfg = ProbeConfig(families=("cloze", "template"), per_chunk=12, chunk_tokens=1024, answer_tokens=16)
 """
 
@@ -9,21 +10,24 @@ from dataclasses import asdict, dataclass
 
 from ..errors import LocasError
 from ..settings import setting, validate
+from ..text.prompts import DOCUMENT_INSTRUCTION
 
-FAMILIES = ("cloze", "template", "question", "instruction", "summary")
+FAMILIES = ("fact", "cloze", "template", "question", "instruction", "summary")
 GENERATED = ("question", "instruction", "summary")
-PROBE_STYLES = ("qa", "plain", "chat")
+PROBE_STYLES = ("qa", "plain", "chat", "auto")
 
 
 @dataclass
 class ProbeConfig:
     """How probes are made and answered."""
 
-    families: tuple = setting(("cloze", "template", "question"),
-                              "probe families, comma-separated: cloze, template, question, instruction, summary")
+    families: tuple = setting(("fact",), "probe families, comma-separated: fact, cloze, template, question, "
+                                         "instruction, summary")
     chunk_tokens: int = setting(512, "document chunk the teacher reads per probe (tokens)", minimum=16)
-    per_chunk: int = setting(12, "cap on training probes per chunk (families interleaved)", flag="--probes-per-chunk",
-                             minimum=1)
+    per_chunk: int = setting(0, "cap on training probes per chunk (families interleaved; 0 = every probe)",
+                             flag="--probes-per-chunk", minimum=0)
+    wordings: int = setting(3, "fact probes: wordings per hidden fact (question, fill-in-the-blank, completion)",
+                            flag="--probe-wordings", minimum=1, maximum=3)
     samples: int = setting(4, "sampled generations per chunk for each model-written family", minimum=1, maximum=256)
     temperature: float = setting(0.8, "sampling temperature of model-written probes", flag="--probe-temperature",
                                  positive=True, maximum=100.0)
@@ -37,9 +41,10 @@ class ProbeConfig:
     seed: int = setting(0, "seed of the probes (the command's --seed)", cli=False)
     templates: dict = setting(help="overrides of the probe-writing templates (family -> text with {chunk})",
                               factory=dict, cli=False)
-    prompt_style: str = setting("qa", "how probes are asked: qa = 'Question: ...\\nAnswer:'; plain | chat = the "
-                                "prompt of `locas ask --prompt-style plain|chat` (train in the format you will ask in)",
-                                flag="--probe-style", choices=PROBE_STYLES)
+    prompt_style: str = setting("plain", "how probes are asked: plain | chat | auto = the prompt of `locas ask "
+                                "--prompt-style plain|chat|auto` (recorded in the memory file: `locas ask` uses it); "
+                                "qa = 'Question: ...\\nAnswer:'", flag="--probe-style", choices=PROBE_STYLES)
+    instruction: str = setting(DOCUMENT_INSTRUCTION, "the instruction of plain/chat probe prompts", cli=False)
 
     def __post_init__(self):
         if isinstance(self.families, str):

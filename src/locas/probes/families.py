@@ -1,7 +1,9 @@
 """Probes about a text: fill-in-the-blank sentences, questions built from the text's own sentences,
 and questions or instructions the model writes itself with the text in context.
 
-Five families: ``cloze`` (a sentence with a name or number hidden), ``template`` (questions made
+Six families: ``fact`` (every name and number of every sentence hidden in turn, each asked in
+several wordings: the recall objective's probes), ``cloze`` (a sentence with one name or number
+hidden), ``template`` (questions made
 from the text's sentences, with the next sentence or the sentence as the answer), and the
 model-written ``question`` / ``instruction`` / ``summary`` probes (sampled, deduplicated, kept
 only when grounded in the chunk). Deterministic under a seed; capped per chunk.
@@ -35,6 +37,7 @@ GENERATION_TEMPLATES = {
 # How a probe is shown to teacher (after the chunk) and student: the plain format, which SmolLM2
 # answers far better than its chat format (issue 8).
 ANSWER_FORMATS = {
+    "fact": "Question: {probe}\nAnswer:",
     "cloze": "Question: {probe}\nAnswer:",
     "template": "Question: {probe}\nAnswer:",
     "question": "Question: {probe}\nAnswer:",
@@ -99,6 +102,72 @@ def cloze_probes(chunk: str, index: int, rng: random.Random) -> list[Probe]:
         a, b, _ = rng.choice(spans)
         masked = s[:a] + "____" + s[b:]
         out.append(Probe("cloze", index, f'Fill in the blank: "{masked}"', s[a:b].strip(" ,.")))
+    rng.shuffle(out)
+    return out
+
+
+FACT_WORDINGS = ("question", "blank", "complete")
+_UNITS = "one|two|three|four|five|six|seven|eight|nine|ten|eleven|twelve|thirteen|fourteen|fifteen|sixteen|" \
+         "seventeen|eighteen|nineteen"
+_TENS = "twenty|thirty|forty|fifty|sixty|seventy|eighty|ninety"
+_WORD_NUMBER = re.compile(rf"\b(?:(?:{_TENS})(?:-(?:{_UNITS}))?|{_UNITS}|(?:a|one|two|three|four|five) hundred)\b",
+                          re.I)
+
+
+def fact_spans(sentence: str) -> list[tuple[int, int, str]]:
+    """What a fact probe hides: the cloze spans (numbers, names) and numbers written as words."""
+    spans = _spans(sentence)
+    taken = [(a, b) for a, b, _ in spans]
+    for m in _WORD_NUMBER.finditer(sentence):
+        if m.start() > 0 and not any(a < m.end() and m.start() < b for a, b in taken):
+            spans.append((m.start(), m.end(), "number"))
+    return spans
+_WHERE = {"in", "at", "near", "across", "into", "outside", "inside", "beyond"}
+
+
+def _wh_phrase(sentence: str, start: int, end: int, kind: str) -> tuple[int, str]:
+    """Where a wh-phrase starts and what it is, for hiding ``sentence[start:end]`` in a question."""
+    before = sentence[:start].rstrip()
+    prev = before.rsplit(" ", 1)[-1].lower() if before else ""
+    text = sentence[start:end]
+    if kind == "number":
+        if re.fullmatch(r"1[0-9]{3}|20[0-9]{2}", text):
+            return start, "what year"
+        return start, "how many" if re.match(r"\s+[a-z]", sentence[end:]) else "what number"
+    if prev in _WHERE:
+        return len(before) - len(prev), "where"
+    if prev == "by":
+        return start, "whom"
+    return start, "who" if len(text.split()) >= 2 else "what"
+
+
+def fact_wordings(sentence: str, start: int, end: int, kind: str, wordings: int = 3) -> list[str]:
+    """The first ``wordings`` ways of asking for ``sentence[start:end]``: a question with a wh-phrase in
+    its place, a fill-in-the-blank, and the sentence to complete (when the span is not at its start).
+
+    >>> fact_wordings("The mill opened in 1871 in Harrow.", 19, 23, "number")[:2]
+    ['The mill opened in what year in Harrow?', 'Fill in the blank: "The mill opened in ____ in Harrow."']
+    """
+    at, wh = _wh_phrase(sentence, start, end, kind)
+    question = (sentence[:at] + wh + sentence[end:]).rstrip(" .!;,") + "?"
+    out = {"question": question[0].upper() + question[1:],
+           "blank": f'Fill in the blank: "{sentence[:start]}____{sentence[end:]}"'}
+    head = sentence[:start].rstrip()
+    if len(head.split()) >= 3:
+        out["complete"] = f'Complete the sentence: "{head} ..."'
+    return [out[w] for w in FACT_WORDINGS[:wordings] if w in out]
+
+
+def fact_probes(chunk: str, index: int, rng: random.Random, wordings: int = 3) -> list[Probe]:
+    """Every number and name of every sentence hidden in turn (so each fact is asked in both directions:
+    "X founded Y" hides X, then Y), each asked in ``wordings`` wordings; shuffled."""
+    out = []
+    for s in sentences(chunk):
+        if len(s.split()) > 60:
+            continue
+        for a, b, kind in fact_spans(s):
+            answer = s[a:b].strip(" ,.")
+            out.extend(Probe("fact", index, q, answer) for q in fact_wordings(s, a, b, kind, wordings))
     rng.shuffle(out)
     return out
 
@@ -170,7 +239,8 @@ def generated_probes(lm, chunk: str, index: int, family: str, cfg: ProbeConfig, 
 
 def make_probes(lm, chunks: list[str], cfg: ProbeConfig, seed: int | None = None,
                 exclude: set[str] | None = None, progress: bool = True) -> list[Probe]:
-    """Up to ``cfg.per_chunk`` deduplicated probes per chunk, families interleaved; deterministic in ``seed``."""
+    """Up to ``cfg.per_chunk`` (0: all) deduplicated probes per chunk, families interleaved; deterministic in
+    ``seed``."""
     seed = cfg.seed if seed is None else seed
     seen = set(exclude or ())
     probes = []
@@ -178,16 +248,19 @@ def make_probes(lm, chunks: list[str], cfg: ProbeConfig, seed: int | None = None
         pools = []
         for f, family in enumerate(cfg.families):
             rng = random.Random(f"{seed}:{c}:{family}")
-            if family == "cloze":
+            if family == "fact":
+                pools.append(fact_probes(chunk, c, rng, cfg.wordings))
+            elif family == "cloze":
                 pools.append(cloze_probes(chunk, c, rng))
             elif family == "template":
                 pools.append(template_probes(chunk, c, rng))
             else:
                 pools.append(generated_probes(lm, chunk, c, family, cfg, seed * 100003 + c * 101 + f))
         kept, depth = [], 0
-        while len(kept) < cfg.per_chunk and any(depth < len(p) for p in pools):
+        cap = cfg.per_chunk or sum(len(p) for p in pools)
+        while len(kept) < cap and any(depth < len(p) for p in pools):
             for pool in pools:
-                if depth < len(pool) and len(kept) < cfg.per_chunk and pool[depth].key not in seen:
+                if depth < len(pool) and len(kept) < cap and pool[depth].key not in seen:
                     seen.add(pool[depth].key)
                     kept.append(pool[depth])
             depth += 1

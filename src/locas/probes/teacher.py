@@ -3,6 +3,7 @@ top-k logits become the self-study objective's training targets.
 
     >>> examples = teacher_examples(lm, chunks, probes, cfg)          # list[Example]
     >>> examples[0].answer, examples[0].topk_logits.shape             # (A,) ids incl. the stop token, (A, k)
+    >>> labelled = label_examples(lm, chunks, probes, cfg)            # references as targets, no teacher run
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import torch
 from tqdm.auto import tqdm
 
 from ..text.decoding import Decoder
-from ..text.prompts import Prompt
+from ..text.prompts import Prompt, answer_stop_id
 from ..text.tokens import encode
 from .config import ProbeConfig
 from .families import Probe
@@ -37,6 +38,7 @@ class Example:
     teacher_nll: float | None = None  # mean NLL of the target answer with the chunk in context
     probe: str = ""  # the unformatted probe text (dedup key for held-out sets)
     student_prefix: list[int] = field(default_factory=list)  # what the student sees before ``prompt``
+    aliases: list[str] = field(default_factory=list)  # other accepted forms of the reference (recall benchmark)
 
     @property
     def target(self) -> list[int]:
@@ -74,23 +76,54 @@ def answer_with_teacher(lm, context: list[int], prompts: list[list[int]], max_ne
     return answers
 
 
+def probe_prompts(tok, chunk: str, group: list[Probe], cfg: ProbeConfig
+                  ) -> tuple[list[int], list[int], list[list[int]]]:
+    """How the probes of one chunk are shown: (teacher context, student prefix, prompt ids per probe).
+
+    ``qa``: the chunk then ``Question: ...\nAnswer:``; ``plain``/``chat``/``auto``: the prompt of ``locas ask``
+    (``Prompt``) with and without the chunk, with ``cfg.instruction``.
+    """
+    if cfg.prompt_style == "qa":
+        return encode(tok, chunk + CONTEXT_SEPARATOR), [], [encode(tok, p.text) for p in group]
+    style = Prompt.resolve_style(tok, cfg.prompt_style)
+    teacher = Prompt.build(tok, encode(tok, chunk), style, cfg.instruction)
+    student = Prompt.build(tok, [], style, cfg.instruction)
+    return teacher.prefix_ids, student.prefix_ids, [teacher.suffix_ids(p.prompt) for p in group]
+
+
+def _by_chunk(probes: list[Probe]) -> dict[int, list[Probe]]:
+    groups: dict[int, list[Probe]] = {}
+    for p in probes:
+        groups.setdefault(p.chunk, []).append(p)
+    return dict(sorted(groups.items()))
+
+
+def label_examples(lm, chunks: list[str], probes: list[Probe], cfg: ProbeConfig) -> list[Example]:
+    """Probes with known answers as hard-label examples, no teacher run: the target is the reference and the
+    token that ends an answer in the prompt style (so a trained memory also learns to stop).
+
+    >>> examples = label_examples(lm, chunks, make_probes(lm, chunks, ProbeConfig()), ProbeConfig())
+    """
+    tok = lm.tokenizer
+    stop = answer_stop_id(tok, "qa" if cfg.prompt_style == "qa" else Prompt.resolve_style(tok, cfg.prompt_style))
+    examples = []
+    for c, group in _by_chunk([p for p in probes if p.reference]).items():
+        context, student_prefix, prompts = probe_prompts(tok, chunks[c], group, cfg)
+        for p, prompt in zip(group, prompts):
+            ref = encode(tok, " " + p.reference)
+            examples.append(Example(p.family, context, prompt, ref + [stop], torch.zeros((0, 0)),
+                                    torch.zeros((0, 0), dtype=torch.long), p.reference, p.reference, ref, None,
+                                    p.prompt, student_prefix))
+    return examples
+
+
 def teacher_examples(lm, chunks: list[str], probes: list[Probe], cfg: ProbeConfig,
                      progress: bool = True) -> list[Example]:
     """Teacher answers and cached top-k logits for every probe (its chunk in context)."""
     tok = lm.tokenizer
-    by_chunk: dict[int, list[Probe]] = {}
-    for p in probes:
-        by_chunk.setdefault(p.chunk, []).append(p)
     examples = []
-    for c in tqdm(sorted(by_chunk), desc="teacher", disable=not progress, unit="chunk"):
-        group = by_chunk[c]
-        if cfg.prompt_style == "qa":
-            context, student_prefix = encode(tok, chunks[c] + CONTEXT_SEPARATOR), []
-            prompts = [encode(tok, p.text) for p in group]
-        else:  # the prompt of `locas ask` / the LoCoMo harness, with and without the chunk
-            teacher = Prompt.build(tok, encode(tok, chunks[c]), cfg.prompt_style)
-            context, student_prefix = teacher.prefix_ids, Prompt.build(tok, [], cfg.prompt_style).prefix_ids
-            prompts = [teacher.suffix_ids(p.prompt) for p in group]
+    for c, group in tqdm(_by_chunk(probes).items(), desc="teacher", disable=not progress, unit="chunk"):
+        context, student_prefix, prompts = probe_prompts(tok, chunks[c], group, cfg)
         refs = [encode(tok, " " + p.reference) if p.reference else None for p in group]
         limits = [cfg.answer_tokens * (2 if p.family == "summary" else 1) for p in group]
         answers = answer_with_teacher(lm, context, prompts, limits, cfg.topk, refs)

@@ -91,7 +91,7 @@ class MemoryJobRequest(BaseModel):
         """The job's ``TrainConfig``: every setting known, of its type and within its bounds, else an ``ApiError``."""
         from ..errors import LocasError
         from ..learn.config import TrainConfig
-        from ..learn.memorize import default_epochs
+        from ..learn.memorize import objective_defaults
         from ..learn.objectives import objective_class
 
         hints = typing.get_type_hints(TrainConfig)
@@ -103,7 +103,7 @@ class MemoryJobRequest(BaseModel):
             fits = isinstance(value, want) or (want is float and isinstance(value, int))
             if not fits or isinstance(value, bool):
                 raise ApiError(400, f"{where}: expected {want.__name__}, got {type(value).__name__}", param=where)
-        settings = {"epochs": default_epochs(self.objective.lower()), **self.settings}
+        settings = {**objective_defaults(self.objective), **self.settings}
         try:
             objective_class(self.objective)
             cfg = TrainConfig(objective=self.objective, **settings)

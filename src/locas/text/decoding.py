@@ -28,6 +28,17 @@ import torch.nn.functional as F
 from ..errors import LocasError
 
 _NEWLINE_STOPS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+_BLANK_TOKENS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def blank_token_ids(tokenizer) -> frozenset[int]:
+    """Tokens whose text is only whitespace (spaces, line breaks): they do not make an answer non-empty."""
+    if tokenizer is None:
+        return frozenset()
+    if tokenizer not in _BLANK_TOKENS:  # one pass over the vocabulary per tokenizer
+        _BLANK_TOKENS[tokenizer] = frozenset(
+            i for tok, i in tokenizer.get_vocab().items() if not tokenizer.convert_tokens_to_string([tok]).strip())
+    return _BLANK_TOKENS[tokenizer]
 
 
 def eos_token_ids(tokenizer, model=None) -> frozenset[int]:
@@ -204,8 +215,9 @@ class Decoder:
                  streamer=None) -> list[Continuation]:
         """One continuation per suffix: greedy, or sampled with ``sampling``.
 
-        ``min_new_tokens`` forbids the stop tokens for that many first positions (``1``: never an
-        empty answer); ``topk`` keeps the top-k logits of every generated position; ``streamer``
+        ``min_new_tokens`` forbids the stop tokens until a row has that many tokens that are not blank
+        (``1``: never an empty or whitespace-only answer, within the length limit); ``topk`` keeps the
+        top-k logits of every generated position; ``streamer``
         (e.g. transformers' ``TextStreamer``) receives the first row's tokens as they come.
         """
         limit = max_new_tokens or self.max_new_tokens
@@ -232,15 +244,19 @@ class Decoder:
         values: list[list[torch.Tensor]] = [[] for _ in range(B)]
         index: list[list[torch.Tensor]] = [[] for _ in range(B)]
         stops = torch.tensor(sorted(self.stop_ids), dtype=torch.long, device=dev)
-        for step in range(limit):
+        blank = blank_token_ids(self.tokenizer) if min_new_tokens else frozenset()
+        content = [0] * B  # non-blank tokens so far, per row
+        for _ in range(limit):
             logits = self.model(input_ids=ids, attention_mask=mask, position_ids=pos, past_key_values=cache,
                                 use_cache=True).logits[:, -1]  # (B, V)
             if topk:  # the model's own distribution, before any stop token is forbidden
                 v, i = logits.float().topk(min(topk, logits.shape[-1]), dim=-1)  # (B, k)
                 v, i = v.cpu(), i.cpu()
-            if step < min_new_tokens and len(stops) < logits.shape[-1]:
+            short = [b for b in range(B) if content[b] < min_new_tokens]
+            if short and len(stops) < logits.shape[-1]:
                 logits = logits.clone()
-                logits[:, stops[stops < logits.shape[-1]]] = float("-inf")
+                rows = torch.tensor(short, device=dev)
+                logits[rows[:, None], stops[stops < logits.shape[-1]][None]] = float("-inf")
             token = draw(logits, sampling)  # (B,)
             for b in range(B):
                 if done[b]:
@@ -254,6 +270,7 @@ class Decoder:
                     outs[b].stop = t
                 else:
                     outs[b].tokens.append(t)
+                    content[b] += t not in blank
                     if streamer is not None and b == 0:
                         streamer.put(torch.tensor([t]))
             if bool(done.all()):
@@ -268,14 +285,14 @@ class Decoder:
                 o.topk_values, o.topk_index = torch.stack(values[b]), torch.stack(index[b])
         return outs
 
-    def answer_ids(self, suffixes: list[list[int]], streamer=None) -> list[list[int]]:
+    def answer_ids(self, suffixes: list[list[int]], streamer=None, min_new_tokens: int = 0) -> list[list[int]]:
         """Greedy continuations (stop tokens excluded) of ``prefix + suffix`` for every suffix."""
-        return [c.tokens for c in self.generate(suffixes, streamer=streamer)]
+        return [c.tokens for c in self.generate(suffixes, streamer=streamer, min_new_tokens=min_new_tokens)]
 
-    def answer(self, suffixes: list[list[int]], streamer=None) -> list[str]:
-        """Greedy answers as text."""
+    def answer(self, suffixes: list[list[int]], streamer=None, min_new_tokens: int = 0) -> list[str]:
+        """Greedy answers as text (``min_new_tokens=1``: never blank while the length limit allows)."""
         return [self.tokenizer.decode(a, skip_special_tokens=True).strip()
-                for a in self.answer_ids(suffixes, streamer)]
+                for a in self.answer_ids(suffixes, streamer, min_new_tokens)]
 
     # ---- scoring a given continuation ---------------------------------------------------------------
     @torch.no_grad()

@@ -10,6 +10,7 @@ each gold part takes its best-matching predicted part and the scores are average
     >>> score_answer("7 May 2023", "May 7, 2023", category=2)        # 1.0
     >>> is_refusal("That is not mentioned in the conversation.")    # True
     >>> squad_exact_f1("the Hoe press", "Hoe press")                 # (1.0, 1.0), SQuAD normalisation
+    >>> answer_contained("It was built in 1,871.", ["1871"])          # True: a reference's words, in order
 """
 
 from __future__ import annotations
@@ -120,3 +121,9 @@ def squad_exact_f1(prediction: str, reference: str) -> tuple[float, float]:
         return exact, 0.0
     prec, rec = common / len(p), common / len(r)
     return exact, 2 * prec * rec / (prec + rec)
+
+
+def answer_contained(prediction: str, references) -> bool:
+    """Whether any reference (LoCoMo-normalised) occurs as a whole-word run in the normalised prediction."""
+    pred = f" {normalize_answer(prediction)} "
+    return any(ref and f" {ref} " in pred for ref in (normalize_answer(r) for r in references))

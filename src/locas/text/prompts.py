@@ -19,6 +19,7 @@ from .tokens import encode
 
 INSTRUCTION = ("Answer the question with a short phrase, using exact words from the conversation when possible. "
                "If the conversation does not mention it, answer \"Not mentioned in the conversation\".")
+DOCUMENT_INSTRUCTION = "Answer the question with a short phrase."
 TEMPORAL_HINT = " Use the DATE of the conversation to answer with an approximate date."
 PROMPT_STYLES = ("auto", "chat", "plain")
 _CTX, _Q = "\x00CTX\x00", "\x00Q\x00"
@@ -86,6 +87,15 @@ def _split(text: str) -> tuple[str, str, str]:
     head, rest = text.split(_CTX, 1)
     mid, tail = rest.split(_Q, 1)
     return head, mid, tail
+
+
+def answer_stop_id(tokenizer, style: str) -> int:
+    """The token that ends a short answer in ``style``: ``<|im_end|>`` (or EOS) in chat, else a line break (EOS
+    for a tokenizer without one)."""
+    if style == "chat" and "<|im_end|>" in tokenizer.get_vocab():
+        return tokenizer.convert_tokens_to_ids("<|im_end|>")
+    newline = encode(tokenizer, "\n") if style != "chat" else []
+    return newline[-1] if newline else tokenizer.eos_token_id
 
 
 def user_prompt_ids(tokenizer, content: str, use_chat: bool = True) -> list[int]:

@@ -33,7 +33,7 @@ def run(args, input_fn=input):
         raise LocasError(f"--history must not be negative, got {args.history}")
     lm = load_lm(args)
     state = model_state(lm, args)
-    prompt = build_prompt(lm, args.context, args.prompt_style, reserve=1024 + args.max_new_tokens)
+    prompt = build_prompt(lm, args, reserve=1024 + args.max_new_tokens)
     history: list[tuple[str, str]] = []
     streamer = TextStreamer(lm.tokenizer, skip_prompt=False, skip_special_tokens=True)
     with state.apply(lm) as model:
@@ -48,5 +48,9 @@ def run(args, input_fn=input):
             if not question:
                 break
             ids = decoder.answer_ids([prompt.suffix_ids(question, history[-args.history:] if args.history else [])],
-                                     streamer=streamer)[0]
-            history.append((question, lm.tokenizer.decode(ids, skip_special_tokens=True).strip()))
+                                     streamer=streamer, min_new_tokens=1)[0]
+            answer = lm.tokenizer.decode(ids, skip_special_tokens=True).strip()
+            if not answer:
+                print(f"(no answer within {args.max_new_tokens} tokens; raise --max-new-tokens or try the other "
+                      "--prompt-style)")
+            history.append((question, answer))

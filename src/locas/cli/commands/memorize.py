@@ -1,14 +1,15 @@
 """``locas memorize FILE -o book.locas``: train a memory on a text file and save it.
 
-    $ locas memorize notes.txt -o notes.locas --epochs 3                       # next-token (default)
-    $ locas memorize notes.txt -o notes.locas --objective selfstudy            # answerable without the text
-    $ locas ask "Who bought the press?" --memory notes.locas
+    $ locas memorize notes.txt -o notes.locas                   # answerable without the text (selfstudy, default)
+    $ locas ask "Who bought the press?" --memory notes.locas    # asked in the format the memory was trained in
+    $ locas memorize book.txt -o book.locas --objective ntp     # a long text's wording, window by window
 
-``--objective ntp|sd|mix`` stream the text window by window (scored before each update);
-``selfstudy`` distils the model-with-the-text into the memory on probes about it and ends with a
-recall report on held-out probes (``--recall`` adds it to the other objectives); ``grpo``
-reinforces the memory on cloze questions cut from the text's sentences. ``--budget`` trains for a
-number of CPU-seconds instead of a number of passes.
+``selfstudy`` (the default) trains the memory to answer probes about every fact of the text with
+the text gone (docs/RECALL.md) and records the prompt format it trained in, so ``locas ask`` asks
+the same way; ``--recall`` adds a report on held-out, model-written questions. ``--objective
+ntp|sd|mix`` stream the text window by window (scored before each update); ``grpo`` reinforces
+the memory on cloze questions cut from the text's sentences. ``--budget`` trains for a number of
+CPU-seconds instead of a number of passes.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from __future__ import annotations
 import argparse
 
 from ...learn.config import TrainConfig
+from ...learn.memorize import OBJECTIVE_DEFAULTS
 from ...learn.objectives import OBJECTIVE_NAMES, GRPOConfig, SelfStudyConfig
 from ...probes.config import ProbeConfig
 from ..checks import path_arg
@@ -33,7 +35,8 @@ from ..flags import (
 
 HELP = "memorise a text file into a .locas memory file"
 # a small valid invocation: the bad-input matrix (tests/test_bad_input.py) runs it, then breaks it
-EXAMPLE = {"file": "{text}", "-o": "{out}.locas", "--max-tokens": "64", "--window-size": "32", "--memory-width": "4",
+EXAMPLE = {"file": "{text}", "-o": "{out}.locas", "--objective": "ntp", "--max-tokens": "64", "--window-size": "32",
+           "--memory-width": "4",
            "--model": "{model}", "--device": "cpu"}
 TRAINS = "segments"
 
@@ -50,17 +53,26 @@ def add_arguments(p):
                         "number of passes (default: off)")
     add_model_args(p)
     add_settings(p, TrainConfig, title="test-time training", only=WINDOW + OPTIMISER + OBJECTIVE + MEMORY,
-                 defaults={"epochs": None},
-                 helps={"objective": f"what the memory learns: {', '.join(OBJECTIVE_NAMES)} (default: ntp)",
+                 defaults={"epochs": None, "lr": None, "window_size": None, "objective": "selfstudy"},
+                 helps={"objective": f"what the memory learns: {', '.join(OBJECTIVE_NAMES)} (default: selfstudy)",
                         "epochs": "passes over the material: the text's windows (ntp, sd, mix), the probes "
-                                  "(selfstudy) or the cloze questions (grpo) (default: 1; selfstudy and grpo 8)"})
+                                  f"(selfstudy) or the cloze questions (grpo) (default: 1; grpo "
+                                  f"{OBJECTIVE_DEFAULTS['grpo']['epochs']})",
+                        "lr": f"learning rate (AdamW) (default: {OBJECTIVE_DEFAULTS['selfstudy']['lr']} for selfstudy, "
+                              f"else {TrainConfig.lr})",
+                        "window_size": "tokens per text window: ntp/sd/mix stream them, selfstudy's next-token term "
+                                       f"takes one per step (default: {OBJECTIVE_DEFAULTS['selfstudy']['window_size']} "
+                                       f"for selfstudy, else {TrainConfig.window_size})"})
     g = add_settings(p, ProbeConfig, title="self-study probes (--objective selfstudy, and --recall)")
     add_settings(p, SelfStudyConfig, title="self-study training (--objective selfstudy)")
     g.add_argument("--heldout-per-chunk", type=Number(int, minimum=0), default=4,
                    help="held-out probes per chunk for the recall report (default: 4)")
+    g.add_argument("--heldout-families", default="question",
+                   help="probe families of the recall report, never trained on (default: question, written by the "
+                        "model with the text in context)")
     g.add_argument("--probe-cache", default=None, help="probe cache JSON (default: OUTPUT.probes.json)")
     g.add_argument("--recall", action=argparse.BooleanOptionalAction, default=None,
-                   help="held-out recall report after memorising (default: on for selfstudy, else off)")
+                   help="held-out recall report after memorising (default: off)")
     path_arg(g, "--recall-json", kind="file_out", default=None,
              help="where to write the report (default: OUTPUT.recall.json)")
     add_settings(p, GRPOConfig, title="GRPO (--objective grpo)")
@@ -72,19 +84,23 @@ def run(args):
     from ...core.files import load_memory, save_memory
     from ...data.paths import read_text
     from ...errors import LocasError
-    from ...learn.memorize import default_epochs, memorize_text
+    from ...learn.memorize import memorize_text, objective_defaults
     from ...learn.objectives import ObjectiveSettings
+    from ...probes.config import FAMILIES
     from ...text.tokens import tokenize_text
     from ..flags import load_lm, setting_value, settings_from
 
     text = read_text(args.file)
-    epochs = setting_value(args, TrainConfig, "epochs") or default_epochs(setting_value(args, TrainConfig,
-                                                                                         "objective").lower())
-    cfg = settings_from(args, TrainConfig, epochs=epochs)
+    objective = setting_value(args, TrainConfig, "objective").lower()
+    unset = {k: v for k, v in objective_defaults(objective).items() if setting_value(args, TrainConfig, k) is None}
+    cfg = settings_from(args, TrainConfig, **unset)
     settings = ObjectiveSettings(selfstudy=settings_from(args, SelfStudyConfig), grpo=settings_from(args, GRPOConfig),
                                  probes=settings_from(args, ProbeConfig, seed=cfg.seed))
     selfstudy = cfg.objective == "selfstudy"
-    recall = selfstudy if args.recall is None else args.recall
+    recall = bool(args.recall)
+    heldout_families = tuple(f.strip() for f in args.heldout_families.split(",") if f.strip())
+    if recall and (not heldout_families or any(f not in FAMILIES for f in heldout_families)):
+        raise LocasError(f"unknown --heldout-families '{args.heldout_families}'; choose from {', '.join(FAMILIES)}")
     if recall and args.heldout_per_chunk < 1:
         raise LocasError("--recall needs --heldout-per-chunk >= 1 (or pass --no-recall)")
     if args.max_tokens is not None and args.max_tokens < 2:
@@ -105,7 +121,8 @@ def run(args):
 
         cache = args.probe_cache or f"{args.output}.probes.json"
         train, heldout, times = build_probe_sets(lm, text, settings.probes, args.heldout_per_chunk if recall else 0,
-                                                 cache)
+                                                 cache, teacher=not selfstudy or settings.selfstudy.loss == "kl",
+                                                 heldout_families=heldout_families)
         made = ", ".join(f"{k} {v:.1f} s" for k, v in times.items() if v) or "all from the cache"
         print(f"{len(train)} training probes, {len(heldout)} held-out probes ({made}); cache {cache}")
     budget = max(args.budget - (time.process_time() - c0), 0.0) if args.budget else None  # probe making counts
@@ -130,6 +147,8 @@ def _ppl_without_and_with(lm, learner, tokens, window):
 
 def _report(lm, result, tokens, cfg, settings, examples) -> dict:
     """Print what the run did; returns what the memory file records about it."""
+    from ...text.prompts import Prompt
+
     if result.streamed is not None:
         res = result.streamed
         print(f"{len(tokens):,} tokens, {len(res.window_nll)} windows x {cfg.steps_per_window} steps, "
@@ -149,7 +168,10 @@ def _report(lm, result, tokens, cfg, settings, examples) -> dict:
         extra["steps"] = result.steps
     if examples is not None:
         extra.update(probes=len(examples), ntp_weight=settings.selfstudy.ntp_weight,
-                     families=",".join(settings.probes.families))
+                     families=",".join(settings.probes.families), probe_loss=settings.selfstudy.loss)
+        if settings.probes.prompt_style != "qa":  # what `locas ask` and `locas chat` ask in
+            extra["prompt"] = {"style": Prompt.resolve_style(lm.tokenizer, settings.probes.prompt_style),
+                               "instruction": settings.probes.instruction}
     return extra
 
 

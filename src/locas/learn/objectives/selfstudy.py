@@ -1,14 +1,18 @@
 """Self-study: train the memory so the model answers questions about a text *without* the text.
 
 Plain next-token training stores a text's wording, not answers to questions about it. Self-study
-distils the frozen model *with the text in context* into the memory model *without* it: probes
-about the segment are made and answered by the teacher (``locas.probes``), and each step trains
-on a batch of them, KL(teacher || student) over the teacher's answer tokens, where the student is
-the memory model reading only the probe (optionally a short recent window), plus ``ntp_weight`` x
-next-token loss on one of the segment's windows.
+trains the memory model, reading only a probe about the text (no text in the prompt), to give the
+probe's answer: by default (``loss="label"``) the reference answer of ``fact`` probes (every name
+and number of every sentence hidden in turn, asked in three wordings, in the prompt format of
+``locas ask``), cross-entropy on the answer and its stop token; with ``loss="kl"`` it distils the
+frozen model *with the text in context* instead (KL(teacher || student) over the teacher's own
+answer tokens, top-k). Each step is a batch of left-padded probes (logits only at the answer
+positions) plus ``ntp_weight`` x next-token loss on one of the segment's windows. docs/RECALL.md
+measures the levers.
 
-    >>> objective = make_objective(TrainConfig(objective="selfstudy"),
-    ...                            ObjectiveSettings(probes=ProbeConfig(families=("cloze", "template"))))
+    >>> objective = make_objective(TrainConfig(objective="selfstudy"))        # fact probes, hard labels
+    >>> objective = make_objective(TrainConfig(objective="selfstudy"), ObjectiveSettings(
+    ...     selfstudy=SelfStudyConfig(loss="kl"), probes=ProbeConfig(families=("cloze", "template"))))
     >>> stats = objective.update(learner, optimizer, segment, plan)          # makes its own probes
     >>> stats = objective.update(learner, optimizer, segment, plan, examples=cached)
 """
@@ -19,25 +23,30 @@ import time
 from dataclasses import asdict, dataclass
 
 import torch
+import torch.nn.functional as F
 
 from ...core.model import token_nll
 from ...errors import LocasError
 from ...probes.config import ProbeConfig
 from ...probes.families import make_probes
-from ...probes.teacher import Example, teacher_examples
+from ...probes.teacher import Example, label_examples, teacher_examples
 from ...settings import setting, validate
-from ...text.prompts import Prompt
 from ...text.sentences import split_chunks
 from ..step import backward_step
 from .base import Objective
 from .window import TeacherTargets, distill_kl
+
+LOSSES = ("label", "kl")
 
 
 @dataclass
 class SelfStudyConfig:
     """How the self-study objective trains on its probes."""
 
-    ntp_weight: float = setting(0.1, "self-study: weight of next-token loss on the raw text in every step",
+    loss: str = setting("label", "self-study: label = cross-entropy on the probes' reference answers (no teacher "
+                                 "run); kl = distil the model-with-the-text's answers (top-k KL)",
+                        flag="--probe-loss", choices=LOSSES)
+    ntp_weight: float = setting(0.3, "self-study: weight of next-token loss on the raw text in every step",
                                 minimum=0)
     batch: int = setting(8, "self-study: probes per optimiser step", flag="--probe-batch", minimum=1)
     student_window: int = setting(0, "self-study: tokens of the chunk's end the student also sees (0 = only the probe)",
@@ -50,36 +59,72 @@ class SelfStudyConfig:
         return asdict(self)
 
 
-def student_batch(examples: list[Example], window: int, device) -> tuple[torch.Tensor, list[tuple[int, int]]]:
-    """Right-padded student inputs (B, T) = [recent window] + prompt + answer, and answer spans."""
-    rows, spans = [], []
-    for e in examples:
-        ctx = e.context[-window:] if window else []
-        seq = ctx + e.student_prefix + e.prompt + e.answer
-        start = len(seq) - len(e.answer)
-        rows.append(seq)
-        spans.append((start, start + len(e.answer)))
-    width = max(len(r) for r in rows)
-    ids = torch.zeros((len(rows), width), dtype=torch.long)
+@dataclass
+class StudentBatch:
+    """Left-padded student rows [recent window] + prefix + prompt + answer, every answer ending at the last column."""
+
+    ids: torch.Tensor  # (B, W)
+    attention_mask: torch.Tensor  # (B, W)
+    position_ids: torch.Tensor  # (B, W)
+    lengths: list[int]  # answer tokens per row (A_b)
+
+    @property
+    def keep(self) -> int:
+        """Logit positions that predict every answer token: the last max(A_b) + 1 columns."""
+        return max(self.lengths) + 1
+
+    def inputs(self) -> dict:
+        return {"attention_mask": self.attention_mask, "position_ids": self.position_ids,
+                "logits_to_keep": self.keep}
+
+    def answer_logits(self, logits: torch.Tensor) -> torch.Tensor:
+        """(B, keep, V) kept logits -> (sum A_b, V), the predictions of every answer token in order."""
+        K = logits.shape[1]
+        return torch.cat([logits[b, K - a - 1: K - 1] for b, a in enumerate(self.lengths)])
+
+
+def student_batch(examples: list[Example], window: int, device, pad_id: int = 0) -> StudentBatch:
+    """The student's view of ``examples`` (no chunk, only the probe after its prefix), left-padded."""
+    rows = [(e.context[-window:] if window else []) + e.student_prefix + e.prompt + e.answer for e in examples]
+    B, W = len(rows), max(len(r) for r in rows)
+    ids = torch.full((B, W), pad_id, dtype=torch.long)
+    mask = torch.zeros((B, W), dtype=torch.long)
+    pos = torch.zeros((B, W), dtype=torch.long)
     for b, r in enumerate(rows):
-        ids[b, : len(r)] = torch.tensor(r)
-    return ids.to(device), spans
+        ids[b, W - len(r):] = torch.tensor(r)
+        mask[b, W - len(r):] = 1
+        pos[b, W - len(r):] = torch.arange(len(r))
+    return StudentBatch(ids.to(device), mask.to(device), pos.to(device), [len(e.answer) for e in examples])
 
 
-def selfstudy_kl(logits: torch.Tensor, examples: list[Example], spans: list[tuple[int, int]]) -> torch.Tensor:
-    """KL(teacher || student) averaged over every answer token; logits (B, T, V) of the student batch."""
-    student = torch.cat([logits[b, s - 1: e - 1] for b, (s, e) in enumerate(spans)])  # (sum A, V)
-    values = torch.cat([e.topk_logits for e in examples]).to(logits.device).float()  # (sum A, k)
-    index = torch.cat([e.topk_index for e in examples]).to(logits.device)
-    return distill_kl(student, TeacherTargets(torch.log_softmax(values, -1), index))
+def selfstudy_kl(answer_logits: torch.Tensor, examples: list[Example]) -> torch.Tensor:
+    """KL(teacher || student) averaged over every answer token; answer_logits (sum A, V)."""
+    values = torch.cat([e.topk_logits for e in examples]).to(answer_logits.device).float()  # (sum A, k)
+    index = torch.cat([e.topk_index for e in examples]).to(answer_logits.device)
+    return distill_kl(answer_logits, TeacherTargets(torch.log_softmax(values, -1), index))
 
 
-def distillation_loss(lm, memory, examples: list[Example], student_window: int = 0, layers=None) -> torch.Tensor:
+def label_loss(answer_logits: torch.Tensor, examples: list[Example]) -> torch.Tensor:
+    """Cross-entropy of every answer token (the reference and its stop token); answer_logits (sum A, V)."""
+    target = torch.tensor([t for e in examples for t in e.answer], device=answer_logits.device)
+    return F.cross_entropy(answer_logits.float(), target)
+
+
+def probe_loss(logits_fn, examples: list[Example], loss: str, student_window: int = 0, device="cpu") -> torch.Tensor:
+    """The self-study loss of one batch: ``logits_fn(ids, **inputs)`` is the student (a learner's ``logits``)."""
+    batch = student_batch(examples, student_window, device)
+    answer = batch.answer_logits(logits_fn(batch.ids, **batch.inputs()))
+    return label_loss(answer, examples) if loss == "label" else selfstudy_kl(answer, examples)
+
+
+def distillation_loss(lm, memory, examples: list[Example], student_window: int = 0, layers=None,
+                      loss: str = "kl") -> torch.Tensor:
     """Self-study loss of ``memory`` on ``examples`` (student sees probe [+ recent window] only)."""
-    ids, spans = student_batch(examples, student_window, lm.device)
-    with lm.use_memory(memory, layers):
-        logits = lm.model(input_ids=ids, use_cache=False).logits
-    return selfstudy_kl(logits, examples, spans)
+    def student(ids, **inputs):
+        with lm.use_memory(memory, layers):
+            return lm.model(input_ids=ids, use_cache=False, **inputs).logits
+
+    return probe_loss(student, examples, loss, student_window, lm.device)
 
 
 class SelfStudy(Objective):
@@ -95,13 +140,13 @@ class SelfStudy(Objective):
         """Probes made from the segment's text (seeded by ``segment.seed``) and the teacher's answers; the
         teacher is the frozen model (adapters off), in the prompt style of the probes."""
         lm = learner.lm
-        style = self.probes.prompt_style
-        if style != "qa":
-            style = Prompt.resolve_style(lm.tokenizer, style)
-        pcfg = ProbeConfig(**{**self.probes.to_dict(), "seed": segment.seed, "prompt_style": style})
+        pcfg = ProbeConfig(**{**self.probes.to_dict(), "seed": segment.seed})
         chunks = split_chunks(lm.tokenizer, segment.text, pcfg.chunk_tokens)
         with learner.frozen():
-            return teacher_examples(lm, chunks, make_probes(lm, chunks, pcfg, progress=False), pcfg, progress=False)
+            probes = make_probes(lm, chunks, pcfg, progress=False)
+            if self.study.loss == "label":
+                return label_examples(lm, chunks, probes, pcfg)
+            return teacher_examples(lm, chunks, probes, pcfg, progress=False)
 
     def update(self, learner, optimizer, segment, plan, examples: list[Example] | None = None) -> dict:
         """Passes over the probes (``plan``: a pass count or a CPU deadline, which includes making the probes),
@@ -113,17 +158,22 @@ class SelfStudy(Objective):
             raise LocasError("the selfstudy objective needs probes; none could be made from this text (too short?)")
         prep_cpu_s = time.process_time() - c0
         lm, study = learner.lm, self.study
-        kl_sum, steps, skipped = 0.0, 0, 0
+        if study.loss == "kl" and any(not len(e.topk_logits) for e in examples):
+            raise LocasError("--probe-loss kl needs teacher answers; these probes have only reference answers")
+        if study.loss == "label" and any(e.reference is None for e in examples):
+            examples = [e for e in examples if e.reference is not None]  # model-written probes have no reference
+            if not examples:
+                raise LocasError("--probe-loss label needs probes with known answers: add the fact or cloze family")
+        probe_sum, steps, skipped = 0.0, 0, 0
         for pick in plan.batches(list(examples), batch=study.batch, shuffle=True):
             optimizer.zero_grad(set_to_none=True)
-            ids, spans = student_batch(pick, study.student_window, lm.device)
-            kl = selfstudy_kl(learner.logits(ids), pick, spans)
-            loss = kl
+            probe = probe_loss(learner.logits, pick, study.loss, study.student_window, lm.device)
+            loss = probe
             if study.ntp_weight and segment.spans:
                 s, e = segment.spans[steps % len(segment.spans)]
                 window = segment.tokens[s:e][None].to(lm.device)
-                loss = kl + study.ntp_weight * token_nll(learner.logits(window), window).mean()
+                loss = probe + study.ntp_weight * token_nll(learner.logits(window), window).mean()
             skipped += int(backward_step(learner, optimizer, loss))
-            kl_sum, steps = kl_sum + float(kl.detach()), steps + 1
-        return {"probes": len(examples), "kl": kl_sum / max(steps, 1), "steps": steps, "skipped": skipped,
+            probe_sum, steps = probe_sum + float(probe.detach()), steps + 1
+        return {"probes": len(examples), study.loss: probe_sum / max(steps, 1), "steps": steps, "skipped": skipped,
                 "prep_cpu_s": prep_cpu_s}
