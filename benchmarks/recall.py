@@ -72,7 +72,7 @@ SYSTEMS = {
     "recall-tau4": ("locas", "selfstudy", {"tau_scale": 4.0}),
     "lora-recall-r64": ("lora", "selfstudy", {"lora_rank": 64}),
 }
-LRS = {"recall": 0.1, "ntp": 3e-2, "lora": 1e-3}  # chosen on the tune split (docs/RECALL.md); lora: every lora-*
+LRS = {"recall": 0.1, "ntp": 0.1, "lora": 3e-3}  # chosen on the tune split (docs/RECALL.md); lora: every lora-*
 
 
 def parse_args():

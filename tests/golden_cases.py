@@ -186,7 +186,8 @@ def retention_case(root: Path) -> dict:
     plain = ["--model", model, "--device", "cpu"]
     common = [*plain, "--data-dir", data]
     mem = root / "book.locas"
-    cli("memorize", book, "-o", mem, "--window-size", 32, "--memory-width", 4, "--lr", 0.05, *plain)
+    cli("memorize", book, "-o", mem, "--objective", "ntp", "--window-size", 32, "--memory-width", 4, "--lr", 0.05,
+        *plain)
     cli("fuse", "--memory", mem, "-o", root / "fused", *plain)
     cli("retention", "--memory", mem, "--dense", root / "fused", "--heldout", other, "--heldout-tokens", 0,
         "--shots", 2, "--limit-per-subject", 0, "--window-size", 32, "--out", root / "ret", *common)
@@ -207,7 +208,8 @@ def ask_case(root: Path, capsys=None) -> dict:
     model = char_model(root)
     mem = root / "m.locas"
     common = ["--model", model, "--device", "cpu"]
-    cli("memorize", doc_file(root, 1), "-o", mem, "--window-size", 64, "--memory-width", 4, "--lr", 0.05, *common)
+    cli("memorize", doc_file(root, 1), "-o", mem, "--objective", "ntp", "--window-size", 64, "--memory-width", 4,
+        "--lr", 0.05, *common)
     ctx = root / "ctx.txt"
     ctx.write_text("Ann said the cat is Tom.\n")
     answers = {}

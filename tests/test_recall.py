@@ -51,7 +51,8 @@ def test_fact_probes_hide_every_name_and_number_of_every_sentence_in_each_wordin
     assert any(q.endswith("with how many workers?") for q in by_answer["forty"])
     assert any(q.startswith("Fill in the blank") and "____" in q for q in by_answer["Harrow"])
     assert len(fact_probes(chunk, 0, random.Random(0), wordings=1)) == 4
-    assert fact_wordings("The mill opened in 1871.", 19, 23, "number", 3)[2] == 'Complete the sentence: "The mill opened in ..."'
+    complete = fact_wordings("The mill opened in 1871.", 19, 23, "number", 3)[2]
+    assert complete == 'Complete the sentence: "The mill opened in ..."'
     # the default families are fact probes; no cap: every sentence with a fact is covered, deterministically
     lm = _word_lm()
     chunks = split_chunks(lm.tokenizer, DOC, chunk_tokens=40)

@@ -104,8 +104,9 @@ def recall_report(lm, memory, examples: list, cfg, base_rows: list[dict] | None 
 
 
 def recall_table(report: dict) -> tuple[list[str], list[list]]:
-    header = ["probes", "n", "NLL ctx", "NLL base", "NLL mem", "gap closed", "F1 ctx", "F1 base", "F1 mem",
-              "EM base", "EM mem"]
-    rows = [[g, s["n"], s["teacher_nll"], s["base_nll"], s["memory_nll"], s["gap_closed"], s["teacher_f1"],
-             s["base_f1"], s["memory_f1"], s["base_exact"], s["memory_exact"]] for g, s in report["summary"].items()]
+    header = ["probes", "n", "NLL ctx", "NLL base", "NLL mem", "ratio mem/base", "improved", "gap closed", "F1 ctx",
+              "F1 base", "F1 mem", "EM base", "EM mem", "contained base", "contained mem"]
+    rows = [[g, s["n"], s["teacher_nll"], s["base_nll"], s["memory_nll"], s["nll_ratio"], s["improved"],
+             s["gap_closed"], s["teacher_f1"], s["base_f1"], s["memory_f1"], s["base_exact"], s["memory_exact"],
+             s["base_contained"], s["memory_contained"]] for g, s in report["summary"].items()]
     return header, rows
