@@ -170,10 +170,15 @@ def checks(methods: dict[str, dict], runs: dict[str, list]) -> dict[str, tuple[b
     out = {}
     trained = sorted({k.split(" [")[0] for k in methods if not k.startswith("no-memory")})
     for label in (t for t in trained if t.startswith("locas-")):
-        for cat in ("single-hop", "multi-hop"):
+        for cat in ("single-hop", "multi-hop", "overall"):
             a, b = f1(f"{label} [none]", cat), f1("no-memory [none]", cat)
             if a is not None and b is not None:
-                out[f"{label} [none] beats no-memory [none] on {cat}"] = (a > b, f"{a:.2f} vs {b:.2f} F1")
+                detail = f"{a:.2f} vs {b:.2f} F1"
+                if label in runs and "no-memory" in runs:  # issue 19: the paired 95 % interval should exclude zero
+                    d, lo, hi = paired_f1_difference(collect(runs[label], "none", "memory"),
+                                                     collect(runs["no-memory"], "none", "memory"), cat)
+                    detail += f" (paired difference {d:+.2f}, 95% bootstrap CI {lo:+.2f} .. {hi:+.2f})"
+                out[f"{label} [none] beats no-memory [none] on {cat}"] = (a > b, detail)
 
     def best(family, mode):  # (overall F1, label) of a method family's best row over its learning rates
         rows = [(f1(f"{t} [{mode}]", "overall"), t) for t in trained if t.split("@")[0] == family]
