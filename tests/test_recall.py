@@ -22,17 +22,9 @@ from locas.text.decoding import Decoder, blank_token_ids
 from locas.text.metrics import answer_contained
 from locas.text.prompts import DOCUMENT_INSTRUCTION, answer_stop_id
 from locas.text.sentences import sentences, split_chunks
-from test_selfstudy import DOC, _word_lm
+from test_selfstudy import DOC, _one_thread, _word_lm, word_model_files  # noqa: F401 (autouse fixture)
 
 RECALL_DATA = Path(__file__).resolve().parent.parent / "benchmarks" / "data" / "recall"
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def test_fact_probes_hide_every_name_and_number_of_every_sentence_in_each_wording():
@@ -145,13 +137,7 @@ def test_answers_are_never_blank_while_the_limit_allows():
 def test_memorize_defaults_to_recall_and_ask_uses_the_recorded_prompt(tmp_path, capsys):
     from locas.cli.commands.ask import build_prompt, trained_prompt
 
-    lm = _word_lm()
-    model_dir = tmp_path / "tiny"
-    lm.model.save_pretrained(model_dir)
-    lm.tokenizer.save_pretrained(model_dir)
-    text = tmp_path / "doc.txt"
-    text.write_text(DOC)
-    out = tmp_path / "doc.locas"
+    lm, model_dir, text, out = word_model_files(tmp_path)
     assert cli.main(["memorize", str(text), "-o", str(out), "--model", str(model_dir), "--device", "cpu",
                      "--memory-width", "4", "--chunk-tokens", "40", "--window-size", "32"]) == 0
     printed = capsys.readouterr().out

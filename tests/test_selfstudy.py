@@ -176,14 +176,19 @@ def test_selfstudy_moves_the_no_context_answer_toward_the_teacher_more_than_ntp(
 
 
 # ---- the command -----------------------------------------------------------------------------
-def test_memorize_selfstudy_command_writes_memory_cache_and_recall(tmp_path, capsys):
+def word_model_files(tmp_path):
+    """The word-level model saved as a model directory, and DOC as a text file: (lm, model_dir, text, out)."""
     lm = _word_lm()
     model_dir = tmp_path / "tiny"
     lm.model.save_pretrained(model_dir)
     lm.tokenizer.save_pretrained(model_dir)
     text = tmp_path / "doc.txt"
     text.write_text(DOC)
-    out = tmp_path / "doc.locas"
+    return lm, model_dir, text, tmp_path / "doc.locas"
+
+
+def test_memorize_selfstudy_command_writes_memory_cache_and_recall(tmp_path, capsys):
+    lm, model_dir, text, out = word_model_files(tmp_path)
     argv = ["memorize", str(text), "-o", str(out), "--model", str(model_dir), "--device", "cpu",
             "--objective", "selfstudy", "--families", "cloze,template", "--chunk-tokens", "40",
             "--probes-per-chunk", "3", "--heldout-per-chunk", "2", "--epochs", "2", "--memory-width", "4",

@@ -6,7 +6,7 @@
 A memory trained on probes (``locas memorize``, self-study) records the prompt it was trained in
 (style and instruction); ``--prompt-style auto`` uses it. An answer is never blank: the stop
 tokens are held back until the model has said something, and if the length limit comes first
-the command says so and exits with status 1.
+the command says so in one line and exits with status 2.
 """
 
 from __future__ import annotations
