@@ -18,6 +18,12 @@ def world(tmp_path_factory):
     return setup(tmp_path_factory.mktemp("faults"))
 
 
+def _default_sigint() -> None:
+    """Child setup: Ctrl-C handled as usual even when this test runs as a background job (which ignores SIGINT, and
+    a child would inherit that)."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def _started(proc: subprocess.Popen, timeout: float = 120) -> str:
     """Wait until the command is at work (its first progress bar on stderr); returns what it printed."""
     seen, t0 = b"", time.perf_counter()
@@ -34,7 +40,8 @@ def test_interrupt_is_one_line_and_writes_nothing(world, tmp_path, sig, code):
     out = tmp_path / "m.locas"
     argv = ["memorize", world["text"], "-o", out, "--objective", "ntp", "--window-size", 16, "--memory-width", 4,
             "--epochs", 400, *world["common"]]
-    proc = subprocess.Popen(locas(*argv), env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc = subprocess.Popen(locas(*argv), env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            preexec_fn=_default_sigint)
     _started(proc)
     proc.send_signal(sig)
     _, err = proc.communicate(timeout=120)
@@ -47,7 +54,8 @@ def test_interrupt_is_one_line_and_writes_nothing(world, tmp_path, sig, code):
 def test_a_run_directory_takes_one_process_at_a_time(world, tmp_path):
     run = tmp_path / "run"
     long_run = [200 if prev == "--epochs" else a for prev, a in zip([None, *world["pg19"]], world["pg19"])]
-    first = subprocess.Popen(locas(*long_run, "-o", run), env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    first = subprocess.Popen(locas(*long_run, "-o", run), env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                             preexec_fn=_default_sigint)
     try:
         _started(first)
         second = subprocess.run(locas(*long_run, "-o", run, "--resume"), env=ENV, capture_output=True, text=True,
