@@ -27,18 +27,27 @@ import torch.nn.functional as F
 
 from ..errors import LocasError
 
-_NEWLINE_STOPS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
-_BLANK_TOKENS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+_WHITESPACE_TOKENS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def _whitespace_tokens(tokenizer) -> tuple[frozenset[int], frozenset[int]]:
+    """(tokens whose text contains a line break, tokens whose text is only whitespace): one pass over the
+    vocabulary per tokenizer."""
+    if tokenizer not in _WHITESPACE_TOKENS:
+        newline, blank = set(), set()
+        for tok, i in tokenizer.get_vocab().items():
+            text = tokenizer.convert_tokens_to_string([tok])
+            if "\n" in text:
+                newline.add(i)
+            if not text.strip():
+                blank.add(i)
+        _WHITESPACE_TOKENS[tokenizer] = frozenset(newline), frozenset(blank)
+    return _WHITESPACE_TOKENS[tokenizer]
 
 
 def blank_token_ids(tokenizer) -> frozenset[int]:
     """Tokens whose text is only whitespace (spaces, line breaks): they do not make an answer non-empty."""
-    if tokenizer is None:
-        return frozenset()
-    if tokenizer not in _BLANK_TOKENS:  # one pass over the vocabulary per tokenizer
-        _BLANK_TOKENS[tokenizer] = frozenset(
-            i for tok, i in tokenizer.get_vocab().items() if not tokenizer.convert_tokens_to_string([tok]).strip())
-    return _BLANK_TOKENS[tokenizer]
+    return _whitespace_tokens(tokenizer)[1] if tokenizer is not None else frozenset()
 
 
 def eos_token_ids(tokenizer, model=None) -> frozenset[int]:
@@ -60,10 +69,7 @@ def stop_token_ids(tokenizer, model=None, newline: bool = True) -> frozenset[int
     if "<|im_end|>" in vocab:
         ids.add(tokenizer.convert_tokens_to_ids("<|im_end|>"))
     if newline:
-        if tokenizer not in _NEWLINE_STOPS:  # one pass over the vocabulary per tokenizer
-            _NEWLINE_STOPS[tokenizer] = frozenset(
-                i for tok, i in vocab.items() if "\n" in tokenizer.convert_tokens_to_string([tok]))
-        ids |= _NEWLINE_STOPS[tokenizer]
+        ids |= _whitespace_tokens(tokenizer)[0]
     return frozenset(ids)
 
 
