@@ -49,9 +49,6 @@ from locas.learn.memorize import objective_defaults
 from locas.learn.objectives import ObjectiveSettings, SelfStudyConfig, make_objective
 from locas.learn.segments import Segment, train_segments
 from locas.probes.config import ProbeConfig
-from locas.probes.families import make_probes
-from locas.probes.teacher import label_examples, teacher_examples
-from locas.text.sentences import split_chunks
 from locas.text.tokens import tokenize_text
 
 DATA = Path(__file__).parent / "data" / "recall"
@@ -104,16 +101,6 @@ def load_docs(split: str, ids: str | None) -> list[dict]:
     return docs
 
 
-def train_examples(lm, text: str, probes: ProbeConfig, loss: str) -> list:
-    """The recall objective's training probes of ``text`` (hard-label, or teacher-answered for ``kl``)."""
-    chunks = split_chunks(lm.tokenizer, text, probes.chunk_tokens)
-    made = make_probes(lm, chunks, probes, progress=False)
-    if loss == "kl":
-        with lm.disabled():
-            return teacher_examples(lm, chunks, made, probes, progress=False)
-    return label_examples(lm, chunks, made, probes)
-
-
 def system_lrs(name: str, spec: str) -> list[float]:
     """The learning rates ``--lrs`` gives ``name``, else its LRS default."""
     for part in spec.split():
@@ -133,12 +120,10 @@ def run_system(lm, name: str, lr: float, doc: dict, tokens: torch.Tensor, args, 
     shape = {k: v for k, v in over.items() if k in ("memory_width", "memory_layers", "tau_scale", "lora_rank")}
     cfg = TrainConfig(**{**defaults, "lr": lr, "lora_rank": args.lora_rank, **shape}, objective=objective, seed=0)
     c0 = time.process_time()
-    examples = train_examples(lm, doc["text"], probes, study.loss) if objective == "selfstudy" else None
-    left = None if budget is None else max(budget - (time.process_time() - c0), 1.0)
     segment = Segment.from_text(lm.tokenizer, doc["text"], cfg.window_size, tokens=tokens)
+    # selfstudy makes its probes itself (SelfStudy.prepare), inside the budget, as `locas memorize` does
     learner, log = train_segments(lm, [segment], make_objective(cfg, ObjectiveSettings(selfstudy=study, probes=probes)),
-                                  cfg, method=method, passes=cfg.epochs, budget_s=left, examples=examples,
-                                  progress=False, desc=name)
+                                  cfg, method=method, passes=cfg.epochs, budget_s=budget, progress=False, desc=name)
     cpu = time.process_time() - c0
     state = learner.state()
     report = recall_report(lm, state, questions, probes, base_rows=base_rows, progress=False)
@@ -152,7 +137,7 @@ def run_system(lm, name: str, lr: float, doc: dict, tokens: torch.Tensor, args, 
     s = report["summary"]["all"]
     return {"system": name, "lr": lr, "doc": doc["id"], "tokens": len(tokens), "steps": log["segments"][0]["steps"],
             "cpu_s": cpu, "cpu_s_per_1k": cpu / len(tokens) * 1000, "params": log["extra_params"], "kl": kl,
-            "probes": len(examples or []), **{k: s[k] for k in (
+            "probes": log["segments"][0].get("probes", 0), **{k: s[k] for k in (
                 "n", "nll_ratio", "teacher_nll_ratio", "improved", "base_nll", "memory_nll", "teacher_nll",
                 "memory_contained", "base_contained", "teacher_contained", "memory_exact", "base_exact")},
             "by_type": _by_type(report, doc), "samples": report["samples"][:10]}

@@ -112,6 +112,7 @@ _UNITS = "one|two|three|four|five|six|seven|eight|nine|ten|eleven|twelve|thirtee
 _TENS = "twenty|thirty|forty|fifty|sixty|seventy|eighty|ninety"
 _WORD_NUMBER = re.compile(rf"\b(?:(?:{_TENS})(?:-(?:{_UNITS}))?|{_UNITS}|(?:a|one|two|three|four|five) hundred)\b",
                           re.I)
+_WHERE = {"in", "at", "near", "across", "into", "outside", "inside", "beyond"}  # "in Harrow" -> "where"
 
 
 def fact_spans(sentence: str) -> list[tuple[int, int, str]]:
@@ -122,7 +123,6 @@ def fact_spans(sentence: str) -> list[tuple[int, int, str]]:
         if m.start() > 0 and not any(a < m.end() and m.start() < b for a, b in taken):
             spans.append((m.start(), m.end(), "number"))
     return spans
-_WHERE = {"in", "at", "near", "across", "into", "outside", "inside", "beyond"}
 
 
 def _wh_phrase(sentence: str, start: int, end: int, kind: str) -> tuple[int, str]:
