@@ -3,6 +3,9 @@
 Suites (combine with --suite, repeatable):
   main        truncation, Locas r=64 and TempLoRA r=64 at their best swept settings (whole book unless --quick)
   sweep       learning-rate sweep for Locas and TempLoRA at r=64 on the sweep prefix (r=16 and r=11: the ranks suite)
+  levers      one lever at a time on the paper recipe (Locas r=64), each with a 4-point lr grid like TempLoRA's:
+              output scale law, value init from the gradient, key/gate lr, AdamW beta2, warm-up, value clipping
+              radius, a cheaper extra step, updating every 2nd window, width
   objectives  Locas r=64 with SD and MIX (teacher context 4 x window)
   init        init ablation at r=64: highest, lowest, random_index, random, activation
   ranks       smaller memories with the same lr sweep each: Locas r=16, TempLoRA r=16, and TempLoRA r=11
@@ -32,14 +35,29 @@ import torch
 from locas import LocasForCausalLM
 from locas.data.pg19 import load_book
 from locas.eval.pg19 import run_method
-from locas.eval.report import format_table, line_plot, write_json
+from locas.eval.report import format_table, line_plot, markdown_table, write_json
 from locas.learn.config import TrainConfig
 from locas.learn.learners import LocasLearner
+from locas.learn.presets import TUNED, preset_settings
 from locas.text.tokens import tokenize_text
 
 RESULTS = Path(__file__).parent / "results"
 LOCAS_LRS = (1e-2, 3e-2, 1e-1)
 LORA_LRS = (3e-4, 1e-3, 3e-3, 1e-2)
+LEVER_LRS = (3e-3, 1e-2, 3e-2, 1e-1)  # as many points as TempLoRA's grid
+# one lever at a time on the paper recipe (Locas r64): name -> (TrainConfig overrides, lr grid)
+LEVERS = {
+    "paper": ({}, LEVER_LRS),
+    "tau-sqrt": ({"tau_law": "sqrt"}, (1e-3, 3e-3, 1e-2, 3e-2)),  # 8x the output at r64: the grid moves down
+    "keys-lr0.1": ({"key_lr_scale": 0.1}, LEVER_LRS),
+    "value-grad-init": ({"value_init": "gradient"}, LEVER_LRS),
+    "beta2-0.99": ({"adam_beta2": 0.99}, LEVER_LRS),
+    "warmup-2": ({"warmup_windows": 2}, LEVER_LRS),
+    "radius-2": ({"value_radius": 2.0}, LEVER_LRS),
+    "extra-step-512": ({"steps_per_window": 2, "extra_step_tokens": 512}, LEVER_LRS),
+    "every-2": ({"update_every": 2}, LEVER_LRS),
+    "r16": ({"memory_width": 16}, LEVER_LRS),
+}
 ONLY = None
 
 
@@ -77,7 +95,8 @@ def best(rows, prefix):
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--suite", action="append",
-                    choices=["main", "sweep", "objectives", "init", "ranks", "layers", "full", "timing"])
+                    choices=["main", "sweep", "levers", "heldout", "objectives", "init", "ranks", "layers", "full",
+                             "timing"])
     ap.add_argument("--quick", action="store_true", help="main rows on the first 16K tokens (< 15 min)")
     ap.add_argument("--book", default="10146")
     ap.add_argument("--window-size", type=int, default=1024)
@@ -86,6 +105,10 @@ def main():
     ap.add_argument("--locas-lr", type=float, default=None, help="main suite Locas lr (default: best from sweep)")
     ap.add_argument("--lora-lr", type=float, default=None)
     ap.add_argument("--tau-scale", type=float, default=None)
+    ap.add_argument("--heldout-books", nargs="+", default=["10321", "10356", "10762"],
+                    help="heldout suite: books never used for tuning")
+    ap.add_argument("--kl-book", default="10146", help="heldout suite: text of the KL(base || method) check")
+    ap.add_argument("--kl-tokens", type=int, default=4096)
     ap.add_argument("--model", default="smollm2-135m")
     ap.add_argument("--tag", default="")
     ap.add_argument("--only", default=None, help="regex: run only matching rows (truncation always runs)")
@@ -109,6 +132,10 @@ def main():
 
     for suite in suites:
         t0 = time.perf_counter()
+        if suite == "heldout":
+            run_heldout(lm, args)
+            print(f"suite heldout took {time.perf_counter() - t0:.0f} s")
+            continue
         rows, curves = {}, {}
         n = args.max_tokens if suite == "main" and not args.quick else (
             16384 if suite in ("main", "full") else 4096 if suite == "timing" else args.sweep_tokens)
@@ -133,6 +160,13 @@ def main():
             record["best"] = {"locas_lr": v["config"]["lr"], "lora_lr": vl["config"]["lr"]}
             locas_lr, lora_lr = record["best"]["locas_lr"], record["best"]["lora_lr"]
             write_json(RESULTS / "pg19-best.json", record["best"])
+        elif suite == "levers":
+            out_path = RESULTS / f"pg19-levers{args.tag}.json"
+            for name, (over, grid) in LEVERS.items():
+                for lr in grid:
+                    cfg = TrainConfig(**{"window_size": W, "memory_width": 64, **over, "lr": lr})
+                    if run(lm, tokens, f"locas-{name}-lr{lr:g}", "locas", cfg, rows, curves) is not None:
+                        write_json(out_path, {**record, "suite": suite, "tokens": len(tokens), "rows": rows})
         elif suite == "objectives":
             for loss in ("NTP", "SD", "MIX"):
                 run(lm, tokens, f"locas-r64-{loss}", "locas",
@@ -171,6 +205,96 @@ def main():
         write_json(RESULTS / f"{tag}.json", out)
         line_plot(RESULTS / f"{tag}.png", curves, "tokens read", "cumulative perplexity", title=tag)
         print(f"suite {suite} took {time.perf_counter() - t0:.0f} s -> {RESULTS / (tag + '.json')}")
+
+
+def heldout_systems(W: int) -> dict[str, tuple[str, TrainConfig]]:
+    """The held-out comparison: truncation, the tuned preset, the paper's recipe, and TempLoRA at equal
+    parameters (r11 ~ Locas r64's count) and at r64, each TempLoRA at its best lr of the sweeps on book 10146."""
+    r11 = best(_load_rows("pg19-ranks-r11"), "lora-r11-")[1]
+    r64 = best({**_load_rows("pg19-sweep-earlier"), **_load_rows("pg19-sweep")}, "lora-r64-")[1]
+    if r11 is None or r64 is None:
+        raise SystemExit("the held-out suite takes TempLoRA's lrs from results/pg19-ranks-r11.json and "
+                         "pg19-sweep.json; run --suite ranks --only lora-r11 and --suite sweep first")
+    return {
+        "truncate": ("truncate", TrainConfig(window_size=W)),
+        f"locas-{TUNED}": ("locas", TrainConfig(**{"window_size": W, **preset_settings(TUNED)})),
+        "locas-paper": ("locas", TrainConfig(**{"window_size": W, **preset_settings("paper")})),
+        "lora-r11": ("lora", TrainConfig(window_size=W, lora_rank=11, lr=r11["config"]["lr"])),
+        "lora-r64": ("lora", TrainConfig(window_size=W, lora_rank=64, lr=r64["config"]["lr"])),
+    }
+
+
+def run_heldout(lm, args) -> None:
+    """Each held-out book (never used for tuning) with every system of ``heldout_systems``; after each trainable
+    run, KL(base || it) per token on ``--kl-book``'s prefix. One JSON part per (book, system) in
+    results/pg19-heldout/, reused when its settings match (the suite resumes), then one table."""
+    from locas.eval.retention import heldout_metrics, memorise, variants_for
+
+    W = args.window_size
+    parts = RESULTS / f"pg19-heldout{args.tag}"
+    parts.mkdir(parents=True, exist_ok=True)
+    kl_tokens = tokenize_text(lm.tokenizer, load_book(args.kl_book), args.kl_tokens)
+    systems = heldout_systems(W)
+    for book in args.heldout_books:
+        tokens = tokenize_text(lm.tokenizer, load_book(book), args.max_tokens)
+        for name, (method, cfg) in systems.items():
+            if ONLY and name != "truncate" and not re.search(ONLY, name):
+                continue
+            path = parts / f"{book}__{name}.json"
+            key = {"config": cfg.to_dict(), "method": method, "tokens": len(tokens), "kl_book": args.kl_book,
+                   "kl_tokens": len(kl_tokens)}
+            if path.is_file() and json.loads(path.read_text()).get("key") == key:
+                print(f"  {book} {name}: done before ({path.name})")
+                continue
+            print(f"\n### {book}: {name}, {len(tokens):,} tokens", flush=True)
+            kept = memorise(lm, method, tokens, cfg, keep=True)
+            try:
+                res = kept.result
+                row = {"key": key, "book": book, "system": name, "ppl": res.ppl, "wall_s": res.wall_s,
+                       "extra_params": res.extra_params, "skipped_updates": res.skipped_updates,
+                       "ppl_at": {str(k): v for k, v in res.ppl_at((4096, 8192, 16384, 32768, 65536)).items()},
+                       "curve": res.curve()}
+                if kept.learner is not None:
+                    kl = heldout_metrics(variants_for(lm, [kept]), kl_tokens, W, progress=False)
+                    row["kl"] = kl[method]["kl"]
+            finally:
+                kept.release()
+            write_json(path, row)
+            print(f"  {book} {name}: ppl {row['ppl']:.3f}  KL {row.get('kl', 0):.4f}  {row['wall_s']:.0f} s",
+                  flush=True)
+    heldout_report(parts, list(systems), args.heldout_books)
+
+
+def heldout_report(parts: Path, systems: list[str], books: list[str]) -> None:
+    """Per book and mean: ppl, ratio to truncation, time / truncation, KL; the tuned preset vs TempLoRA r11."""
+    rows, table, curves = {}, [], {}
+    for book in books:
+        for name in systems:
+            path = parts / f"{book}__{name}.json"
+            if path.is_file():
+                rows[(book, name)] = json.loads(path.read_text())
+    for book in books:
+        ref = rows.get((book, "truncate"))
+        for name in systems:
+            r = rows.get((book, name))
+            if r is None or ref is None:
+                continue
+            r["ratio"], r["rel_time"] = r["ppl"] / ref["ppl"], r["wall_s"] / ref["wall_s"]
+            table.append([book, name, r["ppl"], r["ratio"], r.get("kl", 0.0), r["extra_params"], r["rel_time"]])
+            curves[f"{book} {name}"] = tuple(r["curve"])
+    for name in systems:
+        got = [rows[(b, name)] for b in books if "ratio" in rows.get((b, name), {})]
+        if len(got) == len(books):
+            table.append(["mean", name, sum(r["ppl"] for r in got) / len(got), sum(r["ratio"] for r in got) / len(got),
+                          sum(r.get("kl", 0.0) for r in got) / len(got), got[0]["extra_params"],
+                          sum(r["rel_time"] for r in got) / len(got)])
+    header = ["book", "system", "ppl", "ppl/trunc", "KL held-out", "extra params", "time/trunc"]
+    text = format_table(header, table)
+    print(f"\n== held-out books ==\n{text}")
+    write_json(RESULTS / f"{parts.name}.json", {"books": books, "systems": systems, "table": table,
+                                                 "rows": {f"{b}__{n}": r for (b, n), r in rows.items()}})
+    (RESULTS / f"{parts.name}.md").write_text(markdown_table(header, table) + "\n")
+    line_plot(RESULTS / f"{parts.name}.png", curves, "tokens read", "cumulative perplexity", title=parts.name)
 
 
 def _load_rows(tag: str) -> dict:

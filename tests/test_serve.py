@@ -257,9 +257,16 @@ def test_sampling_seed_n_and_stop(client):
     assert past["choices"][0]["finish_reason"] == "length" and past["usage"]["completion_tokens"] == 20
 
 
-def test_a_client_that_leaves_is_dropped_from_the_batch(server):
+def test_a_client_that_leaves_is_dropped_from_the_batch(server, monkeypatch):
     url, srv = server
     before = srv.batcher.dropped
+    step = srv.batcher._step
+
+    def slow_step():  # 200 tokens take >= 4 s, so the hang-up is always seen before the row could finish
+        time.sleep(0.02)
+        step()
+
+    monkeypatch.setattr(srv.batcher, "_step", slow_step)
     body = {"model": srv.model_id, "prompt": "Ann", "max_tokens": 200, "temperature": 1.0, "seed": 1,
             "stream": True}  # (this seed draws no EOS for 200 tokens)
     with httpx.Client(base_url=url, timeout=60) as c, c.stream("POST", "/v1/completions", json=body) as r:

@@ -25,10 +25,11 @@ from ..settings import bounds_error, documented_fields
 from .checks import path_arg
 
 # TrainConfig fields by what they are about: a command shows only the groups it uses
-WINDOW = ("window_size", "steps_per_window", "epochs")
-OPTIMISER = ("lr", "weight_decay", "schedule", "seed")
+WINDOW = ("window_size", "steps_per_window", "extra_step_tokens", "update_every", "epochs")
+OPTIMISER = ("lr", "weight_decay", "adam_beta1", "adam_beta2", "adam_eps", "warmup_windows", "schedule", "seed")
 OBJECTIVE = ("objective", "mix_weight", "sd_context", "sd_topk")
-MEMORY = ("memory_width", "memory_init", "memory_layers", "tau_scale")
+MEMORY = ("memory_width", "memory_init", "memory_layers", "tau_scale", "tau_law", "value_init", "value_radius",
+          "key_lr_scale")
 LORA = ("lora_rank", "lora_alpha")
 FULL = ("full_context",)
 
@@ -134,6 +135,32 @@ def settings_from(args: argparse.Namespace, cls, **overrides):
             value = getattr(args, dest)
             values[f.name] = tuple(value) if isinstance(value, list) else value
     return cls(**{**values, **overrides})
+
+
+def add_preset_arg(p) -> None:
+    """``--preset NAME``: a named recipe of training settings (``locas.learn.presets``); flags given win."""
+    from ..learn.presets import PRESET_HELP, PRESETS
+
+    shown = "; ".join(f"{k}: {v}" for k, v in PRESET_HELP.items())
+    p.add_argument("--preset", choices=list(PRESETS), default=None,
+                   help=f"a named recipe of training settings; flags given explicitly override it ({shown}) "
+                        "(default: none: each flag's default)")
+
+
+def apply_preset(parser, args: argparse.Namespace, argv: list[str]) -> None:
+    """Set the fields of ``args.preset`` on ``args`` except those whose flag is in ``argv`` (an explicit flag wins)."""
+    name = getattr(args, "preset", None)
+    if not name:
+        return
+    from ..learn.config import TrainConfig
+    from ..learn.presets import preset_settings
+
+    given = {t.partition("=")[0] for t in argv if t.startswith("--")}
+    by_dest = {a.dest: a for a in parser._actions}
+    for field, value in preset_settings(name).items():
+        action = by_dest.get(_dest(TrainConfig, field))
+        if action is not None and not given.intersection(action.option_strings):
+            setattr(args, action.dest, value)
 
 
 def setting_value(args: argparse.Namespace, cls, name: str):

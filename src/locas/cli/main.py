@@ -18,7 +18,7 @@ import os
 import sys
 
 from ..errors import LocasError
-from .flags import Parser, default_threads, normalize_argv, setting_value
+from .flags import Parser, apply_preset, default_threads, normalize_argv, setting_value
 
 # subcommand -> module in locas.cli.commands
 COMMANDS = {
@@ -159,6 +159,7 @@ def _run(argv: list[str]) -> int:
         from .checks import check_paths, check_repeated, run_lock
 
         check_repeated(args._parser, argv)
+        apply_preset(args._parser, args, argv)
         check_objective(args)
         check_paths(args._parser, args)  # before the model loads: a bad path costs nothing
         with run_lock(args._parser, args):

@@ -63,7 +63,6 @@ class MemoryMLP(nn.Module):
         self.act = act
         self.kind = kind
         self.value_norm = float(value_norm)  # mean |W_down[:, j]|_2 of the backbone
-        self.tau_scale = 1.0
         self._memory: torch.Tensor | None = None
         self._split: tuple | None = None  # (memory, its version, its channels as contiguous (B|1, r, d) tensors)
         self.enabled = True
@@ -83,8 +82,8 @@ class MemoryMLP(nn.Module):
             self._split = None  # a cached copy never outlives its memory
 
     def tau(self, width: int) -> float:
-        """Output scale ``mean_j |W_down[:, j]| / r`` (times an optional user factor)."""
-        return self.tau_scale * self.value_norm / width
+        """Output scale ``mean_j |W_down[:, j]| / r`` (a learner's other scale laws are baked into its values)."""
+        return self.value_norm / width
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = self.base_mlp(x)
@@ -129,13 +128,14 @@ def _add_base_prefix(state_dict, prefix, *args):
 
 
 @torch.no_grad()
-def clip_vectors_(memory: torch.Tensor) -> torch.Tensor:
-    """Weight-norm clipping in place: every key/gate/value vector ``w <- w / max(|w|_2, 1)``.
+def clip_vectors_(memory: torch.Tensor, radius: float | torch.Tensor = 1.0) -> torch.Tensor:
+    """Weight-norm clipping in place: every key/gate/value vector ``w <- w / max(|w|_2 / radius, 1)``.
 
-    ``memory`` is (..., r, d, C); norms are taken over ``d``. Short vectors are unchanged.
+    ``memory`` is (..., r, d, C); norms are taken over ``d``; ``radius`` is a number or (C,) per channel.
+    Short vectors are unchanged.
     """
     norms = memory.norm(dim=-2, keepdim=True)  # (..., r, 1, C)
-    memory.div_(norms.clamp(min=1.0))
+    memory.div_((norms / radius).clamp(min=1.0))
     return memory
 
 

@@ -169,11 +169,6 @@ class LocasForCausalLM(nn.Module):
             for w, e in zip(self.wrappers, saved):
                 w.enabled = e
 
-    def set_tau_scale(self, factor: float) -> None:
-        """Multiply every layer's output scale ``tau`` by ``factor`` (1.0 = the paper's)."""
-        for w in self.wrappers:
-            w.tau_scale = float(factor)
-
     def taus(self, width: int) -> list[float]:
         return [w.tau(width) for w in self.wrappers]
 

@@ -302,5 +302,6 @@ def variants_for(lm, kept: list[Memorised]) -> list[Variant]:
         if k.peft_model is not None:
             out.append(lora_variant(lm, k.peft_model, name=k.method))
         elif getattr(k.learner, "memory", None) is not None:
-            out.append(memory_variant(lm, k.learner.memory, k.learner.layers, peft_model, name=k.method))
+            memory = k.learner.model_memory().detach()  # the output scale baked in, as a saved file has it
+            out.append(memory_variant(lm, memory, k.learner.layers, peft_model, name=k.method))
     return out

@@ -20,6 +20,8 @@ from ..errors import LocasError
 from ..settings import setting, validate
 
 SCHEDULES = ("constant", "cosine")
+TAU_LAWS = ("r", "sqrt")
+VALUE_INITS = ("zero", "gradient")
 UPDATES = ("bp", "nlsvd")
 WRITE_TOKENS = ("all", "top")
 
@@ -35,6 +37,10 @@ class TrainConfig:
     lr: float = setting(3e-2, "learning rate (AdamW); 3e-2 is Locas's best on PG-19, TempLoRA's is about 1e-3",
                         positive=True, maximum=10.0)
     weight_decay: float = setting(0.0, "AdamW weight decay", minimum=0)
+    adam_beta1: float = setting(0.9, "AdamW beta1 (first-moment decay)", minimum=0, maximum=0.999999)
+    adam_beta2: float = setting(0.999, "AdamW beta2 (second-moment decay)", minimum=0, maximum=0.999999)
+    adam_eps: float = setting(1e-8, "AdamW epsilon", positive=True, maximum=1.0)
+    warmup_windows: int = setting(0, "linear learning-rate warm-up over the first N steps (windows)", minimum=0)
     schedule: str = setting("constant", "learning-rate schedule over a run of known length: constant, or cosine "
                                         "down to 10 %", choices=SCHEDULES)
     objective: str = setting("ntp", "test-time objective (see `locas info`)",
@@ -46,7 +52,20 @@ class TrainConfig:
     memory_width: int = setting(64, "Locas slots per layer (r)", minimum=1)
     memory_init: str = setting("highest", "memory initialiser", choices=INITS)
     memory_layers: str = setting("all", "layers with memory: all, top:N, bottom:N or a list like 20,25,29")
-    tau_scale: float = setting(1.0, "multiplier on the paper's output scale tau = mean|W_down| / r", positive=True)
+    tau_scale: float = setting(1.0, "multiplier on the output scale (see --tau-law)", positive=True)
+    tau_law: str = setting("r", "output scale law: r = the paper's tau = mean|W_down| / r; sqrt = mean|W_down| / "
+                                "sqrt(r), so the memory's largest output grows with its width", choices=TAU_LAWS)
+    value_init: str = setting("zero", "Locas values at the first update: zero, then an AdamW step (the paper); or "
+                                      "gradient: a closed-form first step, each layer's values set to -radius * G / "
+                                      "max_j |G_j| from the first window's gradient G", choices=VALUE_INITS)
+    value_radius: float = setting(1.0, "Locas: weight-norm clipping radius of the value vectors (keys and gates "
+                                       "stay at 1)", positive=True)
+    key_lr_scale: float = setting(1.0, "Locas: learning-rate multiplier for keys and gates (values get --lr)",
+                                  positive=True, maximum=100.0)
+    extra_step_tokens: int = setting(0, "optimiser steps after a window's first train on only its last N tokens "
+                                        "(a cheaper extra step; 0 = the whole window)", minimum=0)
+    update_every: int = setting(1, "train on every N-th window only; the windows between are scored by the "
+                                   "current state without an update (cheaper)", minimum=1)
     lora_rank: int = setting(16, "TempLoRA rank", minimum=1)
     lora_alpha: float = setting(0.0, "TempLoRA alpha (0 = the rank, i.e. scale 1)", minimum=0)
     full_context: int = setting(0, "context of the full-attention baseline in tokens (0 = the model maximum)",
@@ -60,6 +79,12 @@ class TrainConfig:
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+    def output_scale(self, width: int | None = None) -> float:
+        """The factor on the paper's ``tau = mean|W_down| / r`` that ``tau_scale`` and ``tau_law`` give a memory of
+        ``width`` slots (default ``memory_width``)."""
+        r = width or self.memory_width
+        return self.tau_scale * (r ** 0.5 if self.tau_law == "sqrt" else 1.0)
 
     @classmethod
     def from_dict(cls, d: dict) -> TrainConfig:

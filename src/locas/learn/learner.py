@@ -69,6 +69,14 @@ class Learner:
         """Score the window, then update on it; returns (NLL (T-1,) before the update, skipped?)."""
         return train_window(self, optimizer, objective, tokens, span, cfg, teacher)
 
+    def before_step(self) -> None:
+        """Hook after the backward, before each optimiser step (Locas's gradient-informed value init)."""
+
+    def update_scales(self) -> list:
+        """Per parameter: None, or a tensor broadcast over it that multiplies the optimiser's step (a per-channel
+        learning rate)."""
+        return [None] * len(self.parameters())
+
     def after_step(self) -> None:
         """Hook after each optimiser step (norm clipping for Locas)."""
 
@@ -82,7 +90,13 @@ class Learner:
 
 
 class MemoryLearner(Learner):
-    """A learner whose state is a Locas memory ``self.memory`` (L', 1, r, d, C) on ``self.layers``."""
+    """A learner whose state is a Locas memory on ``self.layers``: the parameter ``self.memory`` (L', 1, r, d, C).
+
+    The model reads ``model_memory()``: the parameter with its values times ``cfg.output_scale(r)`` (``--tau-scale``,
+    ``--tau-law``), so what is saved, fused or served has the scale baked in and the model's own ``tau`` stays
+    the paper's. Clipping (``value_radius`` for values, 1 for keys and gates), the per-channel learning rate
+    (``key_lr_scale``) and the gradient-informed first step (``value_init="gradient"``) act on the parameter.
+    """
 
     trainable = True
     memory: torch.nn.Parameter
@@ -94,20 +108,52 @@ class MemoryLearner(Learner):
     def extra_params(self):
         return self.memory.numel()
 
+    def _channel(self, key: float, value: float) -> torch.Tensor:
+        """(C,) per-channel factors: ``key`` on keys (and gates), ``value`` on values."""
+        factors = torch.full((self.memory.shape[-1],), float(key), dtype=self.memory.dtype, device=self.memory.device)
+        factors[-1] = value
+        return factors
+
+    def value_scale(self) -> float:
+        return self.cfg.output_scale(self.memory.shape[-3])
+
+    def model_memory(self) -> torch.Tensor:
+        """(L', 1, r, d, C) as the model reads it: values times the output scale (differentiable)."""
+        scale = self.value_scale()
+        return self.memory if scale == 1.0 else self.memory * self._channel(1.0, scale)
+
     def logits(self, ids, **inputs):
-        with self.lm.use_memory(self.memory, self.layers):
+        with self.lm.use_memory(self.model_memory(), self.layers):
             return self.lm.model(input_ids=ids, use_cache=False, **inputs).logits
+
+    def before_step(self):
+        """``value_init="gradient"``: while every value is still zero, write them in closed form from this step's
+        gradient G (L', 1, r, d): ``v_j = -radius * G_j / max_k |G_k|`` per layer; the optimiser then moves only
+        keys and gates on this step."""
+        if getattr(self.cfg, "value_init", "zero") != "gradient" or self.memory.grad is None:
+            return
+        with torch.no_grad():
+            if self.memory[..., -1].any():
+                return
+            grad = self.memory.grad[..., -1]  # (L', 1, r, d)
+            top = grad.norm(dim=-1, keepdim=True).amax(dim=-2, keepdim=True).clamp(min=1e-12)  # (L', 1, 1, 1)
+            self.memory[..., -1] = -self.cfg.value_radius * grad / top
+            self.memory.grad[..., -1] = 0.0
+
+    def update_scales(self):
+        k = getattr(self.cfg, "key_lr_scale", 1.0)
+        return [None if k == 1.0 else self._channel(k, 1.0)]
 
     def after_step(self):
         with torch.no_grad():  # in place on the parameter itself: its version moves, so no cached copy goes stale
-            clip_vectors_(self.memory)
+            clip_vectors_(self.memory, radius=self._channel(1.0, getattr(self.cfg, "value_radius", 1.0)))
 
     def state(self) -> ModelState:
-        return ModelState(memory=self.memory.detach(), layers=self.layers)
+        return ModelState(memory=self.model_memory().detach(), layers=self.layers)
 
     def full_memory(self) -> torch.Tensor:
-        """(L, 1, r, d, C) with zeros on layers without memory."""
-        mem = self.memory.detach()
+        """(L, 1, r, d, C) as the model reads it, with zeros on layers without memory."""
+        mem = self.model_memory().detach()
         full = torch.zeros((self.lm.num_layers,) + tuple(mem.shape[1:]), dtype=mem.dtype, device=mem.device)
         full[self.layers] = mem
         return full

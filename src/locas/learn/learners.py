@@ -42,8 +42,9 @@ class LocasLearner(MemoryLearner):
         self.memory: torch.nn.Parameter | None = None
         if memory is not None:  # continue training an existing memory (full-size or layer subset)
             mem = memory[self.layers] if memory.shape[0] == lm.num_layers else memory
-            self.memory = torch.nn.Parameter(mem.detach().clone().float().to(lm.device))
-        lm.set_tau_scale(cfg.tau_scale)
+            mem = mem.detach().clone().float().to(lm.device)
+            mem[..., -1] /= cfg.output_scale(mem.shape[-3])  # the file has the output scale baked in
+            self.memory = torch.nn.Parameter(mem)
 
     def begin(self, tokens, first_span):
         if self.memory is None:

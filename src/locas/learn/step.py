@@ -15,16 +15,24 @@ import math
 
 import torch
 
+from ..errors import LocasError
+
 
 def make_optimizer(params, cfg) -> torch.optim.Optimizer:
-    return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay, betas=(cfg.adam_beta1, cfg.adam_beta2),
+                             eps=cfg.adam_eps)
 
 
 def lr_at(cfg, index: int, total: int) -> float:
-    """Learning rate of step ``index`` of ``total``: constant, or cosine from ``cfg.lr`` down to 10 %."""
+    """Learning rate of step ``index`` of ``total``: constant, or cosine from ``cfg.lr`` down to 10 %; times a
+    linear warm-up ``(index + 1) / warmup_windows`` over the first ``warmup_windows`` steps."""
+    lr = cfg.lr
     if cfg.schedule == "cosine" and total > 1:
-        return cfg.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * index / (total - 1))))
-    return cfg.lr
+        lr = cfg.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * index / (total - 1))))
+    warmup = getattr(cfg, "warmup_windows", 0)
+    if warmup and index < warmup:
+        lr *= (index + 1) / warmup
+    return lr
 
 
 def set_lr(optimizer, lr: float) -> None:
@@ -38,9 +46,15 @@ def teacher_context(lm, cfg) -> int:
 
 
 def guarded_step(learner, optimizer) -> bool:
-    """Optimiser step + the learner's post-step hook; rolled back (False) if a parameter turns non-finite."""
+    """The learner's pre-step hook, an optimiser step scaled per element by ``learner.update_scales()``, the
+    post-step hook; rolled back (False) if a parameter turns non-finite."""
     backup = [p.detach().clone() for p in learner.parameters()]
+    learner.before_step()
     optimizer.step()
+    with torch.no_grad():  # a per-channel learning rate: AdamW's whole step is linear in lr
+        for p, b, scale in zip(learner.parameters(), backup, learner.update_scales()):
+            if scale is not None:
+                p.copy_(b + scale * (p - b))
     learner.after_step()
     if all(torch.isfinite(p).all() for p in learner.parameters()):
         return True
@@ -71,9 +85,14 @@ def train_window(learner, optimizer, objective, tokens, span, cfg, teacher=None)
             teacher = objective.teacher(learner.lm, tokens, start, end, teacher_context(learner.lm, cfg))
     skipped = False
     score = None
+    tail = getattr(cfg, "extra_step_tokens", 0)
+    if tail and teacher is not None and cfg.steps_per_window > 1:
+        raise LocasError("--extra-step-tokens works with the ntp objective only (a teacher's targets cover the "
+                         "whole window); drop it or use --objective ntp")
     for step in range(cfg.steps_per_window):
         optimizer.zero_grad(set_to_none=True)
-        loss, nll = objective(learner.logits(ids), ids, teacher)
+        step_ids = ids[:, -tail:] if step and tail and tail < ids.shape[1] else ids  # (1, T) or its last tail tokens
+        loss, nll = objective(learner.logits(step_ids), step_ids, teacher)
         if step == 0:
             score = nll.detach()
         if not torch.isfinite(loss):

@@ -182,8 +182,9 @@ def stream(learner, tokens: torch.Tensor, cfg: TrainConfig, *, checkpoint_dir=No
             if stop_after is not None and index >= stop_after:
                 break
             epoch, span = schedule[index]
-            if learner.trainable:
-                set_lr(optimizer, lr_at(cfg, index, len(schedule)))
+            if learner.trainable and index % cfg.update_every == 0:
+                step = index // cfg.update_every
+                set_lr(optimizer, lr_at(cfg, step, -(-len(schedule) // cfg.update_every)))
                 nll, skipped = learner.learn(optimizer, objective, tokens, span, cfg)
                 result.skipped_updates += int(skipped)
             else:

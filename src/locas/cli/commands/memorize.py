@@ -140,7 +140,7 @@ def _ppl_without_and_with(lm, learner, tokens, window):
     """Perplexity of the text without and with the learner's memory."""
     with lm.disabled():
         before = _text_ppl(lm, tokens, window)
-    with lm.use_memory(learner.memory, learner.layers):
+    with lm.use_memory(learner.model_memory().detach(), learner.layers):
         after = _text_ppl(lm, tokens, window)
     return before, after
 

@@ -19,6 +19,7 @@ from ..flags import (
     add_dist_args,
     add_model_args,
     add_output_arg,
+    add_preset_arg,
     add_resume_arg,
     add_settings,
     settings_from,
@@ -52,7 +53,9 @@ def add_arguments(p):
                         "adapter in <output>/retention, as `locas retention` does (default: off)")
     add_model_args(p, data=True)
     add_dist_args(p)
-    add_settings(p, TrainConfig, title="test-time training", only=WINDOW + OPTIMISER + OBJECTIVE + MEMORY + LORA + FULL)
+    g = add_settings(p, TrainConfig, title="test-time training",
+                     only=WINDOW + OPTIMISER + OBJECTIVE + MEMORY + LORA + FULL)
+    add_preset_arg(g)
     g = add_settings(p, MLPTrainConfig, title="Locas-MLP (two-layer FFN models: gpt2, gpt_neox, opt, gptj, phi, "
                                               "falcon; with --variant mlp)", only=MLP_ONLY)
     g.add_argument("--variant", choices=["glu", "mlp"], default="glu",

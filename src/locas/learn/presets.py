@@ -1,0 +1,32 @@
+"""Named training recipes: a preset sets several ``TrainConfig`` fields at once (flags given still win).
+
+* ``paper``  the paper's recipe (PAPER.md): tau = mean|W_down| / r, zero values, one AdamW step per
+             window at lr 3e-2 (the paper's lr, swept on PG-19 10146 here), every vector clipped to norm 1.
+
+    >>> cfg = TrainConfig(**preset_settings("paper"))
+    >>> preset_settings("paper")["lr"]
+    0.03
+"""
+
+from __future__ import annotations
+
+from ..errors import LocasError
+
+PRESETS: dict[str, dict] = {
+    "paper": {"lr": 3e-2, "memory_width": 64, "tau_scale": 1.0, "tau_law": "r", "value_init": "zero",
+              "value_radius": 1.0, "key_lr_scale": 1.0, "adam_beta1": 0.9, "adam_beta2": 0.999, "adam_eps": 1e-8,
+              "warmup_windows": 0, "steps_per_window": 1, "extra_step_tokens": 0, "update_every": 1},
+}
+TUNED = "tuned"  # the best combination of the PG-19 levers (docs/PG19.md), filled in from the sweep
+PRESETS[TUNED] = {**PRESETS["paper"], "key_lr_scale": 0.1}
+PRESET_HELP = {
+    "paper": "the paper's recipe: tau = mean|W_down|/r, zero values, one AdamW step per window, lr 3e-2",
+    TUNED: "placeholder",
+}
+
+
+def preset_settings(name: str) -> dict:
+    """The ``TrainConfig`` fields preset ``name`` sets."""
+    if name not in PRESETS:
+        raise LocasError(f"unknown preset '{name}'; choose one of {', '.join(PRESETS)}")
+    return dict(PRESETS[name])

@@ -1,0 +1,179 @@
+"""The PG-19 levers on the paper recipe: output scale laws baked into what is saved, per-channel learning
+rates, the gradient-informed value init, the value clipping radius, cheaper steps, warm-up, presets."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from conftest import random_ids, tiny_lm
+from locas.core.files import load_memory, save_memory
+from locas.errors import LocasError
+from locas.learn.config import MLPTrainConfig, TrainConfig
+from locas.learn.learner import Learner
+from locas.learn.learners import LocasLearner, TruncateLearner
+from locas.learn.mlp_learner import LocasMLPLearner
+from locas.learn.objectives import make_objective
+from locas.learn.presets import PRESETS, TUNED, preset_settings
+from locas.learn.step import guarded_step, lr_at, make_optimizer
+from locas.learn.stream import stream, window_spans
+
+
+def _tokens(n=72, seed=4):
+    base = random_ids(1, 12, seed=seed)[0]
+    return base.repeat(n // 12 + 1)[:n]
+
+
+@pytest.mark.parametrize("over", [{"tau_scale": 4.0}, {"tau_law": "sqrt"}])
+def test_output_scale_is_baked_into_the_saved_memory(tmp_path, over):
+    lm = tiny_lm("llama")
+    cfg = TrainConfig(window_size=12, lr=5e-2, memory_width=8, **over)
+    learner = LocasLearner(lm, cfg)
+    stream(learner, _tokens(), cfg, progress=False)
+    ids = random_ids(1, 10, seed=7)
+    with torch.no_grad():
+        trained = learner.logits(ids)
+        path = save_memory(learner.full_memory(), tmp_path / "m.locas", model=lm)
+        loaded = load_memory(path, lm)
+        assert torch.allclose(lm(ids, memory=loaded).logits, trained, atol=1e-5)
+        plain = lm(ids, memory=learner.memory.detach()).logits  # the parameter alone lacks the scale
+    assert not torch.allclose(plain, trained, atol=1e-4)
+    assert cfg.output_scale() == (4.0 if "tau_scale" in over else math.sqrt(8))
+    again = LocasLearner(lm, cfg, memory=loaded)  # continuing a file divides the scale back out
+    assert torch.allclose(again.model_memory(), learner.model_memory(), atol=1e-6)
+
+
+class _Pair(Learner):
+    trainable = True
+
+    def __init__(self):
+        self.p = torch.nn.Parameter(torch.zeros(2, 3))
+
+    def parameters(self):
+        return [self.p]
+
+    def update_scales(self):
+        return [torch.tensor([0.5, 0.5, 1.0])]
+
+
+def test_update_scales_multiply_the_optimiser_step_per_channel():
+    learner = _Pair()
+    opt = torch.optim.SGD(learner.parameters(), lr=1.0)
+    learner.p.grad = torch.ones(2, 3)
+    assert guarded_step(learner, opt)
+    assert torch.equal(learner.p.detach(), torch.tensor([[-0.5, -0.5, -1.0]] * 2))
+
+
+def test_key_lr_scale_leaves_values_and_slows_keys():
+    lm = tiny_lm("llama")
+    tokens = _tokens(24)
+    out = {}
+    for k in (1.0, 0.1):
+        cfg = TrainConfig(window_size=12, lr=1e-3, memory_width=4, key_lr_scale=k)
+        learner = LocasLearner(lm, cfg)
+        learner.begin(tokens, (0, 12))
+        start = learner.memory.detach().clone()
+        opt = make_optimizer(learner.parameters(), cfg)
+        learner.learn(opt, make_objective(cfg), tokens, (0, 12), cfg)  # zero values: keys get no gradient yet
+        first = learner.memory.detach().clone()
+        learner.learn(opt, make_objective(cfg), tokens, (11, 23), cfg)
+        out[k] = (start, first, learner.memory.detach().clone())
+    (s1, f1, m1), (s2, f2, m2) = out[1.0], out[0.1]
+    assert torch.equal(s1, s2) and torch.equal(f1[..., 2], f2[..., 2])  # values: the same lr
+    key_move = (m2[..., :2] - f2[..., :2]).norm() / (m1[..., :2] - f1[..., :2]).norm()
+    assert 0.09 < float(key_move) < 0.11
+
+
+def test_gradient_value_init_is_the_closed_form_first_step_and_never_leaks_into_the_score():
+    lm = tiny_lm("qwen2")
+    tokens = _tokens(36)
+    cfg = TrainConfig(window_size=12, lr=1e-2, memory_width=4, value_init="gradient", value_radius=0.5)
+    learner = LocasLearner(lm, cfg)
+    learner.begin(tokens, (0, 12))
+    ids = tokens[:12][None]
+    probe = torch.nn.Parameter(learner.memory.detach().clone())  # the gradient at zero values, computed apart
+    with lm.use_memory(probe, learner.layers):
+        loss, _ = make_objective(cfg)(lm.model(input_ids=ids, use_cache=False).logits, ids, None)
+    loss.backward()
+    grad = probe.grad[..., -1]
+    expected = -0.5 * grad / grad.norm(dim=-1, keepdim=True).amax(dim=-2, keepdim=True)
+    opt = make_optimizer(learner.parameters(), cfg)
+    nll, _ = learner.learn(opt, make_objective(cfg), tokens, (0, 12), cfg)
+    assert torch.allclose(learner.memory[..., -1].detach(), expected, atol=1e-6)
+    assert float(learner.memory[..., -1].detach().norm(dim=-1).max()) == pytest.approx(0.5, rel=1e-5)
+    base = TruncateLearner(lm, cfg).score(tokens, 0, 12)
+    assert torch.allclose(nll, base, atol=1e-5)  # scored before anything was written
+    written = learner.memory[..., -1].detach().clone()
+    learner.learn(opt, make_objective(cfg), tokens, (11, 23), cfg)  # later steps: ordinary AdamW
+    assert not torch.allclose(learner.memory[..., -1].detach(), written)
+
+
+def test_value_radius_bounds_values_only():
+    lm = tiny_lm("llama")
+    cfg = TrainConfig(window_size=12, lr=0.5, memory_width=4, value_radius=2.0)
+    learner = LocasLearner(lm, cfg)
+    stream(learner, _tokens(), cfg, progress=False)
+    norms = learner.memory.detach().norm(dim=-2)  # (L, 1, r, C)
+    assert norms[..., :2].max() <= 1 + 1e-5
+    assert 1.2 < norms[..., 2].max() <= 2 + 1e-5
+
+
+def test_update_every_trains_on_every_nth_window_and_scores_the_rest():
+    lm = tiny_lm("llama")
+    tokens = _tokens()
+    cfg = TrainConfig(window_size=12, lr=5e-2, memory_width=4, update_every=2)
+    learner = LocasLearner(lm, cfg)
+    calls = []
+    learn = learner.learn
+    learner.learn = lambda *a, **k: calls.append(a[3]) or learn(*a, **k)
+    res = stream(learner, tokens, cfg, progress=False)
+    spans = window_spans(len(tokens), 12)
+    assert calls == spans[::2] and res.tokens == len(tokens) - 1
+
+
+def test_extra_steps_train_on_the_window_tail():
+    lm = tiny_lm("llama")
+    cfg = TrainConfig(window_size=12, lr=5e-2, memory_width=4, steps_per_window=3, extra_step_tokens=5)
+    learner = LocasLearner(lm, cfg)
+    lengths = []
+    logits = learner.logits
+    learner.logits = lambda ids, **kw: lengths.append(ids.shape[1]) or logits(ids, **kw)
+    stream(learner, _tokens(23), cfg, progress=False)  # windows (0, 12), (11, 23)
+    assert lengths == [12, 5, 5, 12, 5, 5]
+    sd = TrainConfig(window_size=12, memory_width=4, steps_per_window=2, extra_step_tokens=5, objective="sd")
+    with pytest.raises(LocasError, match="ntp objective only"):
+        stream(LocasLearner(lm, sd), _tokens(24), sd, progress=False)
+
+
+def test_warmup_and_adam_settings():
+    cfg = TrainConfig(lr=0.1, warmup_windows=4, adam_beta1=0.5, adam_beta2=0.99, adam_eps=1e-6)
+    assert [round(lr_at(cfg, i, 10), 6) for i in range(6)] == [0.025, 0.05, 0.075, 0.1, 0.1, 0.1]
+    group = make_optimizer([torch.nn.Parameter(torch.zeros(1))], cfg).param_groups[0]
+    assert group["betas"] == (0.5, 0.99) and group["eps"] == 1e-6
+
+
+def test_locas_mlp_refuses_other_output_scales():
+    lm = tiny_lm("gpt2")
+    with pytest.raises(LocasError, match="output scale"):
+        LocasMLPLearner(lm, MLPTrainConfig(window_size=12, memory_width=4, tau_law="sqrt"))
+
+
+def test_presets_set_their_fields_and_explicit_flags_win():
+    from locas.cli.flags import apply_preset, setting_value
+    from locas.cli.main import build_parser
+
+    assert set(PRESETS) >= {"paper", TUNED} and TUNED != "paper"
+    parser = build_parser()
+    argv = ["pg19", "--preset", TUNED, "--lr", "0.2"]
+    args = parser.parse_args(argv)
+    apply_preset(args._parser, args, argv)
+    assert setting_value(args, TrainConfig, "lr") == 0.2
+    for field, value in preset_settings(TUNED).items():
+        if field != "lr":
+            assert setting_value(args, TrainConfig, field) == value, field
+    paper = TrainConfig(**preset_settings("paper"))
+    assert paper == TrainConfig(lr=3e-2, memory_width=64)  # the paper's recipe is the defaults
+    with pytest.raises(LocasError, match="unknown preset"):
+        preset_settings("nope")
