@@ -58,6 +58,15 @@ LEVERS = {
     "every-2": ({"update_every": 2}, LEVER_LRS),
     "r16": ({"memory_width": 16}, LEVER_LRS),
 }
+SQRT_LRS = (3e-3, 6e-3, 1e-2, 2e-2)  # around tau-sqrt's best lever point, still 4 points
+# the levers that helped, on the sqrt law (the best single lever), each with the same grid as sqrt itself
+COMBOS = {
+    "sqrt": ({"tau_law": "sqrt"}, SQRT_LRS),
+    "sqrt-keys3": ({"tau_law": "sqrt", "key_lr_scale": 3.0}, SQRT_LRS),
+    "sqrt-radius2": ({"tau_law": "sqrt", "value_radius": 2.0}, SQRT_LRS),
+    "sqrt-extra256": ({"tau_law": "sqrt", "steps_per_window": 2, "extra_step_tokens": 256}, SQRT_LRS),
+    "sqrt-every2": ({"tau_law": "sqrt", "update_every": 2}, SQRT_LRS),  # the all-layer time lever
+}
 ONLY = None
 
 
@@ -95,7 +104,7 @@ def best(rows, prefix):
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--suite", action="append",
-                    choices=["main", "sweep", "levers", "heldout", "objectives", "init", "ranks", "layers", "full",
+                    choices=["main", "sweep", "levers", "combos", "heldout", "objectives", "init", "ranks", "layers", "full",
                              "timing"])
     ap.add_argument("--quick", action="store_true", help="main rows on the first 16K tokens (< 15 min)")
     ap.add_argument("--book", default="10146")
@@ -160,9 +169,9 @@ def main():
             record["best"] = {"locas_lr": v["config"]["lr"], "lora_lr": vl["config"]["lr"]}
             locas_lr, lora_lr = record["best"]["locas_lr"], record["best"]["lora_lr"]
             write_json(RESULTS / "pg19-best.json", record["best"])
-        elif suite == "levers":
-            out_path = RESULTS / f"pg19-levers{args.tag}.json"
-            for name, (over, grid) in LEVERS.items():
+        elif suite in ("levers", "combos"):
+            out_path = RESULTS / f"pg19-{suite}{args.tag}.json"
+            for name, (over, grid) in (LEVERS if suite == "levers" else COMBOS).items():
                 for lr in grid:
                     cfg = TrainConfig(**{"window_size": W, "memory_width": 64, **over, "lr": lr})
                     if run(lm, tokens, f"locas-{name}-lr{lr:g}", "locas", cfg, rows, curves) is not None:
@@ -196,7 +205,11 @@ def main():
             for layers in ("all", "top:15", "top:10"):
                 run(lm, tokens, f"locas-r64-{layers}", "locas",
                     TrainConfig(window_size=W, lr=locas_lr, memory_width=64, memory_layers=layers), rows, curves)
+            for layers in ("all", "top:15", "top:10"):
+                run(lm, tokens, f"locas-{TUNED}-{layers}", "locas",
+                    TrainConfig(**{"window_size": W, **preset_settings(TUNED), "memory_layers": layers}), rows, curves)
             run(lm, tokens, "lora-r64", "lora", TrainConfig(window_size=W, lr=lora_lr, lora_rank=64), rows, curves)
+            run(lm, tokens, "lora-r11", "lora", TrainConfig(window_size=W, lr=3e-3, lora_rank=11), rows, curves)
             run(lm, tokens, "truncate-again", "truncate", TrainConfig(window_size=W), rows, curves)
         table = report(rows, f"{suite} ({len(tokens):,} tokens)", base_params)
         tag = f"pg19-{suite}{'-quick' if args.quick and suite == 'main' else ''}{args.tag}"
@@ -238,7 +251,7 @@ def run_heldout(lm, args) -> None:
     for book in args.heldout_books:
         tokens = tokenize_text(lm.tokenizer, load_book(book), args.max_tokens)
         for name, (method, cfg) in systems.items():
-            if ONLY and name != "truncate" and not re.search(ONLY, name):
+            if ONLY and not re.search(ONLY, name):  # (truncation too: two processes can share the systems)
                 continue
             path = parts / f"{book}__{name}.json"
             key = {"config": cfg.to_dict(), "method": method, "tokens": len(tokens), "kl_book": args.kl_book,
