@@ -12,6 +12,9 @@ Suites (combine with --suite, repeatable):
               (the LoRA rank with Locas r=64's parameter count: the equal-parameters comparison)
   layers      --memory-layers trade-off (all vs top:N) at r=64: perplexity vs time
   full        full attention (8K context) on the quick prefix
+  combos      the levers that helped, combined on the sqrt output scale law (the best one), same grids
+  heldout     books 10321, 10356, 10762 (never tuned on): truncation, the tuned preset, the paper recipe, TempLoRA
+              r11 (Locas r64's parameter count) and r64 at their sweep lrs; KL(base || each) on 10146's start
   timing      time per window of each method on a short prefix (run it alone, e.g. under a CPU lock: the
               quality suites may run beside other work, since their perplexities are deterministic)
 
@@ -104,8 +107,8 @@ def best(rows, prefix):
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--suite", action="append",
-                    choices=["main", "sweep", "levers", "combos", "heldout", "objectives", "init", "ranks", "layers", "full",
-                             "timing"])
+                    choices=["main", "sweep", "levers", "combos", "heldout", "objectives", "init", "ranks", "layers",
+                             "full", "timing"])
     ap.add_argument("--quick", action="store_true", help="main rows on the first 16K tokens (< 15 min)")
     ap.add_argument("--book", default="10146")
     ap.add_argument("--window-size", type=int, default=1024)
@@ -122,7 +125,11 @@ def main():
     ap.add_argument("--tag", default="")
     ap.add_argument("--only", default=None, help="regex: run only matching rows (truncation always runs)")
     ap.add_argument("--threads", type=int, default=None, help="torch threads (1 when sharing the CPU)")
+    ap.add_argument("--lever-report", action="store_true",
+                    help="only tabulate and plot the levers and combos grids already run (no model)")
     args = ap.parse_args()
+    if args.lever_report:
+        return lever_report()
     global ONLY
     ONLY = args.only
     if args.threads:
@@ -205,11 +212,12 @@ def main():
             for layers in ("all", "top:15", "top:10"):
                 run(lm, tokens, f"locas-r64-{layers}", "locas",
                     TrainConfig(window_size=W, lr=locas_lr, memory_width=64, memory_layers=layers), rows, curves)
-            for layers in ("all", "top:15", "top:10"):
+            for layers in ("all", "top:15", "top:10", "top:8"):
                 run(lm, tokens, f"locas-{TUNED}-{layers}", "locas",
                     TrainConfig(**{"window_size": W, **preset_settings(TUNED), "memory_layers": layers}), rows, curves)
             run(lm, tokens, "lora-r64", "lora", TrainConfig(window_size=W, lr=lora_lr, lora_rank=64), rows, curves)
-            run(lm, tokens, "lora-r11", "lora", TrainConfig(window_size=W, lr=3e-3, lora_rank=11), rows, curves)
+            run(lm, tokens, "lora-r11", "lora", TrainConfig(window_size=W, lr=heldout_systems(W)["lora-r11"][1].lr,
+                                                            lora_rank=11), rows, curves)
             run(lm, tokens, "truncate-again", "truncate", TrainConfig(window_size=W), rows, curves)
         table = report(rows, f"{suite} ({len(tokens):,} tokens)", base_params)
         tag = f"pg19-{suite}{'-quick' if args.quick and suite == 'main' else ''}{args.tag}"
@@ -308,6 +316,42 @@ def heldout_report(parts: Path, systems: list[str], books: list[str]) -> None:
                                                  "rows": {f"{b}__{n}": r for (b, n), r in rows.items()}})
     (RESULTS / f"{parts.name}.md").write_text(markdown_table(header, table) + "\n")
     line_plot(RESULTS / f"{parts.name}.png", curves, "tokens read", "cumulative perplexity", title=parts.name)
+
+
+def lever_report() -> None:
+    """The lever and combination grids (every results/pg19-levers*.json, pg19-combos*.json) as one table: each
+    configuration's best lr and perplexity against the paper recipe and TempLoRA r11 / r64; a plot of the grids."""
+    rows = {}
+    for path in sorted([*RESULTS.glob("pg19-levers*.json"), *RESULTS.glob("pg19-combos*.json")]):
+        rows.update(json.loads(path.read_text())["rows"])
+    grids: dict[str, dict[float, float]] = {}
+    for label, r in rows.items():
+        m = re.fullmatch(r"locas-(.+)-lr([0-9.e-]+)", label)
+        if m:
+            grids.setdefault(m.group(1).replace("tau-sqrt", "sqrt"), {})[float(m.group(2))] = r["ppl"]
+    sweeps = {11: _load_rows("pg19-ranks-r11"), 64: _load_rows("pg19-sweep")}
+    lora = {rank: best(r, f"lora-r{rank}-")[1] for rank, r in sweeps.items()}
+    trunc = rows["truncate"]["ppl"]
+    paper = min(grids["paper"].values())
+    table = []
+    for name, grid in grids.items():
+        lr, ppl = min(grid.items(), key=lambda kv: kv[1])
+        table.append([name, len(grid), f"{lr:g}", ppl, ppl / trunc, 100 * (ppl / paper - 1),
+                      100 * (ppl / lora[11]["ppl"] - 1)])
+    for rank, r in lora.items():
+        points = sum(k.startswith(f"lora-r{rank}-") for k in sweeps[rank])
+        table.append([f"TempLoRA r{rank}", points, f"{r['config']['lr']:g}", r["ppl"], r["ppl"] / trunc,
+                      100 * (r["ppl"] / paper - 1), 100 * (r["ppl"] / lora[11]["ppl"] - 1)])
+    header = ["configuration", "lr points", "best lr", "ppl", "ppl/trunc", "% vs paper", "% vs TempLoRA r11"]
+    print(format_table(header, table))
+    (RESULTS / "pg19-levers.md").write_text(markdown_table(header, table) + "\n")
+    series = {name: (sorted(g), [g[k] for k in sorted(g)]) for name, g in grids.items()}
+    for rank, r in sweeps.items():
+        grid = sorted((v["config"]["lr"], v["ppl"]) for k, v in r.items() if k.startswith(f"lora-r{rank}-")
+                      and v["ppl"] < 2 * trunc)  # (a diverged point would flatten the plot)
+        series[f"TempLoRA r{rank}"] = ([g[0] for g in grid], [g[1] for g in grid])
+    line_plot(RESULTS / "pg19-levers.png", series, "learning rate", "perplexity (first 6,144 tokens of 10146)",
+              title="PG-19 levers: each configuration's lr grid", logx=True)
 
 
 def _load_rows(tag: str) -> dict:

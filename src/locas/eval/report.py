@@ -61,18 +61,25 @@ def _plt():
 
 
 def line_plot(path, series: dict[str, tuple[list, list]], xlabel: str, ylabel: str, title: str = "",
-              logy: bool = False) -> Path:
+              logy: bool = False, logx: bool = False) -> Path:
     plt = _plt()
-    fig, ax = plt.subplots(figsize=(7, 4.2), dpi=120)
-    for name, (xs, ys) in series.items():
-        ax.plot(xs, ys, label=name, linewidth=1.6)
+    many = len(series) > 8  # then a wider figure, the legend beside it, and no colour used twice
+    fig, ax = plt.subplots(figsize=(9.5 if many else 7, 4.8 if many else 4.2), dpi=120)
+    colours = plt.get_cmap("tab20").colors if many else [None] * len(series)
+    for (name, (xs, ys)), colour in zip(series.items(), colours):
+        ax.plot(xs, ys, label=name, linewidth=1.6, color=colour, marker="o" if many else None, markersize=3)
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
     if logy:
         ax.set_yscale("log")
+    if logx:
+        ax.set_xscale("log")
     ax.set_title(title)
     ax.grid(alpha=0.3)
-    ax.legend()
+    if many:
+        ax.legend(fontsize=8, loc="center left", bbox_to_anchor=(1.01, 0.5))
+    else:
+        ax.legend()
     fig.tight_layout()
     atomic_write(Path(path), lambda tmp: fig.savefig(tmp, format="png"))
     plt.close(fig)

@@ -2,7 +2,8 @@
 
 For each window the learner first *scores* the window with its current state (the reported
 NLL), then *updates* on it. The first update step reuses the scoring forward pass, so the
-overhead over plain scoring is one backward through frozen weights per window.
+overhead over plain scoring is one backward through frozen weights per window. With
+``update_every = N`` only every N-th window is learned from; the others are only scored.
 
 Windows overlap by one token: window ``i`` feeds ``tokens[s_i:e_i]`` (at most ``window_size``
 tokens) and scores tokens ``s_i+1 .. e_i-1``, so every token but the first is scored exactly
