@@ -212,9 +212,13 @@ def main():
             for layers in ("all", "top:15", "top:10"):
                 run(lm, tokens, f"locas-r64-{layers}", "locas",
                     TrainConfig(window_size=W, lr=locas_lr, memory_width=64, memory_layers=layers), rows, curves)
-            for layers in ("all", "top:15", "top:10", "top:8"):
+            for layers in ("all", "top:15", "top:10", "top:8", "top:4"):
                 run(lm, tokens, f"locas-{TUNED}-{layers}", "locas",
                     TrainConfig(**{"window_size": W, **preset_settings(TUNED), "memory_layers": layers}), rows, curves)
+            for layers in ("all", "top:8", "top:6"):  # the preset without its tail step
+                one_step = {**preset_settings(TUNED), "steps_per_window": 1, "extra_step_tokens": 0}
+                run(lm, tokens, f"locas-sqrt-1step-{layers}", "locas",
+                    TrainConfig(**{"window_size": W, **one_step, "memory_layers": layers}), rows, curves)
             run(lm, tokens, "lora-r64", "lora", TrainConfig(window_size=W, lr=lora_lr, lora_rank=64), rows, curves)
             run(lm, tokens, "lora-r11", "lora", TrainConfig(window_size=W, lr=heldout_systems(W)["lora-r11"][1].lr,
                                                             lora_rank=11), rows, curves)
