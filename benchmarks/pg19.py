@@ -306,7 +306,9 @@ def heldout_report(parts: Path, systems: list[str], books: list[str]) -> None:
                 continue
             r["ratio"], r["rel_time"] = r["ppl"] / ref["ppl"], r["wall_s"] / ref["wall_s"]
             table.append([book, name, r["ppl"], r["ratio"], r.get("kl", 0.0), r["extra_params"], r["rel_time"]])
-            curves[f"{book} {name}"] = tuple(r["curve"])
+            if name != "truncate":  # cumulative perplexity relative to truncation's, so the books share an axis
+                xs, ys = r["curve"]
+                curves[f"{book} {name}"] = (xs, [y / t for y, t in zip(ys, ref["curve"][1])])
     for name in systems:
         got = [rows[(b, name)] for b in books if "ratio" in rows.get((b, name), {})]
         if len(got) == len(books):
@@ -319,7 +321,8 @@ def heldout_report(parts: Path, systems: list[str], books: list[str]) -> None:
     write_json(RESULTS / f"{parts.name}.json", {"books": books, "systems": systems, "table": table,
                                                  "rows": {f"{b}__{n}": r for (b, n), r in rows.items()}})
     (RESULTS / f"{parts.name}.md").write_text(markdown_table(header, table) + "\n")
-    line_plot(RESULTS / f"{parts.name}.png", curves, "tokens read", "cumulative perplexity", title=parts.name)
+    line_plot(RESULTS / f"{parts.name}.png", curves, "tokens read", "cumulative perplexity / truncation's",
+              title=f"{parts.name}: held-out books, never tuned on")
 
 
 def lever_report() -> None:
