@@ -133,6 +133,19 @@ def test_update_every_trains_on_every_nth_window_and_scores_the_rest():
     assert calls == spans[::2] and res.tokens == len(tokens) - 1
 
 
+def test_update_every_is_refused_where_it_would_do_nothing():
+    from locas.learn.segments import Segment, train_segments
+
+    lm = tiny_lm("llama")
+    tokens = _tokens(36)
+    cfg = TrainConfig(window_size=12, memory_width=4, update_every=2)
+    with pytest.raises(LocasError, match="update-every"):  # memorize / locomo train segment by segment
+        train_segments(lm, [Segment(tokens, (0, 36))], make_objective(cfg), cfg, progress=False)
+    one = TrainConfig(window_size=12, memory_width=4)
+    learner, _ = train_segments(lm, [Segment(tokens, (0, 36))], make_objective(one), one, progress=False)
+    assert learner.memory[..., -1].abs().sum() > 0
+
+
 def test_extra_steps_train_on_the_window_tail():
     lm = tiny_lm("llama")
     cfg = TrainConfig(window_size=12, lr=5e-2, memory_width=4, steps_per_window=3, extra_step_tokens=5)

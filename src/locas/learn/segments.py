@@ -132,6 +132,9 @@ def train_segments(lm, segments: list[Segment], objective, cfg, *, method: str =
     if cfg.schedule == "cosine" and (budget_s is not None or len(segments) * epochs > 1):
         raise LocasError("--schedule cosine needs one run of known length (pg19, or memorize without --budget); "
                          "training segment by segment or under a budget takes --schedule constant")
+    if cfg.update_every != 1:
+        raise LocasError("--update-every applies to streaming a text (locas pg19); memorize and locomo learn from "
+                         "every window: drop it")
     check_window(lm, cfg)
     torch.manual_seed(cfg.seed)  # every run starts from the seed: no dependence on rank or order
     learner = make_learner(method, lm, cfg, memory=start_memory)
