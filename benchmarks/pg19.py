@@ -220,8 +220,8 @@ def main():
                 run(lm, tokens, f"locas-sqrt-1step-{layers}", "locas",
                     TrainConfig(**{"window_size": W, **one_step, "memory_layers": layers}), rows, curves)
             run(lm, tokens, "lora-r64", "lora", TrainConfig(window_size=W, lr=lora_lr, lora_rank=64), rows, curves)
-            run(lm, tokens, "lora-r11", "lora", TrainConfig(window_size=W, lr=heldout_systems(W)["lora-r11"][1].lr,
-                                                            lora_rank=11), rows, curves)
+            run(lm, tokens, "lora-r11", "lora", TrainConfig(window_size=W, lr=best_lora_lr(11), lora_rank=11),
+                rows, curves)
             run(lm, tokens, "truncate-again", "truncate", TrainConfig(window_size=W), rows, curves)
         table = report(rows, f"{suite} ({len(tokens):,} tokens)", base_params)
         tag = f"pg19-{suite}{'-quick' if args.quick and suite == 'main' else ''}{args.tag}"
@@ -232,20 +232,34 @@ def main():
         print(f"suite {suite} took {time.perf_counter() - t0:.0f} s -> {RESULTS / (tag + '.json')}")
 
 
+LORA_SWEEPS = {11: (("pg19-ranks-r11",), "--suite ranks --only lora-r11"),
+               64: (("pg19-sweep-earlier", "pg19-sweep"), "--suite sweep")}  # rank: (result files, how to make them)
+
+
+def lora_sweep(rank: int) -> dict:
+    """TempLoRA's sweep rows at ``rank`` (11 or 64) on book 10146's prefix, by label."""
+    rows = {k: v for f in LORA_SWEEPS[rank][0] for k, v in _load_rows(f).items()}
+    return {k: v for k, v in rows.items() if k.startswith(f"lora-r{rank}-")}
+
+
+def best_lora_lr(rank: int) -> float:
+    """TempLoRA's best lr at ``rank`` from ``lora_sweep``."""
+    row = best(lora_sweep(rank), f"lora-r{rank}-")[1]
+    if row is None:
+        files, make = LORA_SWEEPS[rank]
+        raise SystemExit(f"TempLoRA r{rank}'s lr comes from results/{files[-1]}.json; run {make} first")
+    return row["config"]["lr"]
+
+
 def heldout_systems(W: int) -> dict[str, tuple[str, TrainConfig]]:
     """The held-out comparison: truncation, the tuned preset, the paper's recipe, and TempLoRA at equal
     parameters (r11 ~ Locas r64's count) and at r64, each TempLoRA at its best lr of the sweeps on book 10146."""
-    r11 = best(_load_rows("pg19-ranks-r11"), "lora-r11-")[1]
-    r64 = best({**_load_rows("pg19-sweep-earlier"), **_load_rows("pg19-sweep")}, "lora-r64-")[1]
-    if r11 is None or r64 is None:
-        raise SystemExit("the held-out suite takes TempLoRA's lrs from results/pg19-ranks-r11.json and "
-                         "pg19-sweep.json; run --suite ranks --only lora-r11 and --suite sweep first")
     return {
         "truncate": ("truncate", TrainConfig(window_size=W)),
         f"locas-{TUNED}": ("locas", TrainConfig(**{"window_size": W, **preset_settings(TUNED)})),
         "locas-paper": ("locas", TrainConfig(**{"window_size": W, **preset_settings("paper")})),
-        "lora-r11": ("lora", TrainConfig(window_size=W, lora_rank=11, lr=r11["config"]["lr"])),
-        "lora-r64": ("lora", TrainConfig(window_size=W, lora_rank=64, lr=r64["config"]["lr"])),
+        "lora-r11": ("lora", TrainConfig(window_size=W, lora_rank=11, lr=best_lora_lr(11))),
+        "lora-r64": ("lora", TrainConfig(window_size=W, lora_rank=64, lr=best_lora_lr(64))),
     }
 
 
@@ -336,7 +350,7 @@ def lever_report() -> None:
         m = re.fullmatch(r"locas-(.+)-lr([0-9.e-]+)", label)
         if m:
             grids.setdefault(m.group(1).replace("tau-sqrt", "sqrt"), {})[float(m.group(2))] = r["ppl"]
-    sweeps = {11: _load_rows("pg19-ranks-r11"), 64: _load_rows("pg19-sweep")}
+    sweeps = {rank: lora_sweep(rank) for rank in LORA_SWEEPS}
     lora = {rank: best(r, f"lora-r{rank}-")[1] for rank, r in sweeps.items()}
     trunc = rows["truncate"]["ppl"]
     paper = min(grids["paper"].values())
@@ -346,7 +360,7 @@ def lever_report() -> None:
         table.append([name, len(grid), f"{lr:g}", ppl, ppl / trunc, 100 * (ppl / paper - 1),
                       100 * (ppl / lora[11]["ppl"] - 1)])
     for rank, r in lora.items():
-        points = sum(k.startswith(f"lora-r{rank}-") for k in sweeps[rank])
+        points = len(sweeps[rank])
         table.append([f"TempLoRA r{rank}", points, f"{r['config']['lr']:g}", r["ppl"], r["ppl"] / trunc,
                       100 * (r["ppl"] / paper - 1), 100 * (r["ppl"] / lora[11]["ppl"] - 1)])
     header = ["configuration", "lr points", "best lr", "ppl", "ppl/trunc", "% vs paper", "% vs TempLoRA r11"]
@@ -354,8 +368,8 @@ def lever_report() -> None:
     (RESULTS / "pg19-levers.md").write_text(markdown_table(header, table) + "\n")
     series = {name: (sorted(g), [g[k] for k in sorted(g)]) for name, g in grids.items()}
     for rank, r in sweeps.items():
-        grid = sorted((v["config"]["lr"], v["ppl"]) for k, v in r.items() if k.startswith(f"lora-r{rank}-")
-                      and v["ppl"] < 2 * trunc)  # (a diverged point would flatten the plot)
+        grid = sorted((v["config"]["lr"], v["ppl"]) for v in r.values()
+                      if v["ppl"] < 2 * trunc)  # (a diverged point would flatten the plot)
         series[f"TempLoRA r{rank}"] = ([g[0] for g in grid], [g[1] for g in grid])
     line_plot(RESULTS / "pg19-levers.png", series, "learning rate", "perplexity (first 6,144 tokens of 10146)",
               title="PG-19 levers: each configuration's lr grid", logx=True)

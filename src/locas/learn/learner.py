@@ -130,7 +130,7 @@ class MemoryLearner(Learner):
         """``value_init="gradient"``: while every value is still zero, write them in closed form from this step's
         gradient G (L', 1, r, d): ``v_j = -radius * G_j / max_k |G_k|`` per layer; the optimiser then moves only
         keys and gates on this step."""
-        if getattr(self.cfg, "value_init", "zero") != "gradient" or self.memory.grad is None:
+        if self.cfg.value_init != "gradient" or self.memory.grad is None:
             return
         with torch.no_grad():
             if self.memory[..., -1].any():
@@ -141,12 +141,12 @@ class MemoryLearner(Learner):
             self.memory.grad[..., -1] = 0.0
 
     def update_scales(self):
-        k = getattr(self.cfg, "key_lr_scale", 1.0)
+        k = self.cfg.key_lr_scale
         return [None if k == 1.0 else self._channel(k, 1.0)]
 
     def after_step(self):
         with torch.no_grad():  # in place on the parameter itself: its version moves, so no cached copy goes stale
-            clip_vectors_(self.memory, radius=self._channel(1.0, getattr(self.cfg, "value_radius", 1.0)))
+            clip_vectors_(self.memory, radius=self._channel(1.0, self.cfg.value_radius))
 
     def state(self) -> ModelState:
         return ModelState(memory=self.model_memory().detach(), layers=self.layers)

@@ -29,7 +29,7 @@ def lr_at(cfg, index: int, total: int) -> float:
     lr = cfg.lr
     if cfg.schedule == "cosine" and total > 1:
         lr = cfg.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * index / (total - 1))))
-    warmup = getattr(cfg, "warmup_windows", 0)
+    warmup = cfg.warmup_windows
     if warmup and index < warmup:
         lr *= (index + 1) / warmup
     return lr
@@ -85,7 +85,7 @@ def train_window(learner, optimizer, objective, tokens, span, cfg, teacher=None)
             teacher = objective.teacher(learner.lm, tokens, start, end, teacher_context(learner.lm, cfg))
     skipped = False
     score = None
-    tail = getattr(cfg, "extra_step_tokens", 0)
+    tail = cfg.extra_step_tokens
     if tail and teacher is not None and cfg.steps_per_window > 1:
         raise LocasError("--extra-step-tokens works with the ntp objective only (a teacher's targets cover the "
                          "whole window); drop it or use --objective ntp")
