@@ -5,7 +5,7 @@ Suites (combine with --suite, repeatable):
   sweep       learning-rate sweep for Locas and TempLoRA at r=64 on the sweep prefix (r=16 and r=11: the ranks suite)
   levers      one lever at a time on the paper recipe (Locas r=64), each with a 4-point lr grid like TempLoRA's:
               output scale law, value init from the gradient, key/gate lr, AdamW beta2, warm-up, value clipping
-              radius, a cheaper extra step, updating every 2nd window, width
+              radius, a cheaper extra step, updating every 2nd window, width, a learned per-layer output gain
   objectives  Locas r=64 with SD and MIX (teacher context 4 x window)
   init        init ablation at r=64: highest, lowest, random_index, random, activation
   ranks       smaller memories with the same lr sweep each: Locas r=16, TempLoRA r=16, and TempLoRA r=11
@@ -60,6 +60,7 @@ LEVERS = {
     "extra-step-512": ({"steps_per_window": 2, "extra_step_tokens": 512}, LEVER_LRS),
     "every-2": ({"update_every": 2}, LEVER_LRS),
     "r16": ({"memory_width": 16}, LEVER_LRS),
+    "gain-0.1": ({"gain_lr": 0.1}, LEVER_LRS),  # a learned per-layer output gain
 }
 SQRT_LRS = (3e-3, 6e-3, 1e-2, 2e-2)  # around tau-sqrt's best lever point, still 4 points
 # the levers that helped, on the sqrt law (the best single lever), each with the same grid as sqrt itself
@@ -69,6 +70,9 @@ COMBOS = {
     "sqrt-radius2": ({"tau_law": "sqrt", "value_radius": 2.0}, SQRT_LRS),
     "sqrt-extra256": ({"tau_law": "sqrt", "steps_per_window": 2, "extra_step_tokens": 256}, SQRT_LRS),
     "sqrt-every2": ({"tau_law": "sqrt", "update_every": 2}, SQRT_LRS),  # the all-layer time lever
+    "sqrt-gain0.1": ({"tau_law": "sqrt", "gain_lr": 0.1}, SQRT_LRS),
+    "sqrt-extra256-gain0.1": ({"tau_law": "sqrt", "steps_per_window": 2, "extra_step_tokens": 256, "gain_lr": 0.1},
+                              SQRT_LRS),
 }
 ONLY = None
 
@@ -282,7 +286,7 @@ def run_heldout(lm, args) -> None:
             path = parts / f"{book}__{name}.json"
             key = {"config": cfg.to_dict(), "method": method, "tokens": len(tokens), "kl_book": args.kl_book,
                    "kl_tokens": len(kl_tokens)}
-            if path.is_file() and json.loads(path.read_text()).get("key") == key:
+            if path.is_file() and same_run(json.loads(path.read_text()).get("key"), key):
                 print(f"  {book} {name}: done before ({path.name})")
                 continue
             print(f"\n### {book}: {name}, {len(tokens):,} tokens", flush=True)
@@ -302,6 +306,16 @@ def run_heldout(lm, args) -> None:
             print(f"  {book} {name}: ppl {row['ppl']:.3f}  KL {row.get('kl', 0):.4f}  {row['wall_s']:.0f} s",
                   flush=True)
     heldout_report(parts, list(systems), args.heldout_books)
+
+
+def same_run(stored: dict | None, key: dict) -> bool:
+    """``stored`` (a part's key) describes the run ``key`` does: equal, with any setting added to TrainConfig since
+    the part was written at its default."""
+    if not stored or {k: v for k, v in stored.items() if k != "config"} != {k: v for k, v in key.items()
+                                                                            if k != "config"}:
+        return False
+    defaults = TrainConfig().to_dict()
+    return all(stored["config"].get(k, defaults[k]) == v for k, v in key["config"].items())
 
 
 def heldout_report(parts: Path, systems: list[str], books: list[str]) -> None:

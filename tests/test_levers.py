@@ -45,6 +45,34 @@ def test_output_scale_is_baked_into_the_saved_memory(tmp_path, over):
     assert torch.allclose(again.model_memory(), learner.model_memory(), atol=1e-6)
 
 
+def test_learned_gain_is_per_layer_baked_in_and_steps_at_its_own_lr(tmp_path):
+    lm = tiny_lm("llama")
+    cfg = TrainConfig(window_size=12, lr=1e-2, memory_width=8, tau_law="sqrt", gain_lr=0.2)
+    learner = LocasLearner(lm, cfg)
+    learner.begin(_tokens(), (0, 12))
+    params = learner.parameters()
+    assert len(params) == 2 and params[1].shape == (lm.num_layers, 1, 1, 1, 1)
+    assert learner.extra_params() == learner.memory.numel() + lm.num_layers
+    opt = make_optimizer(params, cfg)
+    grad = torch.randn(params[1].shape)
+    learner.memory.grad, params[1].grad = torch.zeros_like(learner.memory), grad
+    assert guarded_step(learner, opt)  # AdamW's first step is lr * sign(g); the gain's is gain_lr * sign(g)
+    assert torch.allclose(params[1].detach(), -0.2 * grad.sign(), atol=1e-5)
+    learner = LocasLearner(lm, cfg)
+    stream(learner, _tokens(), cfg, progress=False)
+    gains = learner.log_gain.detach().flatten()
+    assert gains.abs().min() > 0 and len(set(gains.tolist())) == lm.num_layers  # each layer its own gain
+    ids = random_ids(1, 10, seed=7)
+    with torch.no_grad():
+        path = save_memory(learner.full_memory(), tmp_path / "m.locas", model=lm)
+        assert torch.allclose(lm(ids, memory=load_memory(path, lm)).logits, learner.logits(ids), atol=1e-5)
+        want = learner.memory * math.sqrt(8) * learner.log_gain.exp()  # (L, 1, r, d, C): the values channel
+        assert torch.allclose(learner.model_memory()[..., -1], want[..., -1])
+        assert torch.equal(learner.model_memory()[..., :-1], learner.memory[..., :-1])  # keys, gates as trained
+    with pytest.raises(LocasError, match="gain-lr"):
+        LocasMLPLearner(tiny_lm("gpt2"), MLPTrainConfig(window_size=12, gain_lr=0.1))
+
+
 class _Pair(Learner):
     trainable = True
 

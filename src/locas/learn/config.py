@@ -62,6 +62,9 @@ class TrainConfig:
                                        "stay at 1)", positive=True)
     key_lr_scale: float = setting(1.0, "Locas: learning-rate multiplier for keys and gates (values get --lr)",
                                   positive=True, maximum=100.0)
+    gain_lr: float = setting(0.0, "Locas: learn a per-layer output gain (exp of a parameter that starts at 0, on "
+                                  "top of --tau-law's scale) with this lr; 0 = a fixed scale (the paper)",
+                             minimum=0, maximum=10.0)
     extra_step_tokens: int = setting(0, "optimiser steps after a window's first train on only its last N tokens "
                                         "(a cheaper extra step; 0 = the whole window)", minimum=0)
     update_every: int = setting(1, "train on every N-th window only; the windows between are scored by the "

@@ -73,8 +73,8 @@ class Learner:
         """Hook after the backward, before each optimiser step (Locas's gradient-informed value init)."""
 
     def update_scales(self) -> list:
-        """Per parameter: None, or a tensor broadcast over it that multiplies the optimiser's step (a per-channel
-        learning rate)."""
+        """Per parameter: None, or a number or tensor broadcast over it that multiplies the optimiser's step (a
+        per-channel learning rate)."""
         return [None] * len(self.parameters())
 
     def after_step(self) -> None:
@@ -93,20 +93,25 @@ class MemoryLearner(Learner):
     """A learner whose state is a Locas memory on ``self.layers``: the parameter ``self.memory`` (L', 1, r, d, C).
 
     The model reads ``model_memory()``: the parameter with its values times ``cfg.output_scale(r)`` (``--tau-scale``,
-    ``--tau-law``), so what is saved, fused or served has the scale baked in and the model's own ``tau`` stays
-    the paper's. Clipping (``value_radius`` for values, 1 for keys and gates), the per-channel learning rate
+    ``--tau-law``) and, with ``gain_lr > 0``, a learned per-layer gain ``exp(self.log_gain)``, so what is saved,
+    fused or served has the scale baked in and the model's own ``tau`` stays the paper's.
+    Clipping (``value_radius`` for values, 1 for keys and gates), the per-channel learning rate
     (``key_lr_scale``) and the gradient-informed first step (``value_init="gradient"``) act on the parameter.
     """
 
     trainable = True
     memory: torch.nn.Parameter
     layers: list[int]
+    log_gain: torch.nn.Parameter | None = None  # (L', 1, 1, 1, 1) with gain_lr > 0, made with the memory
 
     def parameters(self):
-        return [self.memory]
+        if self.cfg.gain_lr and self.log_gain is None:
+            self.log_gain = torch.nn.Parameter(torch.zeros((self.memory.shape[0], 1, 1, 1, 1),
+                                                           dtype=self.memory.dtype, device=self.memory.device))
+        return [self.memory] if self.log_gain is None else [self.memory, self.log_gain]
 
     def extra_params(self):
-        return self.memory.numel()
+        return sum(p.numel() for p in self.parameters())
 
     def _channel(self, key: float, value: float) -> torch.Tensor:
         """(C,) per-channel factors: ``key`` on keys (and gates), ``value`` on values."""
@@ -118,8 +123,12 @@ class MemoryLearner(Learner):
         return self.cfg.output_scale(self.memory.shape[-3])
 
     def model_memory(self) -> torch.Tensor:
-        """(L', 1, r, d, C) as the model reads it: values times the output scale (differentiable)."""
+        """(L', 1, r, d, C) as the model reads it: values times the output scale and the learned gain
+        (differentiable)."""
         scale = self.value_scale()
+        if self.log_gain is not None:  # keys and gates x 1, values x scale * exp(log_gain)
+            factors = torch.ones_like(self.log_gain).expand(*self.log_gain.shape[:-1], self.memory.shape[-1] - 1)
+            return self.memory * torch.cat([factors, scale * self.log_gain.exp()], dim=-1)  # (L', 1, 1, 1, C)
         return self.memory if scale == 1.0 else self.memory * self._channel(1.0, scale)
 
     def logits(self, ids, **inputs):
@@ -142,7 +151,8 @@ class MemoryLearner(Learner):
 
     def update_scales(self):
         k = self.cfg.key_lr_scale
-        return [None if k == 1.0 else self._channel(k, 1.0)]
+        keys = None if k == 1.0 else self._channel(k, 1.0)
+        return [keys] if self.log_gain is None else [keys, self.cfg.gain_lr / self.cfg.lr]
 
     def after_step(self):
         with torch.no_grad():  # in place on the parameter itself: its version moves, so no cached copy goes stale

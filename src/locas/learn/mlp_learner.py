@@ -93,8 +93,9 @@ class LocasMLPLearner(MemoryLearner):
         self.compressions = 0
         self.skipped = 0
         self.timings = {"write_s": 0.0, "nlsvd_s": 0.0, "bp_s": 0.0}
-        if cfg.output_scale(self.capacity) != 1.0:
-            raise LocasError("Locas-MLP writes its values at the paper's output scale; drop --tau-scale / --tau-law")
+        if cfg.output_scale(self.capacity) != 1.0 or cfg.gain_lr:
+            raise LocasError("Locas-MLP writes its values at the paper's output scale; drop --tau-scale / --tau-law "
+                             "/ --gain-lr")
         if update == "nlsvd" and (cfg.value_init != "zero" or cfg.key_lr_scale != 1.0 or cfg.value_radius != 1.0):
             raise LocasError("--value-init, --key-lr-scale and --value-radius shape optimiser steps, which "
                              "--update nlsvd does not take; drop them or use --update bp")

@@ -17,8 +17,8 @@ from ..errors import LocasError
 
 PRESETS: dict[str, dict] = {
     "paper": {"lr": 3e-2, "memory_width": 64, "tau_scale": 1.0, "tau_law": "r", "value_init": "zero",
-              "value_radius": 1.0, "key_lr_scale": 1.0, "adam_beta1": 0.9, "adam_beta2": 0.999, "adam_eps": 1e-8,
-              "warmup_windows": 0, "steps_per_window": 1, "extra_step_tokens": 0, "update_every": 1},
+              "value_radius": 1.0, "key_lr_scale": 1.0, "gain_lr": 0.0, "adam_beta1": 0.9, "adam_beta2": 0.999,
+              "adam_eps": 1e-8, "warmup_windows": 0, "steps_per_window": 1, "extra_step_tokens": 0, "update_every": 1},
 }
 TUNED = "sqrt-tail"  # the best combination of the PG-19 levers on book 10146's prefix (docs/PG19.md)
 PRESETS[TUNED] = {**PRESETS["paper"], "lr": 1e-2, "tau_law": "sqrt", "steps_per_window": 2, "extra_step_tokens": 256}

@@ -19,7 +19,8 @@ MemoryField = str | list[str] | None
 # the TrainConfig fields a memorisation job takes (the TempLoRA and full-attention baselines' are not for jobs)
 JOB_SETTINGS = ("window_size", "steps_per_window", "lr", "weight_decay", "adam_beta1", "adam_beta2", "adam_eps",
                 "warmup_windows", "schedule", "mix_weight", "sd_context", "sd_topk", "memory_width", "memory_init",
-                "memory_layers", "tau_scale", "tau_law", "value_init", "value_radius", "key_lr_scale", "epochs", "seed")
+                "memory_layers", "tau_scale", "tau_law", "value_init", "value_radius", "key_lr_scale", "gain_lr",
+                "epochs", "seed")
 
 
 class ApiError(Exception):
