@@ -70,6 +70,8 @@ COMBOS = {
     "sqrt-radius2": ({"tau_law": "sqrt", "value_radius": 2.0}, SQRT_LRS),
     "sqrt-extra256": ({"tau_law": "sqrt", "steps_per_window": 2, "extra_step_tokens": 256}, SQRT_LRS),
     "sqrt-every2": ({"tau_law": "sqrt", "update_every": 2}, SQRT_LRS),  # the all-layer time lever
+    "sqrt-extra128": ({"tau_law": "sqrt", "steps_per_window": 2, "extra_step_tokens": 128}, SQRT_LRS),
+    "sqrt-extra256x2": ({"tau_law": "sqrt", "steps_per_window": 3, "extra_step_tokens": 256}, SQRT_LRS),
     "sqrt-gain0.1": ({"tau_law": "sqrt", "gain_lr": 0.1}, SQRT_LRS),
     "sqrt-extra256-gain0.1": ({"tau_law": "sqrt", "steps_per_window": 2, "extra_step_tokens": 256, "gain_lr": 0.1},
                               SQRT_LRS),

@@ -62,12 +62,12 @@ def test_score_of_window_never_sees_its_own_update():
         assert float(nll.sum()) == pytest.approx(full.window_nll[i], rel=1e-5)
 
 
-@pytest.mark.parametrize("method", ["locas", "lora"])
+@pytest.mark.parametrize("method", ["locas", "locas-gain", "lora"])
 def test_resume_equals_uninterrupted(tmp_path, method):
     lm = tiny_lm("llama")
-    cfg = TrainConfig(window_size=10, lr=3e-2, memory_width=4, lora_rank=2)
+    cfg = TrainConfig(window_size=10, lr=3e-2, memory_width=4, lora_rank=2, gain_lr=0.1 * (method == "locas-gain"))
     tokens = _tokens(70)
-    make = (lambda: LocasLearner(lm, cfg)) if method == "locas" else (lambda: LoraLearner(lm, cfg))
+    make = (lambda: LoraLearner(lm, cfg)) if method == "lora" else (lambda: LocasLearner(lm, cfg))
     ref_learner = make()
     ref = stream(ref_learner, tokens, cfg, progress=False)
     ref_learner.finish()
