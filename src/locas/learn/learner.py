@@ -102,12 +102,9 @@ class MemoryLearner(Learner):
     trainable = True
     memory: torch.nn.Parameter
     layers: list[int]
-    log_gain: torch.nn.Parameter | None = None  # (L', 1, 1, 1, 1) with gain_lr > 0, made with the memory
+    log_gain: torch.nn.Parameter | None = None  # (L', 1, 1, 1, 1) with gain_lr > 0: LocasLearner.begin makes it
 
     def parameters(self):
-        if self.cfg.gain_lr and self.log_gain is None:
-            self.log_gain = torch.nn.Parameter(torch.zeros((self.memory.shape[0], 1, 1, 1, 1),
-                                                           dtype=self.memory.dtype, device=self.memory.device))
         return [self.memory] if self.log_gain is None else [self.memory, self.log_gain]
 
     def extra_params(self):

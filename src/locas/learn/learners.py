@@ -51,6 +51,9 @@ class LocasLearner(MemoryLearner):
             ids = tokens[first_span[0]:first_span[1]][None]
             mem = self.lm.init_memory(ids, width=self.cfg.memory_width, init=self.cfg.memory_init, seed=self.cfg.seed)
             self.memory = torch.nn.Parameter(mem[self.layers].contiguous())
+        if self.cfg.gain_lr and self.log_gain is None:  # a learned per-layer output gain, exp(0) = 1 at the start
+            self.log_gain = torch.nn.Parameter(torch.zeros((self.memory.shape[0], 1, 1, 1, 1),
+                                                           dtype=self.memory.dtype, device=self.memory.device))
 
 
 class TruncateLearner(Learner):
