@@ -46,8 +46,30 @@ def teacher_targets(lm, tokens: torch.Tensor, start: int, end: int, context: int
     logits = logits[start - lo: end - lo - 1]  # (T-1, V) predictions of tokens start+1..end-1
     if topk and topk < logits.shape[-1]:
         values, index = logits.topk(topk, dim=-1)
-        return TeacherTargets(torch.log_softmax(values, -1), index)
-    return TeacherTargets(torch.log_softmax(logits, -1), None)
+        return TeacherTargets(torch.log_softmax(values.contiguous(), -1), index)
+    return TeacherTargets(torch.log_softmax(logits.contiguous(), -1), None)
+
+
+class _KL(torch.autograd.Function):
+    """Mean over rows of KL(p || softmax(student)), with the gradient written as ``q - p``.
+
+    Autograd's own gradient, ``q * sum(p) - p``, is float noise (~1e-9) where the student equals the teacher
+    (a zero memory on the teacher's own context), and Adam scales noise up to a step that differs from one
+    CPU's kernels to another's. Here both sides go through the same ``log_softmax`` and ``exp``, so equal
+    logits give a gradient of exactly zero.
+    """
+
+    @staticmethod
+    def forward(ctx, student: torch.Tensor, logp: torch.Tensor) -> torch.Tensor:  # (N, k), (N, k)
+        logq = torch.log_softmax(student, -1)
+        p = logp.exp()
+        ctx.save_for_backward(logq, p)
+        return (p * (logp - logq)).sum(-1).mean()
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        logq, p = ctx.saved_tensors
+        return (logq.exp() - p) * (grad / logq.shape[0]), None
 
 
 def distill_kl(student_logits: torch.Tensor, teacher: TeacherTargets) -> torch.Tensor:
@@ -55,9 +77,7 @@ def distill_kl(student_logits: torch.Tensor, teacher: TeacherTargets) -> torch.T
     student = student_logits.float()
     if teacher.index is not None:
         student = student.gather(-1, teacher.index)
-    logq = torch.log_softmax(student, -1)
-    p = teacher.logprobs.exp()
-    return (p * (teacher.logprobs - logq)).sum(-1).mean()
+    return _KL.apply(student.contiguous(), teacher.logprobs.contiguous())
 
 
 class NextToken(Objective):
