@@ -351,6 +351,7 @@ def spread(isas: list[str]) -> None:
     import tempfile
 
     from safetensors.torch import load_file
+
     from test_golden import ATOL, RTOL, TENSOR_RTOL, _close, _diff, _tensor_diffs  # the test's own tolerance
 
     for isa in isas:
@@ -380,7 +381,8 @@ def spread(isas: list[str]) -> None:
                         if r > worst_tensor[0]:
                             worst_tensor = (r, f"{name}.{key}")
         print(f"{isa:8s} scalars: largest relative {worst_rel[0]:.1e} ({worst_rel[1]}), largest share of the "
-              f"tolerance {worst_used[0]:.2f} ({worst_used[1]}); {rounded} rounded values one unit apart; tensors: {worst_tensor[0]:.1e} of scale "
+              f"tolerance {worst_used[0]:.2f} ({worst_used[1]}); {rounded} rounded values one unit apart; "
+              f"tensors: {worst_tensor[0]:.1e} of scale "
               f"({worst_tensor[1]}, {worst_tensor[0] / TENSOR_RTOL:.2f} of the tolerance); "
               f"{len(failing)} outside the tolerance{': ' + '; '.join(failing[:3]) if failing else ''}", flush=True)
 
