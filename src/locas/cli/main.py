@@ -17,7 +17,9 @@ import importlib
 import os
 import sys
 
+from .._version import __version__
 from ..errors import LocasError
+from ..extras import require, require_extra
 from .flags import Parser, apply_preset, default_threads, normalize_argv, setting_value
 
 # subcommand -> module in locas.cli.commands
@@ -44,6 +46,7 @@ def command_module(name: str):
 
 def build_parser() -> Parser:
     parser = Parser(prog="locas", description="Parametric test-time memory for causal language models.")
+    parser.add_argument("--version", action="version", version=f"locas {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=Parser)
     for name in COMMANDS:
         mod = command_module(name)
@@ -63,6 +66,8 @@ def check_objective(args) -> None:
         return
     name = setting_value(args, TrainConfig, "objective")
     cls = objective_class(name)
+    for module in cls.requires:
+        require(module, f"--objective {name}")
     if trains == "windows" and not cls.windows:
         takers = [c for c in COMMANDS if getattr(command_module(c), "TRAINS", None) == "segments"]
         raise LocasError(f"{args.command} scores every window before learning it, so it takes the window objectives "
@@ -159,6 +164,8 @@ def _run(argv: list[str]) -> int:
         from .checks import check_paths, check_repeated, run_lock
 
         check_repeated(args._parser, argv)
+        if getattr(args._module, "EXTRA", None):  # an optional part: its packages, before any work
+            require_extra(args._module.EXTRA, f"locas {args.command}")
         apply_preset(args._parser, args, argv)
         check_objective(args)
         check_paths(args._parser, args)  # before the model loads: a bad path costs nothing

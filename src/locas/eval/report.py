@@ -13,6 +13,7 @@ import json
 from pathlib import Path
 
 from ..core.files import atomic_write
+from ..extras import require
 
 
 def _fmt(v) -> str:
@@ -51,7 +52,9 @@ def write_csv(path, header: list[str], rows: list[list]) -> Path:
     return atomic_write(Path(path), lambda tmp: Path(tmp).write_text(buf.getvalue()))
 
 
-def _plt():
+def plt_agg():
+    """matplotlib's pyplot on the Agg backend (files only, no display), or a one-line error naming the extra."""
+    require("matplotlib", "plotting a report")
     import matplotlib
 
     matplotlib.use("Agg")
@@ -62,7 +65,7 @@ def _plt():
 
 def line_plot(path, series: dict[str, tuple[list, list]], xlabel: str, ylabel: str, title: str = "",
               logy: bool = False, logx: bool = False) -> Path:
-    plt = _plt()
+    plt = plt_agg()
     many = len(series) > 8  # then a wider figure, the legend beside it, and no colour used twice
     fig, ax = plt.subplots(figsize=(9.5 if many else 7, 4.8 if many else 4.2), dpi=120)
     colours = plt.get_cmap("tab20").colors if many else [None] * len(series)
@@ -88,7 +91,7 @@ def line_plot(path, series: dict[str, tuple[list, list]], xlabel: str, ylabel: s
 
 def bar_plot(path, groups: list[str], series: dict[str, list[float]], ylabel: str, title: str = "") -> Path:
     """Grouped bars: one group per entry of ``groups``, one bar per series."""
-    plt = _plt()
+    plt = plt_agg()
     fig, ax = plt.subplots(figsize=(max(6, 1.2 * len(groups) * max(1, len(series)) / 2), 4.2), dpi=120)
     width = 0.8 / max(len(series), 1)
     for k, (name, values) in enumerate(series.items()):

@@ -28,7 +28,7 @@ from ..learn.learners import make_learner
 from ..learn.stream import stream, window_spans
 from ..settings import setting, validate
 from .mmlu import aggregate, compare, score_questions
-from .report import format_table, write_csv, write_json
+from .report import format_table, plt_agg, write_csv, write_json
 
 
 @dataclass
@@ -233,11 +233,7 @@ def write_retention(payload: dict, out_dir) -> str:
 
 
 def plot_retention(payload: dict, path) -> Path:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = plt_agg()
     names = list(payload["variants"])
     panels = [("mmlu_delta_points", "MMLU change (points)"), ("heldout_kl", "KL(base || model), nats/token"),
               ("heldout_ppl_ratio", "held-out ppl / base")]

@@ -19,11 +19,14 @@ import json
 import sys
 from pathlib import Path
 
-from lm_eval.api.registry import register_model
-from lm_eval.models.huggingface import HFLM
+from ..extras import require
 
-from ..data.mmlu import available_subjects, categories, mmlu_dir
-from ..errors import LocasError
+require("lm_eval", "the lm-evaluation-harness model type")
+from lm_eval.api.registry import register_model  # noqa: E402
+from lm_eval.models.huggingface import HFLM  # noqa: E402
+
+from ..data.mmlu import available_subjects, categories, mmlu_dir  # noqa: E402
+from ..errors import LocasError  # noqa: E402
 
 _NONE = ("", "none", "null", "base")
 

@@ -26,6 +26,7 @@ from torch import nn
 
 from ..core.model import ModelState, token_nll
 from ..errors import LocasError
+from ..extras import require
 from .config import parse_layers
 from .learner import Learner, MemoryLearner
 from .mlp_learner import LocasMLPLearner
@@ -99,6 +100,7 @@ class LoraLearner(Learner):
         self.peft_model = None
 
     def begin(self, tokens, first_span):
+        require("peft", "the TempLoRA baseline (--method lora)")
         from peft import LoraConfig, get_peft_model
 
         torch.manual_seed(self.cfg.seed)
@@ -136,6 +138,7 @@ class LoraLearner(Learner):
 
 def load_adapter(lm, adapter_dir):
     """Inject a saved peft (TempLoRA) adapter into ``lm.model``; returns the peft model (call ``.unload()``)."""
+    require("peft", "a TempLoRA adapter (--adapter)")
     from peft import PeftModel
 
     if not (Path(adapter_dir) / "adapter_config.json").is_file():

@@ -20,6 +20,8 @@ import string
 from collections import Counter
 from functools import lru_cache
 
+from ..extras import require
+
 MULTI_HOP, TEMPORAL, OPEN_DOMAIN, SINGLE_HOP, ADVERSARIAL = 1, 2, 3, 4, 5
 _PUNCT = set(string.punctuation)
 _ARTICLES = re.compile(r"\b(a|an|the|and)\b")
@@ -36,6 +38,7 @@ def normalize_answer(s) -> str:
 
 @lru_cache(maxsize=1)
 def _stemmer():
+    require("nltk", "LoCoMo's answer normalisation (F1, exact match, GRPO's reward)")
     from nltk.stem import PorterStemmer
 
     return PorterStemmer()

@@ -13,6 +13,7 @@ from ..checks import path_arg
 from ..flags import Number, add_model_args, add_output_arg, add_settings, settings_from
 
 HELP = "main demo: SmolLM2 reads a PG-19 book with truncation vs Locas, then fuses the memory"
+EXTRA = "eval"  # locas[eval]: checked before any work (locas/extras.py)
 # a small valid invocation: the bad-input matrix (tests/test_bad_input.py) runs it, then breaks it
 EXAMPLE = {"--book": "{text}", "--max-tokens": "64", "--window-size": "32", "--memory-width": "4", "-o": "{out}",
            "--model": "{model}", "--device": "cpu", "--data-dir": "{data}"}

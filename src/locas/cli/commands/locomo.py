@@ -14,6 +14,7 @@ from .. import flags
 from ..flags import add_settings, settings_from
 
 HELP = "LoCoMo QA: memorise each conversation (Locas / LoRA / none), answer its questions, F1 per category"
+EXTRA = "eval"  # locas[eval]: checked before any work (locas/extras.py)
 # a small valid invocation: the bad-input matrix (tests/test_bad_input.py) runs it, then breaks it
 EXAMPLE = {"--conversations": "conv-x", "--objective": "ntp", "--window-size": "64", "--memory-width": "4",
            "--max-new-tokens": "2", "-o": "{out}", "--model": "{model}", "--device": "cpu", "--data-dir": "{data}"}

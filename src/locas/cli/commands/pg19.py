@@ -27,6 +27,7 @@ from ..flags import (
 from .retention import add_retention_args
 
 HELP = "PG-19 whole-book perplexity: truncation vs full attention vs Locas vs TempLoRA"
+EXTRA = "eval"  # locas[eval]: checked before any work (locas/extras.py)
 # a small valid invocation: the bad-input matrix (tests/test_bad_input.py) runs it, then breaks it
 EXAMPLE = {"--book": "{text}", "--method": "locas", "--max-tokens": "64", "--window-size": "32", "--memory-width": "4",
            "-o": "{out}", "--model": "{model}", "--device": "cpu", "--data-dir": "{data}"}

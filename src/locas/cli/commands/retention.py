@@ -22,6 +22,7 @@ from ..flags import (
 )
 
 HELP = "forgetting report: MMLU change, held-out perplexity and KL vs the base model"
+EXTRA = "eval"  # locas[eval]: checked before any work (locas/extras.py)
 # a small valid invocation: the bad-input matrix (tests/test_bad_input.py) runs it, then breaks it
 EXAMPLE = {"--memory": "{memory}", "--heldout": "{text}", "--heldout-tokens": "64", "--shots": "0",
            "--window-size": "32",

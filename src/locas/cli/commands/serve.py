@@ -12,6 +12,7 @@ from ..checks import path_arg
 from ..flags import Number, add_model_args
 
 HELP = "serve the model over HTTP (OpenAI-compatible API) with a memory per request; see docs/SERVING.md"
+EXTRA = "serve"  # locas[serve]: checked before any work (locas/extras.py)
 # a small valid invocation: the bad-input matrix (tests/test_bad_input.py) runs it, then breaks it
 EXAMPLE = {"--memory-dir": "{out}", "--port": "0", "--check": True, "--model": "{model}", "--device": "cpu"}
 LOOPBACK = ("127.0.0.1", "localhost", "::1")

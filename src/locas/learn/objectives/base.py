@@ -20,6 +20,7 @@ class Objective:
     windows = False  # can score-then-update text windows (the streaming protocol)
     needs_teacher = False
     summary = ""  # one line for `locas objectives`
+    requires: tuple[str, ...] = ()  # modules of an optional extra it needs (locas/extras.py)
 
     def __init__(self, cfg, settings=None):
         self.cfg = cfg

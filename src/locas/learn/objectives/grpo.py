@@ -197,6 +197,7 @@ def grpo_step(learner, optimizer, items: list, reward_fn, cfg: GRPOConfig, gener
 class GRPO(Objective):
     name = "grpo"
     summary = "reinforce the memory on cloze questions cut from the text (--grpo-* settings)"
+    requires = ("nltk",)  # the F1 reward's answer normalisation
 
     def __init__(self, cfg, settings=None):
         super().__init__(cfg, settings)
