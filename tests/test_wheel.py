@@ -15,7 +15,9 @@ from pathlib import Path
 import pytest
 
 from locas._version import __version__
+from locas.cli.main import COMMANDS, command_module
 from locas.extras import EXTRAS
+from test_bad_input import _argv, world  # noqa: F401  (the bad-input matrix's files, and its EXAMPLE filler)
 
 CORE = os.environ.get("LOCAS_CORE_VENV")
 pytestmark = pytest.mark.skipif(not CORE, reason="no core-only venv: `make test-wheel` builds one and runs this")
@@ -24,7 +26,8 @@ pytestmark = pytest.mark.skipif(not CORE, reason="no core-only venv: `make test-
 def _run(*argv, cwd: Path) -> subprocess.CompletedProcess:
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}
     env["HF_HUB_OFFLINE"] = "1"
-    return subprocess.run([str(a) for a in argv], cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
+    return subprocess.run([str(a) for a in argv], cwd=cwd, env=env, capture_output=True, text=True, timeout=600,
+                          input="")
 
 
 @pytest.fixture(scope="module")
@@ -71,12 +74,25 @@ def test_memorize_ask_fuse_on_a_tiny_model(venv, tmp_path):
     assert info.returncode == 0 and "4" in info.stdout
 
 
-@pytest.mark.parametrize("argv,extra", [(["serve", "--memory-dir", "mems", "--port", "0"], "serve"),
-                                        (["pg19", "--book", "x.txt"], "eval"),
-                                        (["memorize", "x.txt", "-o", "m.locas", "--objective", "grpo"], "eval")])
-def test_a_missing_extra_is_one_line(venv, tmp_path, argv, extra):
-    out = _run(venv / "bin" / "locas", *argv, cwd=tmp_path)
+@pytest.mark.parametrize("name", sorted(COMMANDS))
+def test_every_command_answers(venv, world, tmp_path, name):  # noqa: F811
+    """Each command's EXAMPLE: done by the core alone, or refused in one line that names its extra."""
+    module = command_module(name)
+    extra = getattr(module, "EXTRA", None)
+    out = _run(venv / "bin" / "locas", *_argv(name, module.EXAMPLE, world, tmp_path / "out"), cwd=tmp_path)
+    if extra is None:
+        assert out.returncode == 0, out.stderr[-2000:]
+        return
     lines = out.stderr.strip().splitlines()
     assert out.returncode == 2 and len(lines) == 1, out.stderr[-2000:]
-    assert lines[0].startswith("error: ") and lines[0].endswith(f"pip install 'locas[{extra}]'")
+    assert lines[0].startswith(f"error: locas {name} needs the {extra} extra") and \
+        lines[0].endswith(f"pip install 'locas[{extra}]'")
+    assert list(tmp_path.iterdir()) == []  # refused before any work
+
+
+def test_an_objective_without_its_extra_is_one_line(venv, world, tmp_path):  # noqa: F811
+    out = _run(venv / "bin" / "locas", "memorize", world["text"], "-o", tmp_path / "m.locas", "--objective", "grpo",
+               "--model", world["model"], cwd=tmp_path)
+    assert out.returncode == 2 and out.stderr.strip().splitlines() == [
+        "error: --objective grpo needs the eval extra (nltk is not installed): pip install 'locas[eval]'"]
     assert list(tmp_path.iterdir()) == []
