@@ -39,9 +39,13 @@ test: $(STAMP)
 # reason printed.
 ENGINES := $(VENV)/.locas-engines
 VLLM_VENV := .venv-vllm
+# llama.cpp built for x86-64-v3 (AVX2, FMA, F16C), not -DGGML_NATIVE: its native AVX-512 build segfaults in q8_0
+# decoding on an AMD EPYC with AVX-512 (docs/ENGINES.md). --no-cache-dir: pip's wheel cache ignores CMAKE_ARGS,
+# so a wheel built natively earlier would come back.
+GGML_ISA := -DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON
 engines: $(ENGINES)
 $(ENGINES): $(STAMP)
-	CMAKE_ARGS="-DGGML_NATIVE=ON" $(PY) -m pip install --quiet "llama-cpp-python==0.3.36"
+	CMAKE_ARGS="$(GGML_ISA)" $(PY) -m pip install --quiet --no-cache-dir "llama-cpp-python==0.3.36"
 	touch $(ENGINES)
 
 vllm: $(VLLM_VENV)/.installed
