@@ -32,8 +32,8 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(PY) -m pytest tests -rs
 
-# Real engines (docs/ENGINES.md). llama-cpp-python builds llama.cpp from source (about 7 min on 2 cores, once:
-# pip caches the wheel); vLLM's CPU build pins its own torch (2.13.0+cpu, the local wheel) and an older
+# Real engines (docs/ENGINES.md). llama-cpp-python builds llama.cpp from source (about 3.5 min on 2 cores, once
+# per venv); vLLM's CPU build pins its own torch (2.13.0+cpu, the local wheel) and an older
 # transformers, so it gets its own venv; the torchvision/torchaudio it pulls do not load beside that torch and a
 # text model needs neither. An engine that cannot be installed here is reported, and its tests skip with the
 # reason printed.
