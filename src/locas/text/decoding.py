@@ -18,6 +18,7 @@ caller), and can keep the top-k logits of every generated position (the self-stu
 
 from __future__ import annotations
 
+import copy
 import time
 import weakref
 from dataclasses import dataclass
@@ -127,6 +128,13 @@ class Continuation:
         return self.tokens + ([self.stop] if self.stop is not None else [])
 
 
+def _new_cache(model):
+    """An empty transformers DynamicCache laid out for ``model`` (sliding-window layers where it has them)."""
+    from transformers import DynamicCache
+
+    return DynamicCache(config=model.config)
+
+
 class Decoder:
     """Continuations of ``prefix + suffix`` for many suffixes; the prefix (may be empty) is prefilled once.
 
@@ -145,10 +153,18 @@ class Decoder:
         pad = getattr(tokenizer, "pad_token_id", None)
         self.pad_id = pad if pad is not None else min(self.stop_ids, default=0)
         self.device = next(model.parameters()).device
+        # Layers with a sliding window (Gemma 2/3, Mistral, Qwen2's option) keep only their last window of keys, and
+        # a padded row would spend window slots on padding: such a model decodes one unpadded row at a time, from
+        # a copy of the prefix's own cache (exactly what transformers' generate does for that row alone).
+        self.sliding = any(_new_cache(model).is_sliding)
+        if self.sliding:
+            self.batch_size = 1
         t0 = time.perf_counter()
         self.prefix_len = len(prefix_ids)
-        self.prefix_kv = self._prefill(torch.tensor(prefix_ids, dtype=torch.long, device=self.device)[None],
-                                       prefill_chunk) if prefix_ids else None
+        self.prefix_cache = self._prefill(torch.tensor(prefix_ids, dtype=torch.long, device=self.device)[None],
+                                          prefill_chunk) if prefix_ids else None
+        self.prefix_kv = None if self.prefix_cache is None or self.sliding else \
+            [(layer.keys, layer.values) for layer in self.prefix_cache.layers]  # each (1, H, P, D)
         self.prefill_s = time.perf_counter() - t0
         self.decode_s = 0.0
         self.answered = 0
@@ -156,13 +172,19 @@ class Decoder:
 
     # ---- caches ----------------------------------------------------------------------------------
     @torch.no_grad()
-    def _prefill(self, ids: torch.Tensor, chunk: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
-        from transformers import DynamicCache
-
-        cache = DynamicCache(config=self.model.config)
+    def _prefill(self, ids: torch.Tensor, chunk: int):
+        """The prefix's KV cache (a transformers DynamicCache), prefilled ``chunk`` tokens at a time."""
+        cache = _new_cache(self.model)
         for s in range(0, ids.shape[1], chunk):
             self.model(input_ids=ids[:, s:s + chunk], use_cache=True, **cache_arg(cache))
-        return [(layer.keys, layer.values) for layer in cache.layers]  # each (1, H, P, D)
+        return cache
+
+    def _row_cache(self):
+        """A cache holding the prefix for one row of a sliding-window model, to grow as that row decodes."""
+        return _new_cache(self.model) if self.prefix_cache is None else copy.deepcopy(self.prefix_cache)
+
+    def _cache_for(self, batch: int, length: int):
+        return self._row_cache() if self.sliding else self._static_cache(batch, length)
 
     def _static_cache(self, batch: int, length: int):
         """A static cache for ``batch`` rows of up to ``length`` tokens with the prefix written in; reused
@@ -244,7 +266,7 @@ class Decoder:
         B, dev = len(rows), self.device
         ids, mask, pos = self.left_pad(rows)
         self._check_fits(ids.shape[1] + limit)
-        cache = self._static_cache(B, self.prefix_len + ids.shape[1] + limit)
+        cache = self._cache_for(B, self.prefix_len + ids.shape[1] + limit)
         next_pos = pos[:, -1:] + 1  # (B, 1)
         done = torch.zeros(B, dtype=torch.bool, device=dev)
         outs = [Continuation([]) for _ in range(B)]
@@ -312,7 +334,7 @@ class Decoder:
         self._cache = None
         for lo, group in self._groups(rows, pad=False):
             ids, mask, pos = self.left_pad(group)
-            cache = self._static_cache(len(group), self.prefix_len + ids.shape[1])
+            cache = self._cache_for(len(group), self.prefix_len + ids.shape[1])
             logits = self.model(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=True,
                                 **cache_arg(cache)).logits.float()  # (B, W, V)
             W = ids.shape[1]
