@@ -70,3 +70,26 @@ def test_greedy_tokens_and_nll_equal_transformers_past_the_window(sliding_lm, wi
                 want.append(float(F.cross_entropy(logits[start:start + len(t)], torch.tensor(t))))
             assert decoder.nll(suffixes, targets) == pytest.approx(want, rel=1e-5)
     assert len({tuple(g) for g in got}) > 1  # the prompts matter, so the equality means something
+
+
+def test_the_server_batcher_decodes_a_sliding_model_exactly(sliding_lm):
+    """Rows submitted together on a windowed model: each gives what transformers' generate gives it alone."""
+    from locas.serve.batcher import Batcher, Generation
+
+    lm = sliding_lm
+    torch.manual_seed(2)
+    vocab = lm.model.config.vocab_size
+    prompts = [torch.randint(3, vocab, (n,)).tolist() for n in (14, 25, 9)]  # past the window of 8
+    memory = random_memory(lm, width=4, seed=5, scale=1.0)
+    batcher = Batcher(lm, max_batch=4, max_wait_ms=200)
+    try:
+        rows = [batcher.submit(Generation(p, memory=m, max_tokens=10, stop_ids=frozenset()))
+                for p, m in zip(prompts, [memory, None, memory])]
+        got = [g.future.result(timeout=120).tokens for g in rows]
+    finally:
+        batcher.close()
+    for g, p, m in zip(got, prompts, [memory, None, memory]):
+        with ModelState(memory=m).apply(lm) as model:
+            want = _generate(model, p, 10)
+        assert len(g) == 10 and g[:len(want)] == want
+    assert batcher.peak == 1  # one row at a time: no padding inside a window

@@ -32,7 +32,7 @@ import torch
 from ..core.kvcache import cache_arg
 from ..core.memory import batch_memories
 from ..errors import LocasError
-from ..text.decoding import Decoder, Sampling, draw, eos_token_ids
+from ..text.decoding import Decoder, Sampling, draw, eos_token_ids, new_cache
 
 
 @dataclass
@@ -153,6 +153,8 @@ class Batcher:
         self.dropped = 0  # rows whose client left before they finished
         self.eos = eos_token_ids(lm.tokenizer, lm.model)  # what lm.generate stops at: a row's default
         self.padder = Decoder(lm.model, lm.tokenizer, [], stop_ids=())  # its left padding (no prefix)
+        if self.padder.sliding:  # windowed layers would count a padded row's padding inside its window: one row
+            self.max_batch = 1  # at a time, unpadded, decodes exactly as transformers' generate does
         self.running = _Running()
         self._closing = False
         self.thread = threading.Thread(target=self._loop, name="locas-batcher", daemon=True)
@@ -224,12 +226,10 @@ class Batcher:
 
     def _join(self, rows: list[Generation]) -> None:
         """Prefill the newcomers together (with their memories) and add those still going to the batch."""
-        from transformers import DynamicCache
-
         lm = self.lm
         ids, mask, pos = self.padder.left_pad([g.prompt_ids for g in rows])  # (N, W) each
         lm.set_memory(batch_memories([g.memory for g in rows]))
-        cache = DynamicCache()
+        cache = new_cache(lm.model)
         logits = lm.model(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=True,
                           **cache_arg(cache)).logits[:, -1]  # (N, V)
         tokens = draw(logits, [g.sampling for g in rows])  # (N,)

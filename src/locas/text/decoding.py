@@ -128,7 +128,7 @@ class Continuation:
         return self.tokens + ([self.stop] if self.stop is not None else [])
 
 
-def _new_cache(model):
+def new_cache(model):
     """An empty transformers DynamicCache laid out for ``model`` (sliding-window layers where it has them)."""
     from transformers import DynamicCache
 
@@ -156,7 +156,7 @@ class Decoder:
         # Layers with a sliding window (Gemma 2/3, Mistral, Qwen2's option) keep only their last window of keys, and
         # a padded row would spend window slots on padding: such a model decodes one unpadded row at a time, from
         # a copy of the prefix's own cache (exactly what transformers' generate does for that row alone).
-        self.sliding = any(_new_cache(model).is_sliding)
+        self.sliding = any(new_cache(model).is_sliding)
         if self.sliding:
             self.batch_size = 1
         t0 = time.perf_counter()
@@ -174,14 +174,14 @@ class Decoder:
     @torch.no_grad()
     def _prefill(self, ids: torch.Tensor, chunk: int):
         """The prefix's KV cache (a transformers DynamicCache), prefilled ``chunk`` tokens at a time."""
-        cache = _new_cache(self.model)
+        cache = new_cache(self.model)
         for s in range(0, ids.shape[1], chunk):
             self.model(input_ids=ids[:, s:s + chunk], use_cache=True, **cache_arg(cache))
         return cache
 
     def _row_cache(self):
         """A cache holding the prefix for one row of a sliding-window model, to grow as that row decodes."""
-        return _new_cache(self.model) if self.prefix_cache is None else copy.deepcopy(self.prefix_cache)
+        return new_cache(self.model) if self.prefix_cache is None else copy.deepcopy(self.prefix_cache)
 
     def _cache_for(self, batch: int, length: int):
         return self._row_cache() if self.sliding else self._static_cache(batch, length)
