@@ -7,8 +7,9 @@ import json
 
 import pytest
 import torch
+import transformers
 
-from conftest import tiny_lm
+from conftest import VOCAB, tiny_lm
 from locas.data.mmlu import LETTERS, Question, load_questions, read_csv, stratified_subjects
 from locas.errors import LocasError
 from locas.eval.mmlu import aggregate, compare, evaluate_mmlu, format_question, letter_tokens, prefix_text
@@ -80,6 +81,22 @@ def test_letter_nll_picks_forced_answer_batched(setup):
     # every answer rotated by one letter: nothing is right any more
     write_mmlu(root, "toy", [(q, ch, (a + 1) % 4) for (q, ch), a in zip(QUESTIONS, forced)], "test")
     assert evaluate_mmlu(lm.model, tok, shots=5, data=root, batch_size=2, progress=False)["micro"] == 0.0
+
+
+def test_a_sliding_window_model_scores_as_the_plain_forward(setup):
+    """Gemma/Mistral-style windowed layers, the window inside the padded part of a batch: still the plain forward."""
+    from test_decoding import SLIDING
+
+    _, tok, root, shots, _ = setup
+    torch.manual_seed(0)
+    config = SLIDING["mistral"](VOCAB)
+    config.max_position_embeddings = 1024
+    config.sliding_window = 128  # longer than some questions, shorter than the 5-shot prefix
+    model = transformers.AutoModelForCausalLM.from_config(config).eval()
+    qs = load_questions(data=root)
+    rep = evaluate_mmlu(model, tok, qs, shots=5, data=root, batch_size=3, progress=False)
+    for r in rep["records"]:
+        assert torch.allclose(torch.tensor(r["logp"]), reference_logp(model, tok, qs[r["index"]], shots), atol=1e-4)
 
 
 def test_zero_shot_and_letters_as_answers(setup):
