@@ -1,11 +1,12 @@
-"""How this transformers version takes and returns a KV cache: the one place that knows the argument's name.
+"""KV caches of transformers models: the one place that knows how a forward takes one and how to make one.
 
 transformers 5.24 renamed the forward argument ``past_key_values`` to ``cache`` (the old name warns on every
 call and goes in 5.40), and the output field with it. Everything that decodes with a cache passes it through
 here, so the supported range spans both names.
 
-    >>> out = model(input_ids=ids, use_cache=True, **cache_arg(cache))
+    >>> out = model(input_ids=ids, use_cache=True, **cache_arg(new_cache(model)))
     >>> cache = returned_cache(out)
+    >>> has_sliding_window(model)     # Gemma 2/3, Mistral: some layers keep only their last window of keys
 """
 
 from __future__ import annotations
@@ -30,3 +31,16 @@ def cache_arg(cache) -> dict:
 def returned_cache(output):
     """The cache a forward with ``use_cache=True`` returned."""
     return getattr(output, cache_name())
+
+
+def new_cache(model):
+    """An empty transformers DynamicCache laid out for ``model`` (sliding-window layers where it has them)."""
+    from transformers import DynamicCache
+
+    return DynamicCache(config=model.config)
+
+
+def has_sliding_window(model) -> bool:
+    """Whether some of ``model``'s layers attend through a sliding window. Batching such a model with left
+    padding would spend a padded row's window slots on padding, so callers decode or score it one row at a time."""
+    return any(new_cache(model).is_sliding)

@@ -25,11 +25,10 @@ from dataclasses import dataclass
 import torch
 from tqdm.auto import tqdm
 
-from ..core.kvcache import cache_arg, returned_cache
+from ..core.kvcache import cache_arg, has_sliding_window, returned_cache
 from ..data.mmlu import LETTERS, Question, available_subjects, categories, load_questions
 from ..errors import LocasError
 from ..settings import setting, validate
-from ..text.decoding import new_cache
 
 HEADER = "The following are multiple choice questions (with answers) about {}.\n\n"
 
@@ -132,7 +131,7 @@ def score_questions(model, tokenizer, questions: list[Question], shots: int = 5,
         raise LocasError("no MMLU questions to score; check --subjects and --limit-per-subject")
     shared, letter_ids = letter_tokens(tokenizer)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-    if any(new_cache(model).is_sliding):  # windowed layers would count a padded row's padding in its window
+    if has_sliding_window(model):  # windowed layers would count a padded row's padding in its window
         batch_size = 1
     limit = getattr(getattr(model, "config", None), "max_position_embeddings", None)
     by_subject: dict[str, list[Question]] = defaultdict(list)

@@ -29,10 +29,10 @@ from dataclasses import dataclass, field
 
 import torch
 
-from ..core.kvcache import cache_arg
+from ..core.kvcache import cache_arg, new_cache
 from ..core.memory import batch_memories
 from ..errors import LocasError
-from ..text.decoding import Decoder, Sampling, draw, eos_token_ids, new_cache
+from ..text.decoding import Decoder, Sampling, draw, eos_token_ids
 
 
 @dataclass

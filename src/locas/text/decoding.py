@@ -26,7 +26,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from ..core.kvcache import cache_arg
+from ..core.kvcache import cache_arg, has_sliding_window, new_cache
 from ..errors import LocasError
 
 _WHITESPACE_TOKENS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
@@ -128,13 +128,6 @@ class Continuation:
         return self.tokens + ([self.stop] if self.stop is not None else [])
 
 
-def new_cache(model):
-    """An empty transformers DynamicCache laid out for ``model`` (sliding-window layers where it has them)."""
-    from transformers import DynamicCache
-
-    return DynamicCache(config=model.config)
-
-
 class Decoder:
     """Continuations of ``prefix + suffix`` for many suffixes; the prefix (may be empty) is prefilled once.
 
@@ -156,7 +149,7 @@ class Decoder:
         # Layers with a sliding window (Gemma 2/3, Mistral, Qwen2's option) keep only their last window of keys, and
         # a padded row would spend window slots on padding: such a model decodes one unpadded row at a time, from
         # a copy of the prefix's own cache (exactly what transformers' generate does for that row alone).
-        self.sliding = any(new_cache(model).is_sliding)
+        self.sliding = has_sliding_window(model)
         if self.sliding:
             self.batch_size = 1
         t0 = time.perf_counter()
