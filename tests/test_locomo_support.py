@@ -29,10 +29,11 @@ def char_tokenizer(chat: bool = False):
     return fast
 
 
-def char_lm(seed: int = 0, layers: int = 2, chat: bool = False, max_positions: int = 4096) -> LocasForCausalLM:
+def char_lm(seed: int = 0, layers: int = 2, chat: bool = False, max_positions: int = 4096,
+            ffn: int = 48) -> LocasForCausalLM:
     tok = char_tokenizer(chat)
     torch.manual_seed(seed)
-    config = transformers.LlamaConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=48,
+    config = transformers.LlamaConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=ffn,
                                       num_hidden_layers=layers, num_attention_heads=4, num_key_value_heads=2,
                                       max_position_embeddings=max_positions, pad_token_id=0, bos_token_id=1,
                                       eos_token_id=2, initializer_range=0.3)

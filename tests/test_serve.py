@@ -7,7 +7,9 @@ A tiny character-level chat model serves (``max_positions=256``, so context limi
 from __future__ import annotations
 
 import copy
+import itertools
 import json
+import math
 import threading
 import time
 
@@ -17,6 +19,7 @@ import torch
 
 from conftest import random_memory
 from locas import save_memory
+from locas.learn.stream import window_spans
 from locas.serve.app import Limits, Server, serving
 from locas.serve.auth import ApiKeys
 from test_locomo_support import char_lm
@@ -340,8 +343,38 @@ def test_job_makes_the_memory_memorize_makes_while_serving(server, client, lm, m
     got = load_memory(server[1].store._path("public", "notes"), model=lm)
     want = memorize_text(copy.deepcopy(lm), text, TrainConfig(objective="ntp", **settings), progress=False)
     torch.testing.assert_close(got, want.learner.full_memory(), rtol=0, atol=0)  # the code of `locas memorize`
+    # the learning curve: each window's perplexity before it was learned, as `locas memorize` scored it
+    streamed = want.streamed
+    assert job["curve"]["tokens"] == list(itertools.accumulate(streamed.window_tokens))
+    expect = [math.exp(nll / n) for nll, n in zip(streamed.window_nll, streamed.window_tokens)]
+    assert job["curve"]["ppl"] == pytest.approx(expect, rel=1e-4)
+    assert len(expect) == 2 * len(window_spans(job["tokens_total"], 48))  # two passes
     assert complete(client, model="notes", prompt="Ann adopted")["choices"][0]["text"]
     assert client.delete("/v1/memories/notes").status_code == 200
+
+
+def test_a_job_preset_sets_its_fields_and_settings_still_win():
+    from locas.learn.presets import preset_settings
+    from locas.serve.protocol import MemoryJobRequest
+
+    cfg = MemoryJobRequest(text="Ann.", preset="sqrt-tail", settings={"lr": 0.2}).train_config(1024)
+    tuned = preset_settings("sqrt-tail")
+    assert (cfg.tau_law, cfg.steps_per_window, cfg.extra_step_tokens) == (
+        tuned["tau_law"], tuned["steps_per_window"], tuned["extra_step_tokens"]) == ("sqrt", 2, 256)
+    assert cfg.lr == 0.2  # the request's own setting beats the preset's 1e-2
+    assert MemoryJobRequest(text="Ann.").train_config(1024).tau_law == "r"
+
+
+def test_the_server_describes_itself_for_the_playground(client, server, lm):
+    info = client.get("/v1/server").json()
+    assert info["model"] == server[1].model_id and info["context_length"] == lm.max_length
+    assert info["chat_template"] is True and info["api_keys"] is False and "ntp" in info["objectives"]
+    page = client.get("/")
+    assert page.status_code == 200 and "<title>locas playground</title>" in page.text
+    assert page.headers["content-security-policy"].startswith("default-src 'self'")
+    for name in ("playground.js", "playground.css", "favicon.svg"):
+        assert client.get(f"/static/{name}").status_code == 200
+    assert client.get("/static/%2e%2e/app.py").status_code == 404  # no way out of the static folder
 
 
 def test_restart_keeps_memories_and_fails_interrupted_jobs(lm, files, tmp_path):
@@ -445,6 +478,7 @@ BAD = [  # (method, path, body or raw bytes, content type, status, code or a wor
     ("POST", "/v1/memories", {"text": ""}, None, 400, "text"),
     ("POST", "/v1/memories", {"text": "Ann.", "objective": "nope"}, None, 400, "objective"),
     ("POST", "/v1/memories", {"text": "Ann.", "settings": {"colour": 1}}, None, 400, "unknown setting"),
+    ("POST", "/v1/memories", {"text": "Ann.", "preset": "fast"}, None, 400, "unknown preset"),
     ("POST", "/v1/memories", {"text": "Ann.", "settings": {"lr": "fast"}}, None, 400, "expected float"),
     ("POST", "/v1/memories", {"text": "Ann.", "settings": {"lr": -1.0}}, None, 400, "settings.lr"),
     ("POST", "/v1/memories", {"text": "Ann.", "settings": {"memory_width": 9999}}, None, 400, "FFN width"),

@@ -64,7 +64,8 @@ def memorize_text(lm, text: str, cfg, settings: ObjectiveSettings | None = None,
     ``tokens`` (default: the whole text) is what is learned; ``start_memory`` continues a memory;
     ``budget_s`` trains for that many CPU-seconds of the process instead of ``cfg.epochs`` passes;
     ``examples`` are prepared self-study probes. ``on_progress(fraction | None, info)`` sees every
-    window or step (``info``: ``{"tokens_done", "steps"}``).
+    window or step (``info``: ``{"tokens_done", "steps"}``, and for a window objective ``"nll"``, the window's
+    mean NLL scored before it was learned).
     """
     tokens = tokenize_text(lm.tokenizer, text) if tokens is None else tokens.flatten().cpu()
     if len(tokens) < 2:
@@ -76,7 +77,8 @@ def memorize_text(lm, text: str, cfg, settings: ObjectiveSettings | None = None,
 
         def window(done, total, result):
             if on_progress is not None:
-                on_progress(done / total, {"tokens_done": result.tokens, "steps": done})
+                nll = result.window_nll[-1] / max(result.window_tokens[-1], 1)
+                on_progress(done / total, {"tokens_done": result.tokens, "steps": done, "nll": nll})
 
         streamed = stream(learner, tokens, cfg, desc="memorize", progress=progress, on_window=window)
         return MemorizeResult(learner, cfg.objective, len(tokens), streamed=streamed, train_s=time.perf_counter() - t0)

@@ -4,7 +4,8 @@ The memory of a request is ``"model": "<memory id>"`` (memories are listed in ``
 the base model as parent, so unmodified OpenAI clients work) or the extra field ``"memory"``
 (one id, or several whose outputs add); neither is the exact base model. Memories are uploaded,
 listed and deleted under ``/v1/memories``, or made from a text by a background job
-(``/v1/jobs/{id}`` follows it). See docs/SERVING.md.
+(``/v1/jobs/{id}`` follows it). ``/`` is the playground page (static files in ``serve/static``: paste a
+text, watch it memorised, ask with and without the memory). See docs/SERVING.md.
 
     >>> app = create_app(Server(lm, "memories/"))
     >>> uvicorn.run(app, host="127.0.0.1", port=8000)
@@ -20,13 +21,16 @@ import threading
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse, Response, StreamingResponse
+from fastapi.responses import FileResponse, JSONResponse, Response, StreamingResponse
+from fastapi.staticfiles import StaticFiles
 from pydantic import ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from .._version import __version__
 from ..core.memory import stack_memories
 from ..errors import LocasError, MemoryFileError
 from ..text.decoding import Sampling, stop_token_ids
@@ -37,6 +41,10 @@ from .protocol import ApiError, ChatRequest, CompletionRequest, MemoryJobRequest
 from .store import MemoryStore, NotFound, StoreFull, check_id
 
 DISCONNECT_POLL_S = 0.5  # how often a waiting request checks that its client is still there
+STATIC = Path(__file__).parent / "static"  # the playground page: plain HTML, JS and CSS, no build step
+# the page loads its own files and talks to this server only (no CDN, no inline script)
+PAGE_HEADERS = {"Content-Security-Policy": "default-src 'self'; img-src 'self' data: blob:; style-src 'self'",
+                "X-Content-Type-Options": "nosniff", "Cache-Control": "no-cache"}
 
 
 @dataclass
@@ -295,6 +303,25 @@ def create_app(server: Server) -> FastAPI:
                 "queued": batcher.queue.qsize(), "rows": batcher.rows, "dropped": batcher.dropped,
                 "jobs_pending": jobs.pending()}
 
+    @app.get("/v1/server")
+    async def server_info():
+        """What the playground (and any client) needs to know to build prompts and jobs; no key needed."""
+        from ..learn.objectives import OBJECTIVE_NAMES
+        from ..learn.presets import PRESET_HELP
+        from ..text.prompts import DOCUMENT_INSTRUCTION
+
+        return {"object": "server", "version": __version__, "model": server.model_id,
+                "context_length": lm.max_length, "chat_template": bool(getattr(tok, "chat_template", None)),
+                "api_keys": server.keys.enabled, "objectives": list(OBJECTIVE_NAMES), "default_objective": "ntp",
+                "presets": PRESET_HELP, "instruction": DOCUMENT_INSTRUCTION,
+                "max_job_text_chars": limits.max_job_text_chars}
+
+    @app.get("/", include_in_schema=False)
+    async def playground():
+        return FileResponse(STATIC / "index.html", headers=PAGE_HEADERS)
+
+    app.mount("/static", StaticFiles(directory=STATIC), name="static")
+
     @app.get("/v1/models")
     async def models(request: Request):
         owner = owner_of(request)
@@ -404,7 +431,7 @@ def create_app(server: Server) -> FastAPI:
         memory_id = _new_id(owner, req.id)
         cfg = req.train_config(lm.intermediate_size)
         try:
-            record = jobs.submit(owner, memory_id, req.text, cfg, budget_s=req.budget)
+            record = jobs.submit(owner, memory_id, req.text, cfg, budget_s=req.budget, preset=req.preset)
         except FileExistsError:
             raise ApiError(409, f"a memory '{memory_id}' already exists or is being made", code="memory_exists") \
                 from None

@@ -4,7 +4,8 @@ A job runs ``learn.memorize.memorize_text`` (the code of `locas memorize`) in a 
 its own copy of the model (loaded once, so training never touches the model that serves), then
 saves the memory atomically in the store. Job records live in ``<memory-dir>/.jobs/<owner>/``
 (written atomically on every state change); a job that was queued or running when the server
-stopped is reported as failed on restart, and its memory was never written.
+stopped is reported as failed on restart, and its memory was never written. A job of a window objective
+records its learning curve: the perplexity of each window, scored before it was learned (``curve``).
 
     >>> jobs = Jobs(store, load_model=lambda: LocasForCausalLM.from_pretrained("smollm2-135m"))
     >>> record = jobs.submit("public", "notes", text, TrainConfig(objective="ntp", epochs=2))
@@ -14,6 +15,7 @@ stopped is reported as failed on restart, and its memory was never written.
 from __future__ import annotations
 
 import json
+import math
 import queue
 import secrets
 import threading
@@ -70,18 +72,19 @@ class Jobs:
             record = self.records.get((owner, job_id))
             if record is None:
                 raise NotFound(job_id)
-            return dict(record)
+            return _copy(record)
 
     def list(self, owner: str) -> list[dict]:
         with self.lock:
-            return [dict(r) for (o, _), r in sorted(self.records.items()) if o == owner]
+            return [_copy(r) for (o, _), r in sorted(self.records.items()) if o == owner]
 
     def pending(self) -> int:
         with self.lock:
             return sum(r["state"] in ("queued", "running") for r in self.records.values())
 
     # ---- work ------------------------------------------------------------------------------------------
-    def submit(self, owner: str, memory_id: str, text: str, cfg, settings=None, budget_s: float | None = None) -> dict:
+    def submit(self, owner: str, memory_id: str, text: str, cfg, settings=None, budget_s: float | None = None,
+               preset: str | None = None) -> dict:
         with self.lock:
             if self.pending() >= self.max_pending:
                 raise JobsFull(f"the server already has {self.max_pending} memorisation jobs queued or running; "
@@ -95,7 +98,7 @@ class Jobs:
             record = {"id": job_id, "object": "job", "memory": memory_id, "state": "queued", "progress": 0.0,
                       "tokens_done": 0, "tokens_total": None, "steps": 0, "eta_s": None, "error": None,
                       "created": time.time(), "started": None, "finished": None, "objective": cfg.objective,
-                      "config": cfg.to_dict()}
+                      "preset": preset, "config": cfg.to_dict(), "curve": {"tokens": [], "ppl": []}}
             self.records[(owner, job_id)] = record
             self._write(owner, record)
         self.queue.put((owner, job_id, text, cfg, settings, budget_s))
@@ -138,9 +141,14 @@ class Jobs:
             eta = (now - started) / fraction * (1 - fraction) if fraction else None
             persist = now - last[0] > 1.0  # the record on disk follows about once a second
             last[0] = now if persist else last[0]
+            changes = {}
+            if "nll" in info:  # a window objective: the window's perplexity before it was learned
+                curve = self.records[(owner, job_id)]["curve"]
+                changes["curve"] = {"tokens": curve["tokens"] + [info["tokens_done"]],
+                                    "ppl": curve["ppl"] + [round(math.exp(min(info["nll"], 50.0)), 4)]}
             self._update(owner, job_id, persist=persist, progress=round(fraction or 0.0, 4),
                          tokens_done=info["tokens_done"], steps=info["steps"],
-                         eta_s=None if eta is None else round(eta, 1))
+                         eta_s=None if eta is None else round(eta, 1), **changes)
 
         result = memorize_text(lm, text, cfg, settings, tokens=tokens, budget_s=budget_s, progress=False,
                                on_progress=progress)
@@ -151,3 +159,8 @@ class Jobs:
 
     def close(self) -> None:
         self.queue.put(None)
+
+
+def _copy(record: dict) -> dict:
+    """A copy of a job record that later updates do not change (the curve is replaced, never appended to)."""
+    return {**record, "curve": dict(record.get("curve") or {"tokens": [], "ppl": []})}

@@ -86,6 +86,7 @@ class MemoryJobRequest(BaseModel):
     text: str = Field(min_length=1)
     id: str | None = None
     objective: str = "ntp"
+    preset: str | None = Field(None, description="a named recipe (locas.learn.presets); settings given win")
     budget: float | None = Field(None, gt=0, description="CPU-seconds of training instead of a number of passes")
     settings: dict = Field(default_factory=dict, description="TrainConfig fields, e.g. window_size, lr, epochs")
 
@@ -95,6 +96,7 @@ class MemoryJobRequest(BaseModel):
         from ..learn.config import TrainConfig
         from ..learn.memorize import objective_defaults
         from ..learn.objectives import objective_class
+        from ..learn.presets import PRESETS, preset_settings
 
         hints = typing.get_type_hints(TrainConfig)
         for key, value in self.settings.items():
@@ -105,7 +107,11 @@ class MemoryJobRequest(BaseModel):
             fits = isinstance(value, want) or (want is float and isinstance(value, int))
             if not fits or isinstance(value, bool):
                 raise ApiError(400, f"{where}: expected {want.__name__}, got {type(value).__name__}", param=where)
-        settings = {**objective_defaults(self.objective), **self.settings}
+        if self.preset is not None and self.preset not in PRESETS:
+            raise ApiError(400, f"preset: unknown preset '{self.preset}'; choose one of {', '.join(PRESETS)}",
+                           param="preset")
+        preset = preset_settings(self.preset) if self.preset else {}
+        settings = {**objective_defaults(self.objective), **preset, **self.settings}
         try:
             objective_class(self.objective)
             cfg = TrainConfig(objective=self.objective, **settings)
