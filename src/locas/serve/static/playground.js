@@ -267,7 +267,7 @@ async function stream(column, path, body) {
       }
     }
     const s = ((performance.now() - t0) / 1000).toFixed(1);
-    status.textContent = `${tokens} pieces in ${s} s`;
+    status.textContent = `${tokens} tokens in ${s} s`;
     box.dataset.state = "done";
   } catch (err) {
     status.className = "state error";
