@@ -49,6 +49,16 @@ def test_the_venv_holds_the_core_and_no_extra(venv, tmp_path):
     print(f"core venv: {len(info['packages'])} packages (pip and setuptools included)")
 
 
+def test_the_wheel_carries_the_playground_page(venv, tmp_path):
+    """`pip install 'locas[serve]'` serves the page at "/": its static files must be in the wheel."""
+    code = "import locas, pathlib; print(sorted(p.name for p in (pathlib.Path(locas.__file__).parent / 'serve' / " \
+           "'static').iterdir()))"
+    out = _run(venv / "bin" / "python", "-c", code, cwd=tmp_path)
+    assert out.returncode == 0, out.stderr[-2000:]
+    shipped = {p.name for p in (Path(__file__).parents[1] / "src/locas/serve/static").iterdir()}
+    assert set(json.loads(out.stdout.replace("'", '"'))) == shipped >= {"index.html", "playground.js"}
+
+
 def test_version(venv, tmp_path):
     out = _run(venv / "bin" / "locas", "--version", cwd=tmp_path)
     assert out.returncode == 0 and out.stdout.strip() == f"locas {__version__}"
