@@ -1,7 +1,5 @@
 """``python -m locas.cli`` (what torchrun launches)."""
 
-import sys
+from .main import entry
 
-from .main import main
-
-sys.exit(main())
+entry()
