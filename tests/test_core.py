@@ -243,21 +243,36 @@ def test_stacked_memory_adds_outputs_exactly():
         rescale_width(b[None], 2)
 
 
-def test_batch_memories_rows_match_alone():
-    """Rows of different widths, and a row without memory (the exact base model), in one batch."""
-    from locas.core.memory import batch_memories
+def test_batch_serving_rows_match_alone():
+    """Rows of different widths, and a row without memory (the exact base model), in one batch written in channel
+    layout; rows that all share one memory read it once (broadcast); a layer whose values are all zero in every
+    row gets no memory."""
+    from locas.core.memory import ServingMemory, batch_serving
 
     lm = tiny_lm("qwen2")
     ids = random_ids(3, 9)
     a, b = random_memory(lm, width=2, seed=6), random_memory(lm, width=6, seed=7)
-    mem = batch_memories([a, None, b])
-    assert mem.shape[1:3] == (3, 6)
+    a[1, ..., -1] = 0.0  # layer 1: no value in a
+    ready_a, ready_b = ServingMemory.of(a), ServingMemory.of(b)
+    assert ready_a.live == (True, False, True) and torch.equal(ready_a.tensor(), a)
+    channels, live = batch_serving([ready_a, None, ready_b])
+    assert [c.shape for c in channels] == [(lm.num_layers, 3, 6, lm.hidden_size)] * 3 and live == [True] * 3
     with torch.no_grad():
-        batch = lm(ids, memory=mem).logits
+        lm.set_memory_channels((channels, live))
+        batch = lm.model(input_ids=ids).logits
+        lm.set_memory(None)
         assert torch.allclose(batch[0], lm(ids[:1], memory=a).logits[0], atol=1e-5)
-        assert torch.allclose(batch[1], lm(ids[1:2]).logits[0], atol=1e-5)
+        assert torch.equal(batch[1], lm(ids[1:2]).logits[0])  # no memory: the base model, bit for bit
         assert torch.allclose(batch[2], lm(ids[2:], memory=b).logits[0], atol=1e-5)
-    assert batch_memories([None, None]) is None
+        shared, live = batch_serving([ready_a, ready_a])
+        assert shared[0].shape[1] == 1 and shared[0].data_ptr() == ready_a.channels[0].data_ptr()  # not copied
+        assert live == [True, False, True]
+        lm.set_memory_channels((shared, live))
+        assert lm.wrappers[1].memory is None
+        both = lm.model(input_ids=ids[:2]).logits
+        lm.set_memory(None)
+        assert torch.allclose(both, lm(ids[:2], memory=a).logits, atol=1e-5)
+    assert batch_serving([None, None]) is None
 
 
 def test_cached_channels_follow_the_memory():

@@ -68,7 +68,8 @@ def test_one_registry_one_decoder_one_stop_set():
     assert _defs("Decoder") == ["text/decoding.py"]
     assert _defs("make_objective") == ["learn/objectives/__init__.py"]
     assert _defs("make_learner") == ["learn/learners.py"]
-    assert _defs("token_nll") == ["core/model.py"]
+    assert _defs("token_nll") == ["core/head.py"]
+    assert _defs("next_token_nll") == ["core/head.py"]
     def names(path):
         tree = ast.parse(path.read_text())
         return {t.id for n in ast.walk(tree) for t in (n.targets if isinstance(n, ast.Assign) else

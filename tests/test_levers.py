@@ -179,8 +179,8 @@ def test_extra_steps_train_on_the_window_tail():
     cfg = TrainConfig(window_size=12, lr=5e-2, memory_width=4, steps_per_window=3, extra_step_tokens=5)
     learner = LocasLearner(lm, cfg)
     lengths = []
-    logits = learner.logits
-    learner.logits = lambda ids, **kw: lengths.append(ids.shape[1]) or logits(ids, **kw)
+    nll = learner.nll
+    learner.nll = lambda ids, **kw: lengths.append(ids.shape[1]) or nll(ids, **kw)
     stream(learner, _tokens(23), cfg, progress=False)  # windows (0, 12), (11, 23)
     assert lengths == [12, 5, 5, 12, 5, 5]
     sd = TrainConfig(window_size=12, memory_width=4, steps_per_window=2, extra_step_tokens=5, objective="sd")

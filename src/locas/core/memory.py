@@ -17,6 +17,8 @@ broadcast over the batch). This module has no transformers imports.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 from torch import nn
 
@@ -71,12 +73,13 @@ class MemoryMLP(nn.Module):
         self._register_load_state_dict_pre_hook(_add_base_prefix)
 
     @property
-    def memory(self) -> torch.Tensor | None:
-        """This layer's memory (B|1, r, d, C) float32, or None."""
+    def memory(self) -> torch.Tensor | tuple | None:
+        """This layer's memory (B|1, r, d, C) float32, its channels already split (C tensors (B|1, r, d), as
+        ``batch_serving`` gives them), or None."""
         return self._memory
 
     @memory.setter
-    def memory(self, mem: torch.Tensor | None) -> None:
+    def memory(self, mem: torch.Tensor | tuple | None) -> None:
         self._memory = mem
         if self._split is not None and self._split[0] is not mem:
             self._split = None  # a cached copy never outlives its memory
@@ -90,27 +93,29 @@ class MemoryMLP(nn.Module):
         mem = self.memory
         if mem is None or not self.enabled:
             return out
-        if mem.device != x.device:  # layers spread over devices (device_map="auto"): memory follows
-            mem = mem.to(x.device)
+        channels = mem if isinstance(mem, tuple) else self._channels(mem)  # C x (B|1, r, d)
+        if channels[0].device != x.device:  # layers spread over devices (device_map="auto"): memory follows
+            channels = tuple(c.to(x.device) for c in channels)
         flat = x.dim() == 2  # (B*T, d): OPT flattens the batch before its FFN
-        xb = x.view(mem.shape[0], -1, x.shape[-1]) if flat else x  # (B, T, d)
-        extra = memory_output(xb, self._channels(mem), self.act, self.kind) * self.tau(mem.shape[-3])
+        xb = x.view(channels[0].shape[0], -1, x.shape[-1]) if flat else x  # (B, T, d)
+        extra = memory_output(xb, channels, self.act, self.kind) * self.tau(channels[0].shape[-2])
         if flat:
             extra = extra.reshape(x.shape)
         return out + extra.to(out.dtype)
 
     def _channels(self, mem: torch.Tensor):
-        """``mem`` itself while it is being trained (autograd runs through the views), otherwise its channels
-        split and made contiguous, cached for as long as ``mem`` is the same, unchanged tensor."""
+        """``mem``'s channels: views while it is being trained (autograd runs through them), otherwise split and
+        made contiguous, cached for as long as ``mem`` is the same, unchanged tensor."""
         if mem.requires_grad:
-            return mem
+            return mem.unbind(-1)
         split = self._split
         if split is None or split[0] is not mem or split[1] != mem._version:
             split = self._split = (mem, mem._version, tuple(c.contiguous() for c in mem.unbind(-1)))
         return split[2]
 
     def extra_repr(self) -> str:
-        width = None if self.memory is None else self.memory.shape[-3]
+        mem = self.memory
+        width = None if mem is None else mem[0].shape[-2] if isinstance(mem, tuple) else mem.shape[-3]
         return f"kind={self.kind}, width={width}, enabled={self.enabled}"
 
 
@@ -174,20 +179,55 @@ def stack_memories(memories: list[torch.Tensor]) -> torch.Tensor:
     return torch.cat(parts, dim=-3)
 
 
-def batch_memories(rows: list[torch.Tensor | None]) -> torch.Tensor | None:
-    """One batch memory (L, B, W, d, C) from per-row memories (L, 1, r_b, d, C) or None (the base model): every
-    row padded to the widest with zero-value slots and values rescaled (``rescale_width``), so row ``b`` gives
-    what its own memory gives alone. All None: None."""
+@dataclass(frozen=True, eq=False)
+class ServingMemory:
+    """A memory laid out once for decoding (one row): its channels as contiguous (L, r, d) tensors, and which
+    layers have a non-zero value. A server keeps memories this way, so a batch is assembled in one copy.
+
+        >>> ready = ServingMemory.of(memory)              # memory (L, 1, r, d, C)
+        >>> channels, live = batch_serving([ready, None, other])
+    """
+
+    channels: tuple[torch.Tensor, ...]  # C x (L, r, d)
+    live: tuple[bool, ...]  # (L,): layers where some value is non-zero (the others are skipped, exactly)
+
+    @classmethod
+    def of(cls, memory: torch.Tensor) -> ServingMemory:
+        channels = tuple(c.contiguous() for c in memory[:, 0].unbind(-1))  # (L, r, d, C) -> C x (L, r, d)
+        return cls(channels, tuple(bool(v) for v in channels[-1].flatten(1).any(1)))
+
+    @property
+    def width(self) -> int:
+        return self.channels[0].shape[-2]
+
+    def tensor(self) -> torch.Tensor:
+        """The memory as (L, 1, r, d, C) again."""
+        return torch.stack(self.channels, dim=-1)[:, None]
+
+
+def batch_serving(rows: list[ServingMemory | None]) -> tuple[tuple[torch.Tensor, ...], list[bool]] | None:
+    """One batch memory from per-row memories (None: the exact base model), written once in channel layout:
+    (C x (L, B, W, d), live layers). Every row is padded to the widest with zero-value slots and its values
+    rescaled (as ``rescale_width``), so row ``b`` gives what its memory gives alone; when every row has the same
+    memory it is not copied at all (B = 1, broadcast). None when no row has a memory."""
     present = [m for m in rows if m is not None]
     if not present:
         return None
-    width = max(m.shape[-3] for m in present)
-    template = present[0]
-    out = []
-    for m in rows:
-        if m is None:
-            out.append(torch.zeros(template.shape[:1] + (1, width) + template.shape[-2:], dtype=template.dtype,
-                                   device=template.device))
-        else:
-            out.append(rescale_width(m, width))
-    return torch.cat(out, dim=1)
+    first = present[0]
+    live = [any(m.live[i] for m in present) for i in range(len(first.live))]
+    if len(present) == len(rows) and all(m is first for m in rows):
+        return tuple(c[:, None] for c in first.channels), live
+    L, _, d = first.channels[0].shape
+    width = max(m.width for m in present)
+    out = tuple(c.new_empty((L, len(rows), width, d)) for c in first.channels)  # C x (L, B, W, d)
+    for b, m in enumerate(rows):
+        r = 0 if m is None else m.width
+        for i, dst in enumerate(out):
+            if m is not None:
+                if i == len(out) - 1 and r != width:  # values: tau = value_norm / width (rescale_width)
+                    torch.mul(m.channels[i], width / r, out=dst[:, b, :r])
+                else:
+                    dst[:, b, :r].copy_(m.channels[i])
+            if r < width:
+                dst[:, b, r:].zero_()
+    return out, live

@@ -14,15 +14,15 @@ The backbone is frozen; only memory tensors are ever trained.
 
 from __future__ import annotations
 
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from ..errors import LocasError
 from .arch import get_arch
+from .head import next_token_nll
 from .memory import CHANNELS, MLP, MemoryMLP, value_norm_mean
 
 MLP_ACTIVATIONS = ("relu", "backbone")
@@ -146,6 +146,13 @@ class LocasForCausalLM(nn.Module):
                 continue
             self.wrappers[i].memory = slot  # MemoryMLP moves it to its layer's device if needed
 
+    def set_memory_channels(self, batch: tuple | None) -> None:
+        """Install a batch memory already in channel layout, ``(C x (L, B|1, r, d), live layers)`` as
+        ``core.memory.batch_serving`` gives it (None: the base model); layers not live get no memory (exact)."""
+        channels, live = batch if batch is not None else ((), [False] * self.num_layers)
+        for i, w in enumerate(self.wrappers):
+            w.memory = tuple(c[i] for c in channels) if live[i] else None
+
     @contextmanager
     def use_memory(self, memory: torch.Tensor | None, layers: list[int] | None = None):
         """Temporarily install ``memory``; the previous memories come back afterwards."""
@@ -210,9 +217,8 @@ class LocasForCausalLM(nn.Module):
         if input_ids.dim() == 1:
             input_ids = input_ids[None]
         input_ids = input_ids.to(self.device)
-        logits = self(input_ids, memory=memory, layers=layers, attention_mask=attention_mask,
-                      use_cache=False).logits  # (B, T, V)
-        return token_nll(logits, input_ids)
+        with self.use_memory(memory, layers) if memory is not None else nullcontext():
+            return next_token_nll(self.model, input_ids, attention_mask=attention_mask)
 
     def generate(self, *args, memory: torch.Tensor | None = None, layers=None, **kwargs):
         """``transformers`` generate with the memory installed (batch 1 memories broadcast)."""
@@ -224,13 +230,6 @@ class LocasForCausalLM(nn.Module):
         from .fuse import to_dense
 
         return to_dense(self, memory, row=row, layers=layers)
-
-
-def token_nll(logits: torch.Tensor, input_ids: torch.Tensor) -> torch.Tensor:
-    """NLL of each next token: logits (B, T, V), ids (B, T) -> (B, T-1) float32 (row by row over the vocabulary)."""
-    B, T, V = logits.shape
-    return F.cross_entropy(logits[:, :-1].float().reshape(-1, V), input_ids[:, 1:].reshape(-1),
-                           reduction="none").view(B, T - 1)
 
 
 @dataclass

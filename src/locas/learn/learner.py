@@ -16,8 +16,9 @@ from contextlib import contextmanager
 
 import torch
 
+from ..core.head import next_token_nll
 from ..core.memory import clip_vectors_
-from ..core.model import ModelState, token_nll
+from ..core.model import ModelState
 from .step import train_window
 
 
@@ -43,10 +44,23 @@ class Learner:
     def parameters(self) -> list[torch.Tensor]:
         return []
 
+    @contextmanager
+    def applied(self):
+        """``lm.model`` (or the module that wraps it) with this learner's state on: a memory installed, an adapter
+        active, or nothing."""
+        yield self.lm.model
+
     def logits(self, ids: torch.Tensor, **inputs) -> torch.Tensor:
         """(B, T) -> (B, T, V) with the learner's current state; ``inputs``: attention_mask, position_ids,
         logits_to_keep (then (B, K, V))."""
-        return self.lm.model(input_ids=ids, use_cache=False, **inputs).logits
+        with self.applied() as model:
+            return model(input_ids=ids, use_cache=False, **inputs).logits
+
+    def nll(self, ids: torch.Tensor, **inputs) -> torch.Tensor:
+        """Per-token NLL (B, T-1) of ``ids`` with the learner's current state, through the head in chunks
+        (``core.head``: no (T, V) logits); differentiable. ``inputs``: attention_mask, position_ids."""
+        with self.applied() as model:
+            return next_token_nll(model, ids, **inputs)
 
     @contextmanager
     def frozen(self):
@@ -61,8 +75,7 @@ class Learner:
     def score(self, tokens: torch.Tensor, start: int, end: int) -> torch.Tensor:
         """Per-token NLL (T-1,) of the window ``tokens[start:end]``, no learning."""
         with torch.no_grad():
-            ids = tokens[start:end][None].to(self.lm.device)
-            return token_nll(self.logits(ids), ids)[0]
+            return self.nll(tokens[start:end][None].to(self.lm.device))[0]
 
     def learn(self, optimizer, objective, tokens: torch.Tensor, span: tuple[int, int], cfg,
               teacher=None) -> tuple[torch.Tensor, bool]:
@@ -128,9 +141,10 @@ class MemoryLearner(Learner):
             return self.memory * torch.cat([factors, scale * self.log_gain.exp()], dim=-1)  # (L', 1, 1, 1, C)
         return self.memory if scale == 1.0 else self.memory * self._channel(1.0, scale)
 
-    def logits(self, ids, **inputs):
+    @contextmanager
+    def applied(self):
         with self.lm.use_memory(self.model_memory(), self.layers):
-            return self.lm.model(input_ids=ids, use_cache=False, **inputs).logits
+            yield self.lm.model
 
     def before_step(self):
         """``value_init="gradient"``: while every value is still zero, write them in closed form from this step's

@@ -24,7 +24,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from ..core.model import ModelState, token_nll
+from ..core.head import next_token_nll
+from ..core.model import ModelState
 from ..errors import LocasError
 from ..extras import require
 from .config import parse_layers
@@ -60,9 +61,10 @@ class LocasLearner(MemoryLearner):
 class TruncateLearner(Learner):
     name = "truncate"
 
-    def logits(self, ids, **inputs):
+    @contextmanager
+    def applied(self):
         with self.lm.disabled():
-            return self.lm.model(input_ids=ids, use_cache=False, **inputs).logits
+            yield self.lm.model
 
 
 class FullAttentionLearner(Learner):
@@ -76,8 +78,7 @@ class FullAttentionLearner(Learner):
         lo = max(0, end - max(self.context(), end - start))
         ids = tokens[lo:end][None].to(self.lm.device)
         with self.lm.disabled():
-            logits = self.lm.model(input_ids=ids, use_cache=False).logits[:, start - lo:]  # (1, end-start, V)
-        return token_nll(logits, ids[:, start - lo:])[0]
+            return next_token_nll(self.lm.model, ids)[0, start - lo:]  # (end-start-1,): the window's tokens
 
 
 def linear_target_names(model: nn.Module) -> list[str]:
@@ -117,9 +118,10 @@ class LoraLearner(Learner):
     def extra_params(self):
         return sum(p.numel() for p in self.params)
 
-    def logits(self, ids, **inputs):
+    @contextmanager
+    def applied(self):
         with self.lm.disabled():
-            return self.peft_model(input_ids=ids, use_cache=False, **inputs).logits
+            yield self.peft_model
 
     @contextmanager
     def frozen(self):

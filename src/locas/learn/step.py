@@ -92,7 +92,7 @@ def train_window(learner, optimizer, objective, tokens, span, cfg, teacher=None)
     for step in range(cfg.steps_per_window):
         optimizer.zero_grad(set_to_none=True)
         step_ids = ids[:, -tail:] if step and tail and tail < ids.shape[1] else ids  # (1, T) or its last tail tokens
-        loss, nll = objective(learner.logits(step_ids), step_ids, teacher)
+        loss, nll = objective.loss(learner, step_ids, teacher)
         if step == 0:
             score = nll.detach()
         if not torch.isfinite(loss):

@@ -23,8 +23,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from ..core.head import token_nll
 from ..core.memory import MLP
-from ..core.model import token_nll
 from ..errors import LocasError
 
 SELECT = ("all", "top")

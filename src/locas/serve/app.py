@@ -31,7 +31,7 @@ from pydantic import ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from .._version import __version__
-from ..core.memory import stack_memories
+from ..core.memory import ServingMemory, stack_memories
 from ..errors import LocasError, MemoryFileError
 from ..text.decoding import Sampling, stop_token_ids
 from .auth import ApiKeys, Unauthorized
@@ -165,7 +165,7 @@ def create_app(server: Server) -> FastAPI:
             raise ApiError(400, f"{where}: {kind}" if where else kind, param=where) from None
 
     # ---- memories for a request ------------------------------------------------------------------------
-    def memory_for(owner: str, model: str, memory) -> torch.Tensor | None:
+    def memory_for(owner: str, model: str, memory) -> ServingMemory | None:
         ids = [memory] if isinstance(memory, str) else list(memory or [])
         if model != server.model_id:
             if ids or not _is_memory(owner, model):
@@ -184,7 +184,7 @@ def create_app(server: Server) -> FastAPI:
             except (NotFound, LocasError):
                 raise ApiError(404, f"the memory '{memory_id}' does not exist", code="memory_not_found",
                                param="memory") from None
-        return found[0] if len(found) == 1 else stack_memories(found)
+        return found[0] if len(found) == 1 else ServingMemory.of(stack_memories([m.tensor() for m in found]))
 
     def _is_memory(owner: str, name: str) -> bool:
         try:

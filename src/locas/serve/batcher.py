@@ -7,8 +7,9 @@ with their own memories, their KV caches left-padded to the batch's and appended
 step then decodes one token for every row. A row that ends (its limit, a stop token or string, a
 client that left) leaves the batch at once, and cache columns no row needs any more are trimmed.
 
-Row ``b`` reads the batch memory's row ``b`` (``core.memory.batch_memories``: memories of other
-widths padded with zero-value slots and rescaled, so each row gives what its memory gives alone; a
+Row ``b`` reads the batch memory's row ``b`` (``core.memory.batch_serving``: written once per batch change
+in channel layout from each row's ``ServingMemory``; memories of other widths padded with zero-value slots
+and rescaled, so each row gives what its memory gives alone; rows that all share one memory read it once; a
 row without memory is the exact base model). Every row has its own sampler (its own seeded
 generator, ``text.decoding.draw``), token limit, stop strings and stop tokens (EOS for all, as
 ``lm.generate``; a chat row also ends at its turn's end token); tokens reach each request as they
@@ -30,7 +31,7 @@ from dataclasses import dataclass, field
 import torch
 
 from ..core.kvcache import cache_arg, new_cache
-from ..core.memory import batch_memories
+from ..core.memory import ServingMemory, batch_serving
 from ..errors import LocasError
 from ..text.decoding import Decoder, Sampling, draw, eos_token_ids
 
@@ -40,7 +41,7 @@ class Generation:
     """One row to decode, and what it produced."""
 
     prompt_ids: list[int]
-    memory: torch.Tensor | None = None  # (L, 1, r, d, C), or None: the exact base model
+    memory: ServingMemory | torch.Tensor | None = None  # (L, 1, r, d, C) or laid out, or None: the base model
     max_tokens: int = 16
     sampling: Sampling | None = None  # None: greedy
     stop: list[str] = field(default_factory=list)
@@ -228,7 +229,7 @@ class Batcher:
         """Prefill the newcomers together (with their memories) and add those still going to the batch."""
         lm = self.lm
         ids, mask, pos = self.padder.left_pad([g.prompt_ids for g in rows])  # (N, W) each
-        lm.set_memory(batch_memories([g.memory for g in rows]))
+        lm.set_memory_channels(batch_serving([_serving(g) for g in rows]))
         cache = new_cache(lm.model)
         logits = lm.model(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=True,
                           **cache_arg(cache)).logits[:, -1]  # (N, V)
@@ -264,7 +265,7 @@ class Batcher:
         if ended:
             run.keep(keep)
         if ended or changed:  # row b: row b's memory; no rows (or no memories): the plain base model
-            self.lm.set_memory(batch_memories([g.memory for g in run.rows]))
+            self.lm.set_memory_channels(batch_serving([_serving(g) for g in run.rows]))
         for g in ended:
             self._end(g)
 
@@ -274,3 +275,10 @@ class Batcher:
         if g.cancelled:
             g.finish_reason = g.finish_reason or "cancelled"
         g.finish()
+
+
+def _serving(g: Generation) -> ServingMemory | None:
+    """The row's memory laid out for decoding (once per request: a tensor is converted where it is first met)."""
+    if isinstance(g.memory, torch.Tensor):
+        g.memory = ServingMemory.of(g.memory)
+    return g.memory

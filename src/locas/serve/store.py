@@ -8,7 +8,7 @@ never holds a half-written memory, and everything in it is there again after a r
 
     >>> store = MemoryStore("memories/", lm)
     >>> store.put_bytes("public", "notes", data)        # MemoryFileError if corrupt or for another model
-    >>> store.get("public", "notes")                    # (L, 1, r, d, C) on the model's device, cached
+    >>> store.get("public", "notes")                    # a ServingMemory on the model's device, cached
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ from pathlib import Path
 import torch
 
 from ..core.files import atomic_write, load_memory, read_memory_info, save_memory
+from ..core.memory import ServingMemory
 from ..errors import LocasError, MemoryFileError
 
 MEMORY_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
@@ -50,7 +51,7 @@ class MemoryStore:
         self.root.mkdir(parents=True, exist_ok=True)
         self.lm = lm
         self.max_per_owner = max_per_owner
-        self.cache: OrderedDict[tuple[str, str], torch.Tensor] = OrderedDict()
+        self.cache: OrderedDict[tuple[str, str], ServingMemory] = OrderedDict()
         self.cache_size = cache_size
         self.lock = threading.RLock()
 
@@ -82,8 +83,8 @@ class MemoryStore:
     def list(self, owner: str) -> list[dict]:
         return [self.describe(owner, i) for i in self.ids(owner)]
 
-    def get(self, owner: str, memory_id: str) -> torch.Tensor:
-        """The memory (L, 1, r, d, C) on the model's device (one row; row 0 of a file with several)."""
+    def get(self, owner: str, memory_id: str) -> ServingMemory:
+        """The memory on the model's device, laid out for decoding once (row 0 of a file with several rows)."""
         key = (owner, memory_id)
         with self.lock:
             if key in self.cache:
@@ -92,7 +93,7 @@ class MemoryStore:
             path = self._path(owner, memory_id)
             if not path.is_file():
                 raise NotFound(memory_id)
-            memory = self._load(path)[:, :1].contiguous()
+            memory = ServingMemory.of(self._load(path)[:, :1])
             self.cache[key] = memory
             while len(self.cache) > self.cache_size:
                 self.cache.popitem(last=False)

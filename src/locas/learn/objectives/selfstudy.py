@@ -25,7 +25,7 @@ from dataclasses import asdict, dataclass
 import torch
 import torch.nn.functional as F
 
-from ...core.model import token_nll
+from ...core.head import token_nll
 from ...errors import LocasError
 from ...probes.config import ProbeConfig
 from ...probes.families import make_probes

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 
 import torch
 
-from ...core.model import token_nll
+from ...core.head import token_nll
 from ..step import teacher_context, train_window
 from .base import Objective
 
@@ -88,6 +88,15 @@ class NextToken(Objective):
     def teacher(self, lm, tokens, start, end, context) -> TeacherTargets:
         return teacher_targets(lm, tokens, start, end, context, self.cfg.sd_topk)
 
+    student_logits = False  # the loss needs the NLL only: the learner's chunked head gives it (core.head)
+
+    def loss(self, learner, ids: torch.Tensor, teacher: TeacherTargets | None):
+        """The learner on the window ids (1, T) -> (loss scalar, per-token NLL (T-1,) float32)."""
+        if not self.student_logits:
+            nll = learner.nll(ids)[0]
+            return nll.mean(), nll
+        return self(learner.logits(ids), ids, teacher)
+
     def __call__(self, logits: torch.Tensor, ids: torch.Tensor, teacher: TeacherTargets | None):
         """logits (1, T, V), ids (1, T) -> (loss scalar, per-token NLL (T-1,) float32)."""
         nll = token_nll(logits, ids)[0]
@@ -119,6 +128,7 @@ class NextToken(Objective):
 class SelfDistillation(NextToken):
     name = "sd"
     needs_teacher = True
+    student_logits = True
     summary = "KL to the frozen model reading a longer context (--sd-context, --sd-topk); st is the same"
 
     def combine(self, nll, student_logits, teacher):
@@ -128,6 +138,7 @@ class SelfDistillation(NextToken):
 class Mix(NextToken):
     name = "mix"
     needs_teacher = True
+    student_logits = True
     summary = "ntp + --mix-weight x sd"
 
     def combine(self, nll, student_logits, teacher):

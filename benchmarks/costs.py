@@ -1,0 +1,201 @@
+"""Where the time goes: one PG-19 window, one serving step, and `locas ask` from start to exit, side by side in one
+process (docs/PERFORMANCE.md). Wall-clock, best of ``--repeats`` (the machine is shared: absolute times are noise,
+the ratios within one run are the result).
+
+* window   SmolLM2-135M, the first 1,024 tokens of PG-19 book 10146, a Locas memory r = 64 on every layer:
+           truncation's scoring pass; Locas's scoring pass with the memory, without and with the gradient; the
+           backward; the guarded AdamW step with clipping. Both output-head paths: ``plain`` (the (T, V) logits,
+           log-softmax and their gradients) and ``chunked`` (``core.head``).
+* stream   the PG-19 protocol itself (``eval.pg19.run_method``) on the first 4,096 tokens: truncation and Locas
+           (paper recipe, every layer) under each head path, twice, alternating; ratio of the best times.
+* serving  one decoding step of 16 rows (64-token prompts): no memory, 16 different memories, one memory shared by
+           all 16; and the cost of laying out a new batch of 16 memories (``core.memory.batch_serving``).
+* startup  `locas ask --memory m.locas "..." --max-new-tokens 16` as a user runs it (disk cache warm), with the
+           import floor (`python -c "import torch; import transformers.models.llama.modeling_llama"`).
+
+    flock /tmp/locas-cpu.lock python benchmarks/costs.py           # about 6 min
+    python benchmarks/costs.py --only window --profile             # + torch.profiler's op table of a step
+
+Writes benchmarks/results/costs.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from locas import LocasForCausalLM, save_memory
+from locas.core import head
+from locas.core.kvcache import cache_arg, new_cache
+from locas.core.memory import ServingMemory, batch_serving
+from locas.data.pg19 import load_book
+from locas.eval.report import format_table, write_json
+from locas.learn.config import TrainConfig
+from locas.learn.learners import make_learner
+from locas.learn.step import guarded_step, make_optimizer
+from locas.text.tokens import tokenize_text
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def best(fn, repeats: int) -> float:
+    fn()  # warm-up
+    times = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t)
+    return min(times)
+
+
+def window(lm, repeats: int, profile: bool) -> dict:
+    tokens = tokenize_text(lm.tokenizer, load_book("10146"), 1024)
+    ids = tokens[None]
+    cfg = TrainConfig(window_size=1024, lr=3e-2, memory_width=64)
+    truncate = make_learner("truncate", lm, cfg)
+    locas = make_learner("locas", lm, cfg)
+    locas.begin(tokens, (0, 1024))
+    optimizer = make_optimizer(locas.parameters(), cfg)
+    held = {}
+
+    def forward():
+        optimizer.zero_grad(set_to_none=True)
+        held["loss"] = locas.nll(ids)[0].mean()
+
+    def backward():
+        forward()
+        held["loss"].backward()
+
+    def step():
+        backward()
+        guarded_step(locas, optimizer)
+
+    out = {}
+    for chunked in (False, True):
+        head.CHUNKED = chunked
+        name = "chunked" if chunked else "plain"
+        with torch.no_grad():
+            trunc = best(lambda: truncate.nll(ids), repeats)
+            scored = best(lambda: locas.nll(ids), repeats)
+        fwd = best(forward, repeats)
+        fwd_bwd = best(backward, repeats)
+        full = best(step, repeats)
+        out[name] = {"truncate_s": trunc, "memory_forward_s": scored, "forward_with_grad_s": fwd,
+                     "backward_s": fwd_bwd - fwd, "step_and_clip_s": full - fwd_bwd, "locas_step_s": full,
+                     "ratio": full / trunc}
+        if profile and chunked:
+            from torch.profiler import ProfilerActivity
+            from torch.profiler import profile as torch_profile
+
+            with torch_profile(activities=[ProfilerActivity.CPU]) as prof:
+                step()
+            print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=20))
+    head.CHUNKED = True
+    return out
+
+
+def streamed(lm, repeats: int) -> dict:
+    from locas.eval.pg19 import run_method
+
+    tokens = tokenize_text(lm.tokenizer, load_book("10146"), 4096)
+    methods = {"truncate": TrainConfig(window_size=1024), "locas": TrainConfig(window_size=1024, lr=3e-2,
+                                                                             memory_width=64)}
+    runs: dict = {}
+    for _ in range(repeats):
+        for chunked in (False, True):
+            head.CHUNKED = chunked
+            for name, cfg in methods.items():
+                r = run_method(lm, name, tokens, cfg, progress=False)
+                runs.setdefault(("chunked" if chunked else "plain", name), []).append((r.wall_s, r.ppl))
+    head.CHUNKED = True
+    out = {}
+    for path in ("plain", "chunked"):
+        t, loc = min(runs[(path, "truncate")]), min(runs[(path, "locas")])
+        out[path] = {"truncate_s": t[0], "locas_s": loc[0], "ratio": loc[0] / t[0], "truncate_ppl": t[1],
+                     "locas_ppl": loc[1]}
+    return out
+
+
+def serving(lm, repeats: int) -> dict:
+    B, P, steps = 16, 64, 8
+    g = torch.Generator().manual_seed(0)
+    ids = torch.randint(100, 40000, (B, P), generator=g)
+    shape = (lm.num_layers, 1, 64, lm.hidden_size, 3)
+    ready = [ServingMemory.of(torch.randn(shape, generator=g) * 0.05) for _ in range(B)]
+
+    def decode(rows):
+        lm.set_memory_channels(batch_serving(rows) if rows else None)
+        with torch.no_grad():
+            cache = new_cache(lm.model)
+            logits = lm.model(input_ids=ids, use_cache=True, **cache_arg(cache)).logits
+            nxt = logits[:, -1:].argmax(-1)
+            t = time.perf_counter()
+            for _ in range(steps):
+                nxt = lm.model(input_ids=nxt, use_cache=True, **cache_arg(cache)).logits[:, -1:].argmax(-1)
+        lm.set_memory(None)
+        return (time.perf_counter() - t) / steps
+
+    out = {name: min(decode(rows) for _ in range(repeats))
+           for name, rows in (("none", None), ("own", ready), ("shared", [ready[0]] * B))}
+    out["layout_s"] = best(lambda: batch_serving(ready), repeats)
+    out["own_over_none"] = out["none"] / out["own"]
+    out["shared_over_none"] = out["none"] / out["shared"]
+    return out
+
+
+def startup(lm, repeats: int) -> dict:
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "m.locas"
+        save_memory(lm.init_memory(torch.arange(100, 164)[None], width=64), path, model=lm)
+        env = {**os.environ, "OMP_NUM_THREADS": "2"}
+        argv = [str(Path(sys.executable).with_name("locas")), "ask", "Who is Tom?", "--memory", str(path),
+                "--max-new-tokens", "16"]
+        floor = [sys.executable, "-c", "import torch, transformers.models.llama.modeling_llama"]
+        run = lambda cmd: subprocess.run(cmd, env=env, capture_output=True, check=True)  # noqa: E731
+        return {"ask_s": best(lambda: run(argv), repeats), "import_floor_s": best(lambda: run(floor), repeats)}
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--only", choices=("window", "stream", "serving", "startup"), action="append")
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--profile", action="store_true", help="print torch.profiler's op table of one chunked step")
+    p.add_argument("--out", default=str(ROOT / "benchmarks/results/costs.json"))
+    args = p.parse_args()
+    torch.set_num_threads(args.threads)
+    lm = LocasForCausalLM.from_pretrained("smollm2-135m")
+    parts = args.only or ["window", "stream", "serving", "startup"]
+    record = {"threads": args.threads, "repeats": args.repeats}
+    if "window" in parts:
+        record["window"] = window(lm, args.repeats, args.profile)
+        rows = [[name] + [round(v, 3) for v in r.values()] for name, r in record["window"].items()]
+        print(format_table(["head", "truncate s", "memory fwd s", "fwd+grad s", "backward s", "step s", "Locas s",
+                            "Locas / truncate"], rows))
+    if "stream" in parts:
+        record["stream"] = streamed(lm, 2)
+        rows = [[name, r["truncate_s"], r["locas_s"], r["ratio"], r["truncate_ppl"], r["locas_ppl"]]
+                for name, r in record["stream"].items()]
+        print(format_table(["head", "truncate s", "Locas s", "ratio", "truncate ppl", "Locas ppl"], rows))
+    if "serving" in parts:
+        record["serving"] = s = serving(lm, args.repeats)
+        print(f"decoding step, 16 rows: none {s['none'] * 1e3:.1f} ms, 16 memories {s['own'] * 1e3:.1f} ms "
+              f"({s['own_over_none']:.3f}), shared {s['shared'] * 1e3:.1f} ms ({s['shared_over_none']:.3f}); "
+              f"laying out 16 memories {s['layout_s'] * 1e3:.1f} ms")
+    if "startup" in parts:
+        record["startup"] = s = startup(lm, args.repeats)
+        print(f"locas ask {s['ask_s']:.2f} s (import floor {s['import_floor_s']:.2f} s)")
+    write_json(args.out, record)
+    print(f"wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
