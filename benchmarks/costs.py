@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -56,6 +57,7 @@ def best(fn, repeats: int) -> float:
 
 
 def window(lm, repeats: int, profile: bool) -> dict:
+    """Each phase timed inside the same iteration (the medians over ``repeats`` + 1 iterations add up)."""
     tokens = tokenize_text(lm.tokenizer, load_book("10146"), 1024)
     ids = tokens[None]
     cfg = TrainConfig(window_size=1024, lr=3e-2, memory_width=64)
@@ -63,39 +65,44 @@ def window(lm, repeats: int, profile: bool) -> dict:
     locas = make_learner("locas", lm, cfg)
     locas.begin(tokens, (0, 1024))
     optimizer = make_optimizer(locas.parameters(), cfg)
-    held = {}
 
-    def forward():
+    def iteration() -> dict:
+        laps, t = {}, time.perf_counter()
+
+        def lap(name):
+            nonlocal t
+            now = time.perf_counter()
+            laps[name], t = now - t, now
+
+        with torch.no_grad():
+            truncate.nll(ids)
+            lap("truncate_s")
+            locas.nll(ids)
+            lap("memory_forward_s")
         optimizer.zero_grad(set_to_none=True)
-        held["loss"] = locas.nll(ids)[0].mean()
-
-    def backward():
-        forward()
-        held["loss"].backward()
-
-    def step():
-        backward()
+        loss = locas.nll(ids)[0].mean()
+        lap("forward_with_grad_s")
+        loss.backward()
+        lap("backward_s")
         guarded_step(locas, optimizer)
+        lap("step_and_clip_s")
+        return laps
 
     out = {}
     for chunked in (False, True):
         head.CHUNKED = chunked
-        name = "chunked" if chunked else "plain"
-        with torch.no_grad():
-            trunc = best(lambda: truncate.nll(ids), repeats)
-            scored = best(lambda: locas.nll(ids), repeats)
-        fwd = best(forward, repeats)
-        fwd_bwd = best(backward, repeats)
-        full = best(step, repeats)
-        out[name] = {"truncate_s": trunc, "memory_forward_s": scored, "forward_with_grad_s": fwd,
-                     "backward_s": fwd_bwd - fwd, "step_and_clip_s": full - fwd_bwd, "locas_step_s": full,
-                     "ratio": full / trunc}
+        iteration()  # warm-up
+        runs = [iteration() for _ in range(repeats + 1)]
+        med = {k: statistics.median(r[k] for r in runs) for k in runs[0]}
+        med["locas_step_s"] = med["forward_with_grad_s"] + med["backward_s"] + med["step_and_clip_s"]
+        med["ratio"] = med["locas_step_s"] / med["truncate_s"]
+        out["chunked" if chunked else "plain"] = med
         if profile and chunked:
             from torch.profiler import ProfilerActivity
             from torch.profiler import profile as torch_profile
 
             with torch_profile(activities=[ProfilerActivity.CPU]) as prof:
-                step()
+                iteration()
             print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=20))
     head.CHUNKED = True
     return out
@@ -178,7 +185,7 @@ def main() -> int:
         record["window"] = window(lm, args.repeats, args.profile)
         rows = [[name] + [round(v, 3) for v in r.values()] for name, r in record["window"].items()]
         print(format_table(["head", "truncate s", "memory fwd s", "fwd+grad s", "backward s", "step s", "Locas s",
-                            "Locas / truncate"], rows))
+                            "Locas / truncate"], rows))  # medians of phases timed in the same iterations
     if "stream" in parts:
         record["stream"] = streamed(lm, 2)
         rows = [[name, r["truncate_s"], r["locas_s"], r["ratio"], r["truncate_ppl"], r["locas_ppl"]]

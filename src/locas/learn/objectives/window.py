@@ -12,7 +12,8 @@ forward pass serves both the score and the first update step.
 
     >>> obj = make_objective(TrainConfig(objective="mix", mix_weight=0.5, sd_topk=64))
     >>> teacher = obj.teacher(lm, tokens, start, end, context=4096) if obj.needs_teacher else None
-    >>> loss, nll = obj(student_logits, window_ids, teacher)   # scalar, (T-1,)
+    >>> loss, nll = obj.loss(learner, window_ids, teacher)     # scalar, (T-1,); ntp needs no (T, V) logits
+    >>> loss, nll = obj(student_logits, window_ids, teacher)   # the same from logits already computed
 """
 
 from __future__ import annotations
@@ -84,11 +85,10 @@ class NextToken(Objective):
     name = "ntp"
     windows = True
     summary = "next-token prediction on each window"
+    student_logits = False  # the loss needs the NLL only: the learner's chunked head gives it (core.head)
 
     def teacher(self, lm, tokens, start, end, context) -> TeacherTargets:
         return teacher_targets(lm, tokens, start, end, context, self.cfg.sd_topk)
-
-    student_logits = False  # the loss needs the NLL only: the learner's chunked head gives it (core.head)
 
     def loss(self, learner, ids: torch.Tensor, teacher: TeacherTargets | None):
         """The learner on the window ids (1, T) -> (loss scalar, per-token NLL (T-1,) float32)."""
