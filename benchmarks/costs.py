@@ -11,7 +11,7 @@ the ratios within one run are the result).
 * serving  one decoding step of 16 rows (64-token prompts): no memory, 16 different memories, one memory shared by
            all 16; and the cost of laying out a new batch of 16 memories (``core.memory.batch_serving``).
 * startup  `locas ask --memory m.locas "..." --max-new-tokens 16` as a user runs it (disk cache warm), with the
-           import floor (`python -c "import torch; import transformers.models.llama.modeling_llama"`).
+           import floor (importing torch and transformers' Llama modules, then ``os._exit`` as ``locas`` does).
 
     flock /tmp/locas-cpu.lock python benchmarks/costs.py           # about 6 min
     python benchmarks/costs.py --only window --profile             # + torch.profiler's op table of a step
@@ -164,7 +164,7 @@ def startup(lm, repeats: int) -> dict:
         env = {**os.environ, "OMP_NUM_THREADS": "2"}
         argv = [str(Path(sys.executable).with_name("locas")), "ask", "Who is Tom?", "--memory", str(path),
                 "--max-new-tokens", "16"]
-        floor = [sys.executable, "-c", "import torch, transformers.models.llama.modeling_llama"]
+        floor = [sys.executable, "-c", "import os, torch, transformers.models.llama.modeling_llama; os._exit(0)"]
         run = lambda cmd: subprocess.run(cmd, env=env, capture_output=True, check=True)  # noqa: E731
         return {"ask_s": best(lambda: run(argv), repeats), "import_floor_s": best(lambda: run(floor), repeats)}
 
