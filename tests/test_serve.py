@@ -518,6 +518,151 @@ def test_bad_uploads_are_refused_with_the_reason(client, files, tmp_path, name, 
     assert complete(client, model="a", prompt="Hi", max_tokens=2)
 
 
+# ---- overload and stopping --------------------------------------------------------------------------------
+def _held(srv: Server) -> threading.Event:
+    """Make the batcher wait at every decoding step until the returned event is set (rows stay running or queued
+    for as long as a test needs, whatever the machine's speed)."""
+    gate = threading.Event()
+    step = srv.batcher._step
+
+    def held():
+        gate.wait(60)  # only a broken test waits this long
+        step()
+
+    srv.batcher._step = held
+    return gate
+
+
+def _wait_health(client: httpx.Client, **want) -> dict:
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        health = client.get("/health").json()
+        if all(health[k] == v for k, v in want.items()):
+            return health
+        time.sleep(0.02)
+    raise AssertionError(f"the server never reached {want}: {health}")
+
+
+def _post_in_thread(url: str, results: dict, name: str, **body) -> threading.Thread:
+    def run():
+        with httpx.Client(base_url=url, timeout=60) as c:
+            r = c.post("/v1/completions", json={"max_tokens": 4, "temperature": 0, "prompt": "Hi", **body})
+            results[name] = (r.status_code, r.text)
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    return thread
+
+
+def test_a_full_queue_sheds_with_503_and_retry_after_then_recovers(lm, tmp_path):
+    srv = Server(lm, tmp_path, max_batch=1, max_queue=1, max_wait_ms=0)
+    gate = _held(srv)
+    with serving(srv) as url, httpx.Client(base_url=url, timeout=60) as c:
+        results: dict = {}
+        first = _post_in_thread(url, results, "running", model=srv.model_id)
+        _wait_health(c, running=1)
+        second = _post_in_thread(url, results, "queued", model=srv.model_id)
+        health = _wait_health(c, running=1, queued=1)
+        assert health["max_queue"] == 1
+        for stream in (False, True):  # a stream is refused before it starts, not broken half-way
+            r = c.post("/v1/completions", json={"model": srv.model_id, "prompt": "Hi", "stream": stream})
+            assert r.status_code == 503 and r.headers["retry-after"] == "1", r.text
+            assert r.json()["error"]["code"] == "server_overloaded" and "busy" in r.json()["error"]["message"]
+        gate.set()
+        first.join(60)
+        second.join(60)
+        assert results["running"][0] == 200 and results["queued"][0] == 200  # what was admitted is answered
+        assert complete(c, model=srv.model_id, prompt="Hi", max_tokens=2)  # and the load gone, it serves again
+        assert c.get("/health").json()["queued"] == 0
+
+
+def test_drain_refuses_new_requests_and_lets_running_streams_finish(lm, tmp_path):
+    srv = Server(lm, tmp_path, max_batch=4, max_wait_ms=0)
+    gate = _held(srv)
+    with serving(srv) as url, httpx.Client(base_url=url, timeout=60) as c:
+        events = []
+
+        def stream():
+            with httpx.Client(base_url=url, timeout=60) as s, s.stream(
+                    "POST", "/v1/completions", json={"model": srv.model_id, "prompt": "Hi", "max_tokens": 5,
+                                                     "temperature": 0, "stream": True, "ignore_eos": True}) as r:
+                events.extend(line for line in r.iter_lines() if line)
+
+        reader = threading.Thread(target=stream)
+        reader.start()
+        _wait_health(c, running=1)
+        drained: dict = {}
+        drainer = threading.Thread(target=lambda: drained.update(ok=srv.drain(30)))
+        drainer.start()
+        while not srv.draining.is_set():
+            time.sleep(0.01)
+        r = c.post("/v1/completions", json={"model": srv.model_id, "prompt": "Hi"})
+        assert r.status_code == 503 and r.headers["retry-after"] == "5"
+        assert r.json()["error"]["code"] == "server_shutting_down"
+        assert c.get("/health").json()["status"] == "draining"  # health still answers, and says so
+        gate.set()
+        drainer.join(60)
+        reader.join(60)
+    assert drained == {"ok": True}
+    assert events[-1] == "data: [DONE]" and not any('"error"' in e for e in events)
+    texts = [json.loads(e[6:])["choices"][0] for e in events[:-1]]
+    assert texts[-1]["finish_reason"] == "length" and sum(bool(t["text"]) for t in texts) >= 1
+
+
+def test_a_drain_that_times_out_ends_the_stream_with_an_error_event(lm, tmp_path):
+    srv = Server(lm, tmp_path, max_batch=4, max_wait_ms=0)
+    gate = _held(srv)
+    with serving(srv) as url, httpx.Client(base_url=url, timeout=60) as c:
+        events = []
+
+        def stream():
+            with httpx.Client(base_url=url, timeout=60) as s, s.stream(
+                    "POST", "/v1/completions", json={"model": srv.model_id, "prompt": "Hi", "max_tokens": 200,
+                                                     "temperature": 0, "stream": True, "ignore_eos": True}) as r:
+                events.extend(line for line in r.iter_lines() if line)
+
+        reader = threading.Thread(target=stream)
+        reader.start()
+        _wait_health(c, running=1)
+        assert srv.drain(0.2) is False  # the row cannot finish while held
+        closing = threading.Thread(target=srv.batcher.close)
+        closing.start()
+        gate.set()
+        closing.join(60)
+        reader.join(60)
+    assert events[-1] == "data: [DONE]"
+    error = json.loads(events[-2][6:])["error"]
+    assert error["type"] == "server_error" and "the server is stopping" in error["message"]
+
+
+def test_closing_records_a_running_job_as_interrupted_and_writes_no_memory(lm, tmp_path):
+    from locas.learn.config import TrainConfig
+    from locas.serve.jobs import Jobs
+    from locas.serve.store import MemoryStore
+
+    loading, gate = threading.Event(), threading.Event()
+
+    def job_model():  # the job is running (its model loading) until the test lets it go on
+        loading.set()
+        gate.wait(60)
+        return copy.deepcopy(lm)
+
+    store = MemoryStore(tmp_path, lm)
+    jobs = Jobs(store, job_model)
+    record = jobs.submit("public", "notes", "Ann adopted a cat named Tom. " * 4, TrainConfig(memory_width=4))
+    loading.wait(60)
+    assert jobs.get("public", record["id"])["state"] == "running"
+    jobs.close()
+    stopped = jobs.get("public", record["id"])
+    assert stopped["state"] == "failed" and stopped["error"].startswith("interrupted")
+    gate.set()  # the worker finishes its training, then sees the server closed
+    jobs.thread.join(60)
+    assert not jobs.thread.is_alive()
+    assert jobs.get("public", record["id"])["state"] == "failed" and not store.exists("public", "notes")
+    on_disk = json.loads((tmp_path / ".jobs" / "public" / f"{record['id']}.json").read_text())
+    assert on_disk["state"] == "failed"  # a restart finds it failed too
+
+
 # ---- the command -----------------------------------------------------------------------------------------
 def test_locas_serve_command_starts_answers_and_stops(lm, tmp_path):
     import os
@@ -549,5 +694,5 @@ def test_locas_serve_command_starts_answers_and_stops(lm, tmp_path):
     finally:
         if proc.poll() is None:
             os.kill(proc.pid, signal.SIGKILL)
-    assert proc.returncode == 0 and "stopped" in out, err
+    assert proc.returncode == 0 and "draining" in out and "stopped" in out, err
     assert "Traceback" not in err

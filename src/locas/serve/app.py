@@ -35,7 +35,7 @@ from ..core.memory import ServingMemory, stack_memories
 from ..errors import LocasError, MemoryFileError
 from ..text.decoding import Sampling, stop_token_ids
 from .auth import ApiKeys, Unauthorized
-from .batcher import Batcher, Generation
+from .batcher import Batcher, Generation, Overloaded
 from .jobs import Jobs, JobsFull
 from .protocol import ApiError, ChatRequest, CompletionRequest, MemoryJobRequest
 from .store import MemoryStore, NotFound, StoreFull, check_id
@@ -60,19 +60,34 @@ class Server:
     """The served model with its memory store, batcher, jobs and keys."""
 
     def __init__(self, lm, memory_dir, *, model_id: str | None = None, keys: ApiKeys | None = None,
-                 max_batch: int = 16, max_wait_ms: float = 10.0, max_memories: int = 1000, max_jobs: int = 4,
-                 load_job_model=None, limits: Limits | None = None):
+                 max_batch: int = 16, max_wait_ms: float = 10.0, max_queue: int | None = None,
+                 max_memories: int = 1000, max_jobs: int = 4, load_job_model=None, limits: Limits | None = None):
         self.lm = lm
         self.model_id = model_id or str(lm.name)
         self.keys = keys or ApiKeys()
         self.store = MemoryStore(memory_dir, lm, max_per_owner=max_memories)
-        self.batcher = Batcher(lm, max_batch=max_batch, max_wait_ms=max_wait_ms)
+        self.batcher = Batcher(lm, max_batch=max_batch, max_wait_ms=max_wait_ms, max_queue=max_queue)
         # jobs train on their own copy of the model: training never touches the one that serves
         self.jobs = Jobs(self.store, load_job_model or (lambda: copy.deepcopy(lm)), max_pending=max_jobs)
         self.limits = limits or Limits()
         self.created = int(time.time())
+        self.draining = threading.Event()  # set by drain(): new requests get 503, what runs finishes
+
+    def drain(self, timeout: float) -> bool:
+        """Stop taking requests (503 with Retry-After) and wait up to ``timeout`` seconds for the rows being
+        decoded or queued to finish; True when they all did. Jobs are not waited for (``close`` marks them
+        interrupted)."""
+        self.draining.set()
+        deadline = time.monotonic() + timeout
+        while self.batcher.active or self.batcher.queue.qsize():
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(0.05)
+        return True
 
     def close(self) -> None:
+        """Stop decoding (rows still running end with an error event: "the server is stopping") and the jobs
+        (a queued or running job is recorded as interrupted)."""
         self.batcher.close()
         self.jobs.close()
 
@@ -107,8 +122,12 @@ def serving(server: Server, host: str = "127.0.0.1", port: int = 0):
         server.close()
 
 
+RETRY_AFTER_BUSY_S = 1  # a shed request may come back this soon
+RETRY_AFTER_STOPPING_S = 5  # a draining server: come back after the restart (or go to another replica)
+
+
 def _error(exc: ApiError) -> JSONResponse:
-    return JSONResponse(exc.body(), status_code=exc.status)
+    return JSONResponse(exc.body(), status_code=exc.status, headers=exc.headers)
 
 
 def create_app(server: Server) -> FastAPI:
@@ -132,6 +151,9 @@ def create_app(server: Server) -> FastAPI:
 
     @app.middleware("http")
     async def _limits(request: Request, call_next):
+        if server.draining.is_set() and request.url.path != "/health":
+            return _error(ApiError(503, "the server is shutting down; retry shortly", code="server_shutting_down",
+                                   headers={"Retry-After": str(RETRY_AFTER_STOPPING_S)}))
         limit = limits.max_upload_bytes if request.url.path == "/v1/memories" and "json" not in request.headers.get(
             "content-type", "") else limits.max_body_bytes
         size = request.headers.get("content-length")
@@ -217,14 +239,22 @@ def create_app(server: Server) -> FastAPI:
                                        stop_ids=stop_ids))
         return rows
 
+    def admit(rows: list[Generation]) -> None:
+        try:
+            batcher.admit(rows)
+        except Overloaded as exc:
+            raise ApiError(503, f"the server is busy: {exc}; retry in a moment", code="server_overloaded",
+                           headers={"Retry-After": str(RETRY_AFTER_BUSY_S)}) from None
+
     async def respond(request: Request, req, rows: list[Generation], kind: str, prompt_tokens: int):
         rid = f"{'chatcmpl' if kind == 'chat' else 'cmpl'}-{secrets.token_hex(12)}"
         created = int(time.time())
-        if req.stream:
-            return StreamingResponse(_events(request, rows, kind, rid, created, req.model),
+        if req.stream:  # admitted before the response starts, so that a full queue is a 503, not a broken stream
+            queue = listen(rows)
+            admit(rows)
+            return StreamingResponse(_events(request, queue, rows, kind, rid, created, req.model),
                                      media_type="text/event-stream")
-        for g in rows:
-            batcher.submit(g)
+        admit(rows)
         waiting = asyncio.gather(*(asyncio.wrap_future(g.future) for g in rows))
         try:
             while True:  # a client that left is noticed within half a second and its rows leave the batch
@@ -251,12 +281,16 @@ def create_app(server: Server) -> FastAPI:
                 "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": completion,
                           "total_tokens": prompt_tokens + completion}}
 
-    async def _events(request: Request, rows, kind, rid, created, model):
+    def listen(rows: list[Generation]) -> asyncio.Queue:
+        """A queue that receives (row, text) for every piece of text and (row, None) when a row ends."""
         loop = asyncio.get_running_loop()
         queue: asyncio.Queue = asyncio.Queue()
         for i, g in enumerate(rows):
             g.listener = lambda text, i=i: loop.call_soon_threadsafe(queue.put_nowait, (i, text))
             g.future.add_done_callback(lambda _f, i=i: loop.call_soon_threadsafe(queue.put_nowait, (i, None)))
+        return queue
+
+    async def _events(request: Request, queue: asyncio.Queue, rows, kind, rid, created, model):
         obj = "chat.completion.chunk" if kind == "chat" else "text_completion"
 
         def chunk(i, text=None, finish=None, role=False) -> str:
@@ -272,8 +306,6 @@ def create_app(server: Server) -> FastAPI:
             if kind == "chat":
                 for i in range(len(rows)):
                     yield chunk(i, role=True)
-            for g in rows:
-                batcher.submit(g)
             finished = 0
             while finished < len(rows):
                 try:
@@ -299,8 +331,9 @@ def create_app(server: Server) -> FastAPI:
     # ---- routes ---------------------------------------------------------------------------------------
     @app.get("/health")
     async def health():
-        return {"status": "ok", "model": server.model_id, "steps": batcher.steps, "running": batcher.active,
-                "queued": batcher.queue.qsize(), "rows": batcher.rows, "dropped": batcher.dropped,
+        return {"status": "draining" if server.draining.is_set() else "ok", "model": server.model_id,
+                "steps": batcher.steps, "running": batcher.active, "queued": batcher.queue.qsize(),
+                "max_queue": batcher.max_queue, "rows": batcher.rows, "dropped": batcher.dropped,
                 "jobs_pending": jobs.pending()}
 
     @app.get("/v1/server")

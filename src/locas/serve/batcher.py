@@ -17,6 +17,7 @@ come (streaming).
 
     >>> batcher = Batcher(lm, max_batch=16, max_wait_ms=10)
     >>> req = batcher.submit(Generation(prompt_ids, memory=mem, max_tokens=64, sampling=None))
+    >>> batcher.admit([a, b])          # both queued, or Overloaded when the queue is full (the server's 503)
     >>> req.future.result().text
 """
 
@@ -141,11 +142,17 @@ class _Running:
         self.pos, self.last = self.pos[sel], self.last[sel]
 
 
-class Batcher:
-    """A thread that decodes queued ``Generation`` rows on ``lm``, continuously batched."""
+class Overloaded(LocasError):
+    """As many rows are waiting as the batcher queues (``max_queue``): a request sheds, never waits unbounded."""
 
-    def __init__(self, lm, max_batch: int = 16, max_wait_ms: float = 10.0):
+
+class Batcher:
+    """A thread that decodes queued ``Generation`` rows on ``lm``, continuously batched; at most ``max_queue``
+    rows wait for a place in the batch (default: four batches)."""
+
+    def __init__(self, lm, max_batch: int = 16, max_wait_ms: float = 10.0, max_queue: int | None = None):
         self.lm, self.max_batch, self.max_wait = lm, max_batch, max_wait_ms / 1000
+        self.max_queue = 4 * max_batch if max_queue is None else max_queue
         self.queue: queue.Queue[Generation | None] = queue.Queue()
         self.steps = 0  # decoding steps (one token for every running row)
         self.shared_steps = 0  # steps that decoded more than one row
@@ -158,6 +165,7 @@ class Batcher:
             self.max_batch = 1  # at a time, unpadded, decodes exactly as transformers' generate does
         self.running = _Running()
         self._closing = False
+        self._admitting = threading.Lock()  # the queue check and the puts of one request, together
         self.thread = threading.Thread(target=self._loop, name="locas-batcher", daemon=True)
         self.thread.start()
 
@@ -165,6 +173,16 @@ class Batcher:
         gen.tokenizer = self.lm.tokenizer
         self.queue.put(gen)
         return gen
+
+    def admit(self, rows: list[Generation]) -> None:
+        """Queue all of ``rows``, or none of them (``Overloaded``) when they would pass ``max_queue`` waiting rows."""
+        with self._admitting:
+            waiting = self.queue.qsize()
+            if waiting + len(rows) > self.max_queue:
+                raise Overloaded(f"{waiting} requests are already waiting for the model (the queue holds "
+                                 f"{self.max_queue})")
+            for g in rows:
+                self.submit(g)
 
     @property
     def active(self) -> int:

@@ -41,6 +41,7 @@ class Jobs:
         self.lock = threading.RLock()
         self.queue: queue.Queue = queue.Queue()
         self.model = None
+        self.closed = False
         self._recover()
         self.thread = threading.Thread(target=self._loop, name="locas-jobs", daemon=True)
         self.thread.start()
@@ -117,6 +118,8 @@ class Jobs:
             if item is None:
                 return
             owner, job_id, text, cfg, settings, budget_s = item
+            if self.closed:  # queued when the server stopped: already recorded as interrupted
+                continue
             try:
                 self._run(owner, job_id, text, cfg, settings, budget_s)
             except Exception as exc:  # a failed job is reported, never the end of the worker
@@ -152,12 +155,23 @@ class Jobs:
 
         result = memorize_text(lm, text, cfg, settings, tokens=tokens, budget_s=budget_s, progress=False,
                                on_progress=progress)
+        if self.closed:  # the server stopped while it trained: recorded as interrupted, nothing saved
+            return
         self.store.save(owner, self.records[(owner, job_id)]["memory"], result.learner.full_memory(),
                         extra={"train": cfg.to_dict(), "source": "job", "job": job_id, **result.summary()})
         self._update(owner, job_id, state="succeeded", progress=1.0, eta_s=0.0, finished=time.time(),
                      tokens_done=len(tokens))
 
     def close(self) -> None:
+        """Stop the worker; a job still queued or running is recorded as failed now ("interrupted"), its memory
+        never written, so that no record says ``running`` after the server has gone."""
+        with self.lock:
+            for (owner, job_id), record in list(self.records.items()):
+                if record["state"] in ("queued", "running"):
+                    self._update(owner, job_id, state="failed", finished=time.time(),
+                                 error="interrupted: the server stopped before the job finished; submit the text "
+                                       "again")
+            self.closed = True
         self.queue.put(None)
 
 

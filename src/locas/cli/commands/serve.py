@@ -36,6 +36,12 @@ def add_arguments(p):
     g.add_argument("--max-wait-ms", type=Number(float, minimum=0, maximum=60_000), default=10.0,
                    help="how long a request waits for company when nothing is decoding (a running batch is "
                         "joined at its next step) (default: 10)")
+    g.add_argument("--max-queue", type=Number(int, minimum=0, maximum=1_000_000), default=None,
+                   help="requests waiting for a place in the batch; more are refused with 503 and Retry-After "
+                        "(default: 4 x --max-batch)")
+    g.add_argument("--drain-timeout", type=Number(float, minimum=0, maximum=3600), default=30.0,
+                   help="on SIGTERM or Ctrl-C: seconds to let running requests finish while new ones get 503; "
+                        "what is still running then ends with an error event (default: 30)")
     g.add_argument("--max-memories", type=Number(int, minimum=1, maximum=10_000_000), default=1000,
                    help="memories per API key (default: 1000)")
     g.add_argument("--max-jobs", type=Number(int, minimum=1, maximum=1024), default=4,
@@ -87,7 +93,8 @@ def run(args):
     try:
         lm = load_lm(args)
         server = Server(lm, args.memory_dir, model_id=args.served_model_name, keys=keys, max_batch=args.max_batch,
-                        max_wait_ms=args.max_wait_ms, max_memories=args.max_memories, max_jobs=args.max_jobs,
+                        max_wait_ms=args.max_wait_ms, max_queue=args.max_queue, max_memories=args.max_memories,
+                        max_jobs=args.max_jobs,
                         load_job_model=lambda: load_lm(args),
                         limits=Limits(max_upload_bytes=int(args.max_upload_mb * (1 << 20))))
         host, port = sock.getsockname()[:2]
@@ -98,22 +105,41 @@ def run(args):
         if args.check:
             server.close()
             return 0
-        _serve(server, sock)
+        _serve(server, sock, args.drain_timeout)
     finally:
         sock.close()
-    print("locas serve: stopped (a job that was running is reported failed at the next start)")
+    print("locas serve: stopped (a job that was still running is recorded as interrupted)", flush=True)
     return 0
 
 
-def _serve(server, sock) -> None:
+def _serve(server, sock, drain_timeout: float) -> None:
+    """uvicorn until SIGTERM or Ctrl-C; then drain: new requests get 503 while running ones finish (up to
+    ``drain_timeout``), what still runs ends with an error event, jobs are recorded as interrupted. A second
+    signal stops at once."""
+    import threading
+
     import uvicorn
 
     from ...serve.app import create_app
 
+    class Draining(uvicorn.Server):
+        def handle_exit(self, sig, frame):
+            if server.draining.is_set():  # a second signal: stop now
+                return super().handle_exit(sig, frame)
+            print(f"locas serve: draining (up to {drain_timeout:g} s; new requests get 503)", flush=True)
+            threading.Thread(target=self.drain, args=(sig, frame), name="locas-drain", daemon=True).start()
+
+        def drain(self, sig, frame):
+            done = server.drain(drain_timeout)
+            server.batcher.close()  # rows still running end with an error event before the sockets close
+            if not done:
+                print("locas serve: the drain timed out; unfinished requests were ended with an error", flush=True)
+            super().handle_exit(sig, frame)
+
     config = uvicorn.Config(create_app(server), log_level="warning", access_log=False, timeout_graceful_shutdown=5)
     try:
-        uvicorn.Server(config).run(sockets=[sock])
+        Draining(config).run(sockets=[sock])
     except KeyboardInterrupt:
-        pass  # Ctrl-C or SIGTERM: uvicorn has stopped accepting; fall through to a clean stop
+        pass  # uvicorn re-raises the signal it stopped on once it has stopped: the stop is already clean
     finally:
         server.close()
