@@ -663,6 +663,63 @@ def test_closing_records_a_running_job_as_interrupted_and_writes_no_memory(lm, t
     assert on_disk["state"] == "failed"  # a restart finds it failed too
 
 
+# ---- hostile clients ---------------------------------------------------------------------------------------
+def _raw(url: str):
+    import socket
+
+    host, port = url.removeprefix("http://").split(":")
+    return socket.create_connection((host, int(port)), timeout=30)
+
+
+def _closed_by_server(sock, deadline_s: float = 30) -> bool:
+    """True once the server has closed ``sock`` (reads end), reading whatever it sent first."""
+    sock.settimeout(deadline_s)
+    try:
+        while sock.recv(65536):
+            pass
+        return True
+    except OSError:
+        return False
+
+
+def test_idle_and_slow_clients_are_cut_off_without_hurting_others(lm, tmp_path):
+    srv = Server(lm, tmp_path, limits=Limits(head_timeout_s=0.5, body_timeout_s=0.5))
+    with serving(srv) as url, httpx.Client(base_url=url, timeout=60) as c:
+        idle = [_raw(url) for _ in range(300)]  # connections that never send a byte
+        slow_head = _raw(url)
+        slow_head.sendall(b"POST /v1/completions HTTP/1.1\r\nHost: x\r\n")  # ... and the rest never comes
+        slow_body = _raw(url)
+        slow_body.sendall(b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                          b"Content-Length: 64\r\n\r\n{")  # one byte of 64, then silence
+        assert complete(c, model=srv.model_id, prompt="Hi", max_tokens=2)  # others are served meanwhile
+        assert all(_closed_by_server(s) for s in idle)
+        assert _closed_by_server(slow_head)
+        slow_body.settimeout(30)
+        answer = b""
+        while b"request_timeout" not in answer:  # the head and the JSON error may come in separate packets
+            piece = slow_body.recv(65536)
+            assert piece, answer
+            answer += piece
+        assert answer.startswith(b"HTTP/1.1 408"), answer
+        for s in [*idle, slow_head, slow_body]:
+            s.close()
+        huge = c.get("/health", headers={"X-Junk": "x" * (64 << 10)})  # a 64 KB header
+        assert huge.status_code in (400, 431)
+        assert complete(c, model=srv.model_id, prompt="Hi", max_tokens=2)
+
+
+@pytest.mark.parametrize("memory_id", ["../x", "..", "a/b", "%2e%2e", "x" * 65, ".hidden", "a b", "nul\x00"])
+def test_odd_ids_never_name_a_path(client, memory_id):
+    from urllib.parse import quote
+
+    for path in (f"/v1/memories/{quote(memory_id, safe='')}", f"/v1/memories/{quote(memory_id, safe='')}/content",
+                 f"/v1/jobs/{quote(memory_id, safe='')}"):
+        r = client.get(path)
+        assert r.status_code == 404 and "Traceback" not in r.text, (path, r.text)
+    r = client.post("/v1/memories", json={"text": "Ann.", "id": memory_id})
+    assert r.status_code == 400 and r.json()["error"]["param"] == "id"
+
+
 # ---- the command -----------------------------------------------------------------------------------------
 def test_locas_serve_command_starts_answers_and_stops(lm, tmp_path):
     import os
@@ -684,9 +741,11 @@ def test_locas_serve_command_starts_answers_and_stops(lm, tmp_path):
         url = line.split(" on ")[1].split()[0].removesuffix("/v1")
         assert httpx.get(f"{url}/health", timeout=30).json()["status"] == "ok"
         taken = url.rsplit(":", 1)[1]
-        for memory_dir, port, message in [("mem2", taken, "choose another --port"),
-                                          ("mem", 0, "another locas process is running")]:
-            second = subprocess.run(cmd(memory_dir, port), capture_output=True, text=True, timeout=120)
+        for memory_dir, port, message, extra in [("mem2", taken, "choose another --port", []),
+                                                 ("mem", 0, "another locas process is running", []),
+                                                 ("mem3", 0, "--host 0.0.0.0 without --api-keys",
+                                                  ["--host", "0.0.0.0"])]:
+            second = subprocess.run(cmd(memory_dir, port) + extra, capture_output=True, text=True, timeout=120)
             lines = second.stderr.strip().splitlines()
             assert second.returncode == 2 and len(lines) == 1 and message in lines[0], second.stderr
         proc.send_signal(signal.SIGTERM)

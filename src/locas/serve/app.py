@@ -54,6 +54,8 @@ class Limits:
     max_body_bytes: int = 4 << 20  # JSON requests
     max_upload_bytes: int = 512 << 20  # memory files
     max_job_text_chars: int = 2 << 20
+    body_timeout_s: float = 30.0  # a body that has not fully arrived by then: 408 (a client sending a byte a second)
+    head_timeout_s: float = 10.0  # a connection whose next request line and headers are later is closed (http.py)
 
 
 class Server:
@@ -103,12 +105,14 @@ def serving(server: Server, host: str = "127.0.0.1", port: int = 0):
 
     import uvicorn
 
+    from .http import uvicorn_config
+
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind((host, port))
-    sock.listen(128)
-    config = uvicorn.Config(create_app(server), log_level="warning", access_log=False, timeout_graceful_shutdown=2)
-    runner = uvicorn.Server(config)
+    sock.listen(1024)
+    runner = uvicorn.Server(uvicorn_config(create_app(server), head_timeout_s=server.limits.head_timeout_s,
+                                           graceful_s=2))
     thread = threading.Thread(target=runner.run, kwargs={"sockets": [sock]}, name="locas-http", daemon=True)
     thread.start()
     while not runner.started and thread.is_alive():
@@ -170,8 +174,16 @@ def create_app(server: Server) -> FastAPI:
         except Unauthorized as exc:
             raise ApiError(401, str(exc), code="invalid_api_key") from None
 
+    async def arrived(body):
+        """A request body read to its end within ``Limits.body_timeout_s``, else 408."""
+        try:
+            return await asyncio.wait_for(body, timeout=limits.body_timeout_s)
+        except asyncio.TimeoutError:
+            raise ApiError(408, f"the request body did not arrive within {limits.body_timeout_s:g} s",
+                           code="request_timeout") from None
+
     async def json_body(request: Request, schema):
-        raw = await request.body()
+        raw = await arrived(request.body())
         try:
             data = json.loads(raw or b"null")
         except ValueError:
@@ -422,13 +434,13 @@ def create_app(server: Server) -> FastAPI:
         if "json" in ctype:
             return await _job(owner, await json_body(request, MemoryJobRequest))
         if "multipart/form-data" in ctype:
-            form = await request.form()
+            form = await arrived(request.form())
             upload, memory_id = form.get("file"), form.get("id")
             if upload is None or isinstance(upload, str):
                 raise ApiError(400, "send the memory file as the form field 'file'", param="file")
             data = await upload.read()
         elif "octet-stream" in ctype:
-            data, memory_id = await request.body(), request.query_params.get("id")
+            data, memory_id = await arrived(request.body()), request.query_params.get("id")
         else:
             raise ApiError(400, "POST a memory file (multipart form field 'file', or application/octet-stream), or "
                                 "JSON {\"text\": ...} to memorise a text")

@@ -27,7 +27,8 @@ class ApiError(Exception):
     """An error answered as JSON with ``status``."""
 
     TYPES = {400: "invalid_request_error", 401: "authentication_error", 404: "invalid_request_error",
-             409: "invalid_request_error", 413: "invalid_request_error", 429: "rate_limit_error",
+             408: "invalid_request_error", 409: "invalid_request_error", 413: "invalid_request_error",
+             429: "rate_limit_error",
              500: "server_error", 503: "server_error"}
 
     def __init__(self, status: int, message: str, *, code: str | None = None, param: str | None = None,

@@ -28,6 +28,8 @@ def add_arguments(p):
     path_arg(p, "--api-keys", kind="keys", default=None,
              help="file of API keys, one per line: every request then needs 'Authorization: Bearer <key>' and sees "
                   "only its own memories (default: none: open, for loopback use)")
+    p.add_argument("--allow-open", action="store_true",
+                   help="serve a non-loopback --host without --api-keys (refused otherwise) (default: off)")
     p.add_argument("--served-model-name", default=None,
                    help="the base model's id in the API (default: the --model name)")
     g = p.add_argument_group("batching and limits")
@@ -73,22 +75,25 @@ def _bind(host: str, port: int):
         sock.close()
         raise LocasError(f"cannot listen on {host}:{port} ({exc.strerror}); choose another --port or stop the "
                          "process using it") from None
-    sock.listen(128)
+    sock.listen(1024)
     return sock
 
 
 def run(args):
     import warnings
 
-    from ...errors import LocasWarning
+    from ...errors import LocasError, LocasWarning
     from ...serve.app import Limits, Server
     from ...serve.auth import ApiKeys
     from ..flags import load_lm
 
     keys = ApiKeys.from_file(args.api_keys) if args.api_keys else ApiKeys()
     if args.host not in LOOPBACK and not keys.enabled:
-        warnings.warn(f"serving on {args.host} without --api-keys: anyone who can reach this port can use, upload "
-                      "and delete memories", LocasWarning, stacklevel=1)
+        if not args.allow_open:
+            raise LocasError(f"--host {args.host} without --api-keys would let anyone who reaches the port use, "
+                             "upload and delete memories; give --api-keys FILE (or --allow-open to do it anyway)")
+        warnings.warn(f"serving on {args.host} without --api-keys (--allow-open): anyone who can reach this port "
+                      "can use, upload and delete memories", LocasWarning, stacklevel=1)
     sock = _bind(args.host, args.port)
     try:
         lm = load_lm(args)
@@ -121,6 +126,7 @@ def _serve(server, sock, drain_timeout: float) -> None:
     import uvicorn
 
     from ...serve.app import create_app
+    from ...serve.http import uvicorn_config
 
     class Draining(uvicorn.Server):
         def handle_exit(self, sig, frame):
@@ -136,7 +142,7 @@ def _serve(server, sock, drain_timeout: float) -> None:
                 print("locas serve: the drain timed out; unfinished requests were ended with an error", flush=True)
             super().handle_exit(sig, frame)
 
-    config = uvicorn.Config(create_app(server), log_level="warning", access_log=False, timeout_graceful_shutdown=5)
+    config = uvicorn_config(create_app(server), head_timeout_s=server.limits.head_timeout_s)
     try:
         Draining(config).run(sockets=[sock])
     except KeyboardInterrupt:
