@@ -704,7 +704,7 @@ def test_idle_and_slow_clients_are_cut_off_without_hurting_others(lm, tmp_path):
         for s in [*idle, slow_head, slow_body]:
             s.close()
         huge = c.get("/health", headers={"X-Junk": "x" * (64 << 10)})  # a 64 KB header
-        assert huge.status_code in (400, 431)
+        assert huge.status_code in (400, 431)  # 431 from the app, or 400 when h11 sees it arrive in pieces
         assert complete(c, model=srv.model_id, prompt="Hi", max_tokens=2)
 
 

@@ -54,6 +54,7 @@ class Limits:
     max_body_bytes: int = 4 << 20  # JSON requests
     max_upload_bytes: int = 512 << 20  # memory files
     max_job_text_chars: int = 2 << 20
+    max_header_bytes: int = 16 << 10  # all request headers together: more is 431
     body_timeout_s: float = 30.0  # a body that has not fully arrived by then: 408 (a client sending a byte a second)
     head_timeout_s: float = 10.0  # a connection whose next request line and headers are later is closed (http.py)
 
@@ -155,6 +156,9 @@ def create_app(server: Server) -> FastAPI:
 
     @app.middleware("http")
     async def _limits(request: Request, call_next):
+        if sum(len(k) + len(v) for k, v in request.headers.raw) > limits.max_header_bytes:
+            return _error(ApiError(431, f"request headers too large (limit {limits.max_header_bytes} bytes)",
+                                   code="headers_too_large"))
         if server.draining.is_set() and request.url.path != "/health":
             return _error(ApiError(503, "the server is shutting down; retry shortly", code="server_shutting_down",
                                    headers={"Retry-After": str(RETRY_AFTER_STOPPING_S)}))

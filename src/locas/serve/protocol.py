@@ -28,7 +28,7 @@ class ApiError(Exception):
 
     TYPES = {400: "invalid_request_error", 401: "authentication_error", 404: "invalid_request_error",
              408: "invalid_request_error", 409: "invalid_request_error", 413: "invalid_request_error",
-             429: "rate_limit_error",
+             429: "rate_limit_error", 431: "invalid_request_error",
              500: "server_error", 503: "server_error"}
 
     def __init__(self, status: int, message: str, *, code: str | None = None, param: str | None = None,
