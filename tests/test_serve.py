@@ -554,6 +554,18 @@ def _post_in_thread(url: str, results: dict, name: str, **body) -> threading.Thr
     return thread
 
 
+def _stream_in_thread(url: str, events: list, **body) -> threading.Thread:
+    """A streamed completion read in a thread; its non-empty SSE lines go to ``events``."""
+    def run():
+        request = {"prompt": "Hi", "temperature": 0, "stream": True, "ignore_eos": True, **body}
+        with httpx.Client(base_url=url, timeout=60) as s, s.stream("POST", "/v1/completions", json=request) as r:
+            events.extend(line for line in r.iter_lines() if line)
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    return thread
+
+
 def test_a_full_queue_sheds_with_503_and_retry_after_then_recovers(lm, tmp_path):
     srv = Server(lm, tmp_path, max_batch=1, max_queue=1, max_wait_ms=0)
     gate = _held(srv)
@@ -580,16 +592,8 @@ def test_drain_refuses_new_requests_and_lets_running_streams_finish(lm, tmp_path
     srv = Server(lm, tmp_path, max_batch=4, max_wait_ms=0)
     gate = _held(srv)
     with serving(srv) as url, httpx.Client(base_url=url, timeout=60) as c:
-        events = []
-
-        def stream():
-            with httpx.Client(base_url=url, timeout=60) as s, s.stream(
-                    "POST", "/v1/completions", json={"model": srv.model_id, "prompt": "Hi", "max_tokens": 5,
-                                                     "temperature": 0, "stream": True, "ignore_eos": True}) as r:
-                events.extend(line for line in r.iter_lines() if line)
-
-        reader = threading.Thread(target=stream)
-        reader.start()
+        events: list = []
+        reader = _stream_in_thread(url, events, model=srv.model_id, max_tokens=5)
         _wait_health(c, running=1)
         drained: dict = {}
         drainer = threading.Thread(target=lambda: drained.update(ok=srv.drain(30)))
@@ -613,16 +617,8 @@ def test_a_drain_that_times_out_ends_the_stream_with_an_error_event(lm, tmp_path
     srv = Server(lm, tmp_path, max_batch=4, max_wait_ms=0)
     gate = _held(srv)
     with serving(srv) as url, httpx.Client(base_url=url, timeout=60) as c:
-        events = []
-
-        def stream():
-            with httpx.Client(base_url=url, timeout=60) as s, s.stream(
-                    "POST", "/v1/completions", json={"model": srv.model_id, "prompt": "Hi", "max_tokens": 200,
-                                                     "temperature": 0, "stream": True, "ignore_eos": True}) as r:
-                events.extend(line for line in r.iter_lines() if line)
-
-        reader = threading.Thread(target=stream)
-        reader.start()
+        events: list = []
+        reader = _stream_in_thread(url, events, model=srv.model_id, max_tokens=200)
         _wait_health(c, running=1)
         assert srv.drain(0.2) is False  # the row cannot finish while held
         closing = threading.Thread(target=srv.batcher.close)
