@@ -426,7 +426,8 @@ def test_keys_isolate_memories_and_jobs(lm, files, tmp_path):
                                            {"window_size": 16, "memory_width": 4}}, headers=a).json()
         assert c.get(f"/v1/jobs/{job['id']}", headers=b).status_code == 404
         assert c.get("/v1/jobs", headers=b).json()["data"] == []
-        busy = c.post("/v1/memories", json={"text": "More text here.", "settings": {"memory_width": 4}}, headers=b)
+        busy = c.post("/v1/memories", headers=b, json={"text": "More text here.",
+                                                        "settings": {"memory_width": 4, "window_size": 16}})
         assert busy.status_code == 429 and busy.json()["error"]["code"] == "too_many_jobs"
         gate.set()
         while c.get(f"/v1/jobs/{job['id']}", headers=a).json()["state"] in ("queued", "running"):
@@ -482,6 +483,8 @@ BAD = [  # (method, path, body or raw bytes, content type, status, code or a wor
     ("POST", "/v1/memories", {"text": "Ann.", "settings": {"lr": "fast"}}, None, 400, "expected float"),
     ("POST", "/v1/memories", {"text": "Ann.", "settings": {"lr": -1.0}}, None, 400, "settings.lr"),
     ("POST", "/v1/memories", {"text": "Ann.", "settings": {"memory_width": 9999}}, None, 400, "FFN width"),
+    ("POST", "/v1/memories", {"text": "Ann.", "settings": {"window_size": 4096, "memory_width": 4}}, None, 400,
+     "model's context"),
     ("POST", "/v1/memories", {"text": "Ann.", "id": "../x"}, None, 400, "bad memory id"),
     ("POST", "/v1/memories", {"text": "Ann.", "id": "a"}, None, 409, "memory_exists"),
 ]
@@ -516,6 +519,55 @@ def test_bad_uploads_are_refused_with_the_reason(client, files, tmp_path, name, 
     assert str(tmp_path) not in r.text and ".upload." not in r.text  # no server paths in the answer
     assert client.get(f"/v1/memories/bad-{name}").status_code == 404
     assert complete(client, model="a", prompt="Hi", max_tokens=2)
+
+
+# ---- the schema ---------------------------------------------------------------------------------------------
+def test_every_answer_matches_the_documented_schema(server, client, files):
+    """Real answers of every endpoint validate against the models /openapi.json documents (unknown fields
+    refused), each status seen is documented for its route, and every POST documents its request body."""
+    from locas.serve import protocol as P
+
+    schema = client.get("/openapi.json").json()
+    seen = []
+
+    def check(method, path, route, model, status, **kw):
+        r = client.request(method, path, **kw)
+        assert r.status_code == status, (path, r.text)
+        model.model_validate(r.json())
+        seen.append((method.lower(), route, str(status)))
+        return r.json()
+
+    model_id = server[1].model_id
+    check("GET", "/health", "/health", P.Health, 200)
+    check("GET", "/v1/server", "/v1/server", P.ServerInfo, 200)
+    check("GET", "/v1/models", "/v1/models", P.ModelList, 200)
+    check("POST", "/v1/completions", "/v1/completions", P.Completion, 200,
+          json={"model": "a", "prompt": "Hi", "max_tokens": 2})
+    check("POST", "/v1/chat/completions", "/v1/chat/completions", P.ChatCompletion, 200,
+          json={"model": model_id, "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 2})
+    check("POST", "/v1/completions", "/v1/completions", P.ErrorResponse, 404, json={"model": "nope", "prompt": "Hi"})
+    check("POST", "/v1/completions", "/v1/completions", P.ErrorResponse, 400, json={"model": model_id})
+    check("GET", "/v1/memories", "/v1/memories", P.MemoryList, 200)
+    check("GET", "/v1/memories/a", "/v1/memories/{memory_id}", P.MemoryInfo, 200)
+    check("GET", "/v1/memories/zz", "/v1/memories/{memory_id}", P.ErrorResponse, 404)
+    check("POST", "/v1/memories", "/v1/memories", P.MemoryInfo, 201,
+          files={"file": ("s.locas", files["b"].read_bytes())}, data={"id": "schema-up"})
+    job = check("POST", "/v1/memories", "/v1/memories", P.Job, 202,
+                json={"text": "Ann adopted a cat. " * 8, "id": "schema-job",
+                      "settings": {"memory_width": 4, "window_size": 64}})
+    while check("GET", f"/v1/jobs/{job['id']}", "/v1/jobs/{job_id}", P.Job, 200)["state"] in ("queued", "running"):
+        time.sleep(0.05)
+    done = check("GET", f"/v1/jobs/{job['id']}", "/v1/jobs/{job_id}", P.Job, 200)
+    assert done["state"] == "succeeded" and done["curve"]["ppl"], done["error"]
+    check("GET", "/v1/jobs", "/v1/jobs", P.JobList, 200)
+    for memory_id in ("schema-up", "schema-job"):
+        check("DELETE", f"/v1/memories/{memory_id}", "/v1/memories/{memory_id}", P.MemoryDeleted, 200)
+    for method, route, status in seen:
+        assert status in schema["paths"][route][method]["responses"], (method, route, status)
+    for route, methods in schema["paths"].items():
+        if "post" in methods:
+            assert methods["post"]["requestBody"]["content"], route
+    assert schema["components"]["schemas"]["CompletionRequest"]["additionalProperties"] is False
 
 
 # ---- overload and stopping --------------------------------------------------------------------------------

@@ -37,7 +37,23 @@ from ..text.decoding import Sampling, stop_token_ids
 from .auth import ApiKeys, Unauthorized
 from .batcher import Batcher, Generation, Overloaded
 from .jobs import Jobs, JobsFull
-from .protocol import ApiError, ChatRequest, CompletionRequest, MemoryJobRequest
+from .protocol import (
+    ApiError,
+    ChatCompletion,
+    ChatRequest,
+    Completion,
+    CompletionRequest,
+    ErrorResponse,
+    Health,
+    Job,
+    JobList,
+    MemoryDeleted,
+    MemoryInfo,
+    MemoryJobRequest,
+    MemoryList,
+    ModelList,
+    ServerInfo,
+)
 from .store import MemoryStore, NotFound, StoreFull, check_id
 
 DISCONNECT_POLL_S = 0.5  # how often a waiting request checks that its client is still there
@@ -135,8 +151,56 @@ def _error(exc: ApiError) -> JSONResponse:
     return JSONResponse(exc.body(), status_code=exc.status, headers=exc.headers)
 
 
+def documented(ok, *errors: int) -> dict:
+    """The ``responses`` of a route for /openapi.json: ``ok`` (a model) as its 200 answer, and each error status
+    in OpenAI's error shape."""
+    out = {} if ok is None else {200: {"model": ok}}
+    return {**out, **{status: {"model": ErrorResponse} for status in errors}}
+
+
+def request_body(model) -> dict:
+    """A route's JSON request body for /openapi.json (bodies are read by the route itself, so that every
+    validation error is answered in OpenAI's shape)."""
+    return {"requestBody": {"required": True, "content": {"application/json": {"schema": _ref(model)}}}}
+
+
+def upload_body() -> dict:
+    """``POST /v1/memories``: a memory file (multipart or raw bytes), or a text to memorise (JSON)."""
+    binary = {"type": "string", "format": "binary"}
+    return {"requestBody": {"required": True, "content": {
+        "application/json": {"schema": _ref(MemoryJobRequest)},
+        "multipart/form-data": {"schema": {"type": "object", "required": ["file"],
+                                           "properties": {"file": binary, "id": {"type": "string"}}}},
+        "application/octet-stream": {"schema": binary}}}}
+
+
+def _ref(model) -> dict:
+    return {"$ref": f"#/components/schemas/{model.__name__}"}
+
+
+def _openapi(app: FastAPI):
+    """FastAPI's schema plus the request models the routes read themselves."""
+    from fastapi.openapi.utils import get_openapi
+
+    def openapi() -> dict:
+        if app.openapi_schema is None:
+            schema = get_openapi(title=app.title, version=__version__, description=app.description,
+                                 routes=app.routes)
+            components = schema.setdefault("components", {}).setdefault("schemas", {})
+            for model in (CompletionRequest, ChatRequest, MemoryJobRequest):
+                body = model.model_json_schema(ref_template="#/components/schemas/{model}")
+                components.update(body.pop("$defs", {}))
+                components[model.__name__] = body
+            app.openapi_schema = schema
+        return app.openapi_schema
+
+    return openapi
+
+
 def create_app(server: Server) -> FastAPI:
-    app = FastAPI(title="locas", description="One model, many memories: an OpenAI-compatible server.")
+    app = FastAPI(title="locas", version=__version__,
+                  description="One model, many memories: an OpenAI-compatible server.")
+    app.openapi = _openapi(app)
     lm, store, batcher, jobs, limits = server.lm, server.store, server.batcher, server.jobs, server.limits
     tok = lm.tokenizer
 
@@ -345,14 +409,14 @@ def create_app(server: Server) -> FastAPI:
                 g.cancelled = True
 
     # ---- routes ---------------------------------------------------------------------------------------
-    @app.get("/health")
+    @app.get("/health", responses=documented(Health))
     async def health():
         return {"status": "draining" if server.draining.is_set() else "ok", "model": server.model_id,
                 "steps": batcher.steps, "running": batcher.active, "queued": batcher.queue.qsize(),
                 "max_queue": batcher.max_queue, "rows": batcher.rows, "dropped": batcher.dropped,
                 "jobs_pending": jobs.pending()}
 
-    @app.get("/v1/server")
+    @app.get("/v1/server", responses=documented(ServerInfo))
     async def server_info():
         """What the playground (and any client) needs to know to build prompts and jobs; no key needed."""
         from ..learn.objectives import OBJECTIVE_NAMES
@@ -371,7 +435,7 @@ def create_app(server: Server) -> FastAPI:
 
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
 
-    @app.get("/v1/models")
+    @app.get("/v1/models", responses=documented(ModelList, 401))
     async def models(request: Request):
         owner = owner_of(request)
         data = [{"id": server.model_id, "object": "model", "created": server.created, "owned_by": "locas"}]
@@ -379,7 +443,10 @@ def create_app(server: Server) -> FastAPI:
                   "parent": server.model_id, "root": server.model_id} for m in store.list(owner)]
         return {"object": "list", "data": data}
 
-    @app.post("/v1/completions")
+    @app.post("/v1/completions", responses=documented(Completion, 400, 401, 404, 408, 413, 503),
+              openapi_extra=request_body(CompletionRequest),
+              description="A completion; with `stream` the answer is server-sent `text_completion` events ending "
+                          "`data: [DONE]`.")
     async def completions(request: Request):
         owner = owner_of(request)
         req = await json_body(request, CompletionRequest)
@@ -391,7 +458,10 @@ def create_app(server: Server) -> FastAPI:
         rows = generations(req, prompts, memory)
         return await respond(request, req, rows, "completion", sum(len(p) for p in prompts))
 
-    @app.post("/v1/chat/completions")
+    @app.post("/v1/chat/completions", responses=documented(ChatCompletion, 400, 401, 404, 408, 413, 503),
+              openapi_extra=request_body(ChatRequest),
+              description="A chat turn; with `stream` the answer is server-sent `chat.completion.chunk` events "
+                          "ending `data: [DONE]`.")
     async def chat(request: Request):
         owner = owner_of(request)
         req = await json_body(request, ChatRequest)
@@ -404,7 +474,7 @@ def create_app(server: Server) -> FastAPI:
         rows = generations(req, [ids], memory)
         return await respond(request, req, rows, "chat", len(ids))
 
-    @app.get("/v1/memories")
+    @app.get("/v1/memories", responses=documented(MemoryList, 401))
     async def list_memories(request: Request):
         return {"object": "list", "data": store.list(owner_of(request))}
 
@@ -416,22 +486,27 @@ def create_app(server: Server) -> FastAPI:
         except (NotFound, LocasError):
             raise ApiError(404, f"the {what} '{item_id}' does not exist", code=f"{what}_not_found") from None
 
-    @app.get("/v1/memories/{memory_id}")
+    @app.get("/v1/memories/{memory_id}", responses=documented(MemoryInfo, 401, 404))
     async def get_memory(memory_id: str, request: Request):
         return owned(store.describe, request, memory_id)
 
-    @app.get("/v1/memories/{memory_id}/content")
+    @app.get("/v1/memories/{memory_id}/content", responses={
+        200: {"content": {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}},
+              "description": "the memory file"}, **documented(None, 401, 404)})
     async def download_memory(memory_id: str, request: Request):
         data = owned(store.read_bytes, request, memory_id)
         return Response(data, media_type="application/octet-stream",
                         headers={"Content-Disposition": f'attachment; filename="{memory_id}.locas"'})
 
-    @app.delete("/v1/memories/{memory_id}")
+    @app.delete("/v1/memories/{memory_id}", responses=documented(MemoryDeleted, 401, 404))
     async def delete_memory(memory_id: str, request: Request):
         owned(store.delete, request, memory_id)
         return {"id": memory_id, "object": "memory", "deleted": True}
 
-    @app.post("/v1/memories")
+    @app.post("/v1/memories", status_code=201, responses={
+        201: {"model": MemoryInfo, "description": "a memory file, uploaded and checked"},
+        202: {"model": Job, "description": "a memorisation job, started"},
+        **documented(None, 400, 401, 408, 409, 413, 429)}, openapi_extra=upload_body())
     async def create_memory(request: Request):
         owner = owner_of(request)
         ctype = request.headers.get("content-type", "")
@@ -479,6 +554,9 @@ def create_app(server: Server) -> FastAPI:
             raise ApiError(413, f"text too long for one job (limit {limits.max_job_text_chars} characters)")
         memory_id = _new_id(owner, req.id)
         cfg = req.train_config(lm.intermediate_size)
+        if cfg.window_size > lm.max_length:  # refused now, not as a failed job later
+            raise ApiError(400, f"settings.window_size: at most the model's context of {lm.max_length} tokens, got "
+                                f"{cfg.window_size}", param="settings.window_size")
         try:
             record = jobs.submit(owner, memory_id, req.text, cfg, budget_s=req.budget, preset=req.preset)
         except FileExistsError:
@@ -490,11 +568,11 @@ def create_app(server: Server) -> FastAPI:
             raise ApiError(429, str(exc), code="too_many_memories") from None
         return JSONResponse(record, status_code=202)
 
-    @app.get("/v1/jobs")
+    @app.get("/v1/jobs", responses=documented(JobList, 401))
     async def list_jobs(request: Request):
         return {"object": "list", "data": jobs.list(owner_of(request))}
 
-    @app.get("/v1/jobs/{job_id}")
+    @app.get("/v1/jobs/{job_id}", responses=documented(Job, 401, 404))
     async def get_job(job_id: str, request: Request):
         return owned(jobs.get, request, job_id, what="job")
 

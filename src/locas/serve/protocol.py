@@ -127,3 +127,155 @@ class MemoryJobRequest(BaseModel):
             raise ApiError(400, f"settings.memory_width: at most the model's FFN width {ffn_width}, got "
                                 f"{cfg.memory_width}", param="settings.memory_width")
         return cfg
+
+
+# ---- responses: what each endpoint answers (the OpenAPI schema at /openapi.json and /docs; tests validate real
+# answers against them, unknown fields refused, so the schema cannot drift from the code) ---------------------
+class _Answer(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class ErrorDetail(_Answer):
+    message: str
+    type: str
+    param: str | None
+    code: str | None
+
+
+class ErrorResponse(_Answer):
+    error: ErrorDetail
+
+
+class ModelCard(_Answer):
+    id: str
+    object: Literal["model"]
+    created: int
+    owned_by: str
+    parent: str | None = None
+    root: str | None = None
+
+
+class ModelList(_Answer):
+    object: Literal["list"]
+    data: list[ModelCard]
+
+
+class Usage(_Answer):
+    prompt_tokens: int
+    completion_tokens: int
+    total_tokens: int
+
+
+class CompletionChoice(_Answer):
+    index: int
+    text: str
+    finish_reason: str | None
+    logprobs: None = None
+
+
+class Completion(_Answer):
+    id: str
+    object: Literal["text_completion"]
+    created: int
+    model: str
+    choices: list[CompletionChoice]
+    usage: Usage
+
+
+class AssistantMessage(_Answer):
+    role: Literal["assistant"]
+    content: str
+
+
+class ChatChoice(_Answer):
+    index: int
+    message: AssistantMessage
+    finish_reason: str | None
+
+
+class ChatCompletion(_Answer):
+    id: str
+    object: Literal["chat.completion"]
+    created: int
+    model: str
+    choices: list[ChatChoice]
+    usage: Usage
+
+
+class MemoryInfo(_Answer):
+    id: str
+    object: Literal["memory"]
+    created: int
+    bytes: int
+    width: int
+    layers: int
+    objective: str | None
+    tokens: int | None
+    base_model: str | None
+
+
+class MemoryList(_Answer):
+    object: Literal["list"]
+    data: list[MemoryInfo]
+
+
+class MemoryDeleted(_Answer):
+    id: str
+    object: Literal["memory"]
+    deleted: bool
+
+
+class Curve(_Answer):
+    tokens: list[int]  # tokens read after each window
+    ppl: list[float]  # that window's perplexity before it was learned
+
+
+class Job(_Answer):
+    id: str
+    object: Literal["job"]
+    memory: str
+    state: Literal["queued", "running", "succeeded", "failed"]
+    progress: float
+    tokens_done: int
+    tokens_total: int | None
+    steps: int
+    eta_s: float | None
+    error: str | None
+    created: float
+    started: float | None
+    finished: float | None
+    objective: str
+    preset: str | None = None
+    config: dict
+    curve: Curve
+
+
+class JobList(_Answer):
+    object: Literal["list"]
+    data: list[Job]
+
+
+class Health(_Answer):
+    status: Literal["ok", "draining"]
+    model: str
+    steps: int
+    running: int
+    queued: int
+    max_queue: int
+    rows: int
+    dropped: int
+    jobs_pending: int
+
+
+class ServerInfo(_Answer):
+    object: Literal["server"]
+    version: str
+    model: str
+    context_length: int
+    chat_template: bool
+    api_keys: bool
+    objectives: list[str]
+    default_objective: str
+    presets: dict[str, str]
+    instruction: str
+    max_job_text_chars: int
