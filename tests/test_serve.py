@@ -454,7 +454,7 @@ BAD = [  # (method, path, body or raw bytes, content type, status, code or a wor
     ("POST", "/v1/completions", {"model": "a", "prompt": "Hi", "n": 0}, None, 400, "n"),
     ("POST", "/v1/completions", {"model": "a", "prompt": "Hi", "stop": ["1", "2", "3", "4", "5"]}, None, 400, "stop"),
     ("POST", "/v1/completions", {"model": "a", "prompt": ""}, None, 400, "empty"),
-    ("POST", "/v1/completions", {"model": "a", "prompt": []}, None, 400, "empty"),
+    ("POST", "/v1/completions", {"model": "a", "prompt": []}, None, 400, "prompt: List should have at least 1 item"),
     ("POST", "/v1/completions", {"model": "a", "prompt": "Hi", "max_tokens": 300}, None, 400,
      "context_length_exceeded"),
     ("POST", "/v1/completions", {"model": "a", "prompt": "x" * 300}, None, 400, "context_length_exceeded"),
@@ -503,6 +503,8 @@ def test_bad_request_gets_an_openai_error_and_the_server_survives(server, client
     error = r.json()["error"]
     assert set(error) == {"message", "type", "param", "code"} and error["message"]
     assert "Traceback" not in r.text and "File \"" not in r.text
+    if status == 405:  # RFC 9110: a 405 names the methods the path takes
+        assert "POST" in r.headers["allow"]
     if expect:
         assert expect in (error["code"] or "") or expect in error["message"], error
     assert client.get("/health").json()["status"] == "ok"

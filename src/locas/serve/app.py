@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import copy
+import dataclasses
 import json
 import secrets
 import threading
@@ -143,6 +144,7 @@ def serving(server: Server, host: str = "127.0.0.1", port: int = 0):
         server.close()
 
 
+_UNION_TAGS = {"str", "list[str]", "int", "float", "bool"}  # pydantic's names for a union's branches in error paths
 RETRY_AFTER_BUSY_S = 1  # a shed request may come back this soon
 RETRY_AFTER_STOPPING_S = 5  # a draining server: come back after the restart (or go to another replica)
 
@@ -211,7 +213,7 @@ def create_app(server: Server) -> FastAPI:
 
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(_request, exc: StarletteHTTPException):
-        return _error(ApiError(exc.status_code, str(exc.detail)))
+        return _error(ApiError(exc.status_code, str(exc.detail), headers=exc.headers))  # e.g. 405's Allow
 
     @app.exception_handler(Exception)
     async def _internal(_request, exc: Exception):
@@ -261,8 +263,11 @@ def create_app(server: Server) -> FastAPI:
         try:
             return schema.model_validate(data)
         except ValidationError as exc:
-            first = exc.errors()[0]
-            where = ".".join(str(p) for p in first.get("loc", ())) or None
+            errors = exc.errors()
+            # a field of several types (a prompt: a string or a list) fails once per type: the error that is not
+            # a plain type mismatch says what is wrong ("at least 1 item"), and the types are not part of the name
+            first = next((e for e in errors if not e.get("type", "").endswith("_type")), errors[0])
+            where = ".".join(str(p) for p in first.get("loc", ()) if str(p) not in _UNION_TAGS) or None
             kind = "unknown field" if first.get("type") == "extra_forbidden" else first.get("msg", "invalid value")
             raise ApiError(400, f"{where}: {kind}" if where else kind, param=where) from None
 
@@ -450,9 +455,7 @@ def create_app(server: Server) -> FastAPI:
     async def completions(request: Request):
         owner = owner_of(request)
         req = await json_body(request, CompletionRequest)
-        texts = [req.prompt] if isinstance(req.prompt, str) else req.prompt
-        if not texts:
-            raise ApiError(400, "the prompt list is empty", param="prompt")
+        texts = [req.prompt] if isinstance(req.prompt, str) else req.prompt  # a list is never empty (its schema)
         memory = memory_for(owner, req.model, req.memory)
         prompts = [list(tok(t)["input_ids"]) for t in texts]
         rows = generations(req, prompts, memory)
@@ -554,6 +557,8 @@ def create_app(server: Server) -> FastAPI:
             raise ApiError(413, f"text too long for one job (limit {limits.max_job_text_chars} characters)")
         memory_id = _new_id(owner, req.id)
         cfg = req.train_config(lm.intermediate_size)
+        if "window_size" not in req.settings and cfg.window_size > lm.max_length:  # the default, on a short model
+            cfg = dataclasses.replace(cfg, window_size=lm.max_length)
         if cfg.window_size > lm.max_length:  # refused now, not as a failed job later
             raise ApiError(400, f"settings.window_size: at most the model's context of {lm.max_length} tokens, got "
                                 f"{cfg.window_size}", param="settings.window_size")

@@ -11,7 +11,7 @@ default); every error, validation included, is answered as OpenAI does:
 from __future__ import annotations
 
 import typing
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -65,7 +65,7 @@ class _Request(BaseModel):
 
 
 class CompletionRequest(_Request):
-    prompt: str | list[str]
+    prompt: str | Annotated[list[str], Field(min_length=1)]
 
 
 class ChatMessage(BaseModel):
