@@ -6,6 +6,7 @@ A tiny character-level chat model serves (``max_positions=256``, so context limi
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import itertools
 import json
@@ -642,13 +643,21 @@ def test_a_full_queue_sheds_with_503_and_retry_after_then_recovers(lm, tmp_path)
         assert c.get("/health").json()["queued"] == 0
 
 
-def test_drain_refuses_new_requests_and_lets_running_streams_finish(lm, tmp_path):
+@contextlib.contextmanager
+def _held_stream(lm, tmp_path, max_tokens: int):
+    """A server whose batcher is held (``_held``) with one streamed completion running in it; yields (server,
+    gate, client, the stream's events, the stream's reader thread)."""
     srv = Server(lm, tmp_path, max_batch=4, max_wait_ms=0)
     gate = _held(srv)
     with serving(srv) as url, httpx.Client(base_url=url, timeout=60) as c:
         events: list = []
-        reader = _stream_in_thread(url, events, model=srv.model_id, max_tokens=5)
+        reader = _stream_in_thread(url, events, model=srv.model_id, max_tokens=max_tokens)
         _wait_health(c, running=1)
+        yield srv, gate, c, events, reader
+
+
+def test_drain_refuses_new_requests_and_lets_running_streams_finish(lm, tmp_path):
+    with _held_stream(lm, tmp_path, max_tokens=5) as (srv, gate, c, events, reader):
         drained: dict = {}
         drainer = threading.Thread(target=lambda: drained.update(ok=srv.drain(30)))
         drainer.start()
@@ -668,12 +677,7 @@ def test_drain_refuses_new_requests_and_lets_running_streams_finish(lm, tmp_path
 
 
 def test_a_drain_that_times_out_ends_the_stream_with_an_error_event(lm, tmp_path):
-    srv = Server(lm, tmp_path, max_batch=4, max_wait_ms=0)
-    gate = _held(srv)
-    with serving(srv) as url, httpx.Client(base_url=url, timeout=60) as c:
-        events: list = []
-        reader = _stream_in_thread(url, events, model=srv.model_id, max_tokens=200)
-        _wait_health(c, running=1)
+    with _held_stream(lm, tmp_path, max_tokens=200) as (srv, gate, _client, events, reader):
         assert srv.drain(0.2) is False  # the row cannot finish while held
         closing = threading.Thread(target=srv.batcher.close)
         closing.start()

@@ -62,22 +62,21 @@ class Jobs:
             except (OSError, ValueError):
                 continue
             owner = path.parent.name
-            if record.get("state") in ("queued", "running"):
-                record.update(state="failed", error="interrupted by a server restart; submit the text again",
-                              finished=time.time())
-                self._write(owner, record)
+            record.setdefault("curve", {"tokens": [], "ppl": []})  # a record written before jobs had curves
             self.records[(owner, record["id"])] = record
+            if record.get("state") in ("queued", "running"):
+                self._interrupt(owner, record["id"], "interrupted by a server restart; submit the text again")
 
     def get(self, owner: str, job_id: str) -> dict:
         with self.lock:
             record = self.records.get((owner, job_id))
             if record is None:
                 raise NotFound(job_id)
-            return _copy(record)
+            return dict(record)  # the curve is replaced on every update, never changed in place
 
     def list(self, owner: str) -> list[dict]:
         with self.lock:
-            return [_copy(r) for (o, _), r in sorted(self.records.items()) if o == owner]
+            return [dict(r) for (o, _), r in sorted(self.records.items()) if o == owner]
 
     def pending(self) -> int:
         with self.lock:
@@ -168,13 +167,11 @@ class Jobs:
         with self.lock:
             for (owner, job_id), record in list(self.records.items()):
                 if record["state"] in ("queued", "running"):
-                    self._update(owner, job_id, state="failed", finished=time.time(),
-                                 error="interrupted: the server stopped before the job finished; submit the text "
-                                       "again")
+                    self._interrupt(owner, job_id, "interrupted: the server stopped before the job finished; "
+                                                   "submit the text again")
             self.closed = True
         self.queue.put(None)
 
-
-def _copy(record: dict) -> dict:
-    """A copy of a job record that later updates do not change (the curve is replaced, never appended to)."""
-    return {**record, "curve": dict(record.get("curve") or {"tokens": [], "ppl": []})}
+    def _interrupt(self, owner: str, job_id: str, why: str) -> None:
+        """A job that will not finish: failed with ``why``, on disk too (its memory is never written)."""
+        self._update(owner, job_id, state="failed", error=why, finished=time.time())
