@@ -81,11 +81,12 @@ class Server:
 
     def __init__(self, lm, memory_dir, *, model_id: str | None = None, keys: ApiKeys | None = None,
                  max_batch: int = 16, max_wait_ms: float = 10.0, max_queue: int | None = None,
-                 max_memories: int = 1000, max_jobs: int = 4, load_job_model=None, limits: Limits | None = None):
+                 max_memories: int = 1000, memory_cache: int = 64, max_jobs: int = 4, load_job_model=None,
+                 limits: Limits | None = None):
         self.lm = lm
         self.model_id = model_id or str(lm.name)
         self.keys = keys or ApiKeys()
-        self.store = MemoryStore(memory_dir, lm, max_per_owner=max_memories)
+        self.store = MemoryStore(memory_dir, lm, max_per_owner=max_memories, cache_size=memory_cache)
         self.batcher = Batcher(lm, max_batch=max_batch, max_wait_ms=max_wait_ms, max_queue=max_queue)
         # jobs train on their own copy of the model: training never touches the one that serves
         self.jobs = Jobs(self.store, load_job_model or (lambda: copy.deepcopy(lm)), max_pending=max_jobs)

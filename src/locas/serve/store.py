@@ -4,7 +4,9 @@ Ids are checked against one pattern (letters, digits, ``.``, ``_``, ``-``; no sl
 dot), so a request never names a path; an owner only ever sees its own folder. Uploads are
 written to a temporary file, loaded and checked in full (format, checksum, model, fingerprint),
 and only then renamed into place; memories made by jobs are written atomically too, so the folder
-never holds a half-written memory, and everything in it is there again after a restart.
+never holds a half-written memory, and everything in it is there again after a restart. Temporary files
+that a killed server left behind (``.*.tmp``) are removed when the store opens (one server per directory:
+the CLI holds its lock).
 
     >>> store = MemoryStore("memories/", lm)
     >>> store.put_bytes("public", "notes", data)        # MemoryFileError if corrupt or for another model
@@ -54,6 +56,14 @@ class MemoryStore:
         self.cache: OrderedDict[tuple[str, str], ServingMemory] = OrderedDict()
         self.cache_size = cache_size
         self.lock = threading.RLock()
+        self.swept = self._sweep()
+
+    def _sweep(self) -> int:
+        """Remove the temporary files of uploads and atomic writes cut short by a kill; how many there were."""
+        stale = [p for p in self.root.glob("**/.*.tmp") if p.is_file()]
+        for path in stale:
+            path.unlink(missing_ok=True)
+        return len(stale)
 
     def _path(self, owner: str, memory_id: str) -> Path:
         return self.root / owner / f"{check_id(memory_id)}.locas"

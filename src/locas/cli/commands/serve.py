@@ -46,6 +46,9 @@ def add_arguments(p):
                         "what is still running then ends with an error event (default: 30)")
     g.add_argument("--max-memories", type=Number(int, minimum=1, maximum=10_000_000), default=1000,
                    help="memories per API key (default: 1000)")
+    g.add_argument("--memory-cache", type=Number(int, minimum=1, maximum=100_000), default=64,
+                   help="memories kept laid out on the device; the least recently used beyond this are dropped and "
+                        "loaded again from disk when asked for (default: 64)")
     g.add_argument("--max-jobs", type=Number(int, minimum=1, maximum=1024), default=4,
                    help="memorisation jobs queued or running at once (default: 4)")
     g.add_argument("--max-upload-mb", type=Number(float, positive=True, maximum=1_000_000), default=512.0,
@@ -99,14 +102,16 @@ def run(args):
         lm = load_lm(args)
         server = Server(lm, args.memory_dir, model_id=args.served_model_name, keys=keys, max_batch=args.max_batch,
                         max_wait_ms=args.max_wait_ms, max_queue=args.max_queue, max_memories=args.max_memories,
-                        max_jobs=args.max_jobs,
+                        memory_cache=args.memory_cache, max_jobs=args.max_jobs,
                         load_job_model=lambda: load_lm(args),
                         limits=Limits(max_upload_bytes=int(args.max_upload_mb * (1 << 20))))
         host, port = sock.getsockname()[:2]
         counts = server.store.census()
         print(f"locas serve: {server.model_id} on http://{host}:{port}/v1 ({lm.device}, {lm.dtype}); "
               f"{counts['memories']} memories of {counts['owners']} owner(s) in {args.memory_dir}"
-              + ("; API keys required" if keys.enabled else ""), flush=True)
+              + ("; API keys required" if keys.enabled else "")
+              + (f"; removed {server.store.swept} temporary file(s) an earlier stop left" if server.store.swept else ""),
+              flush=True)
         if args.check:
             server.close()
             return 0
