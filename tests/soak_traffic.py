@@ -49,8 +49,9 @@ MIX = {
     "other_key": (3, {404}),             # another key asks for this key's memory: not found, not forbidden
     "list": (3, {200}),                  # GET /v1/memories and /v1/jobs
 }
+SHED, DRAINING = "503 server_overloaded", "503 server_shutting_down"  # the two documented 503s, by error code
 EXPECTED = {op: statuses for op, (_, statuses) in MIX.items()} | {"job": {202, 429}}  # 429: the job queue is full
-REFUSED = {503}  # shed (queue full) or draining: documented, with Retry-After
+REFUSED = {SHED, DRAINING}  # shed (queue full) or draining: documented, with Retry-After
 ACCEPTABLE = REFUSED | {"down", "cut", "stopped"}  # what kills and stops do to requests (see Traffic._classify)
 
 
@@ -205,7 +206,7 @@ class Traffic:
 
         detail = f"{type(exc).__name__}: {exc}"[:200]
         if isinstance(exc, openai.APIStatusError):
-            return exc.status_code, detail
+            return _label(exc.status_code, getattr(exc, "code", None)), detail
         if isinstance(exc, (openai.APIConnectionError, httpx.TransportError)):
             if self.down or self.epoch != started_epoch:
                 return ("down" if _refused(exc) else "cut"), detail
@@ -267,6 +268,16 @@ class Traffic:
     def _auth(self, key: str = KEY) -> dict:
         return {"Authorization": f"Bearer {key}"}
 
+    @staticmethod
+    def _status(r: httpx.Response):
+        """The status of an answer (a 503 labelled with its code: overloaded or shutting down)."""
+        if r.status_code != 503:
+            return r.status_code
+        try:
+            return _label(503, r.json()["error"]["code"])
+        except (ValueError, KeyError, TypeError):
+            return _label(503, None)
+
     async def _upload(self, rec, t0):
         data, memory_id = self.rng.choice(self.files), self._new_id("up")
         self.ledger.uncertain.add(memory_id)
@@ -275,7 +286,7 @@ class Traffic:
         self.ledger.uncertain.discard(memory_id)
         if r.status_code == 201:
             self.ledger.memories[memory_id] = sha256(data)
-        return r.status_code
+        return self._status(r)
 
     def _uploaded(self) -> list[str]:
         """Memories the traffic uploaded itself (deletable), not being downloaded or deleted now."""
@@ -294,7 +305,7 @@ class Traffic:
         if r.status_code == 200 and digest and sha256(r.content) != digest:
             rec["detail"] = f"{memory_id}: the bytes differ from those uploaded"
             return "corrupt"
-        return r.status_code
+        return self._status(r)
 
     async def _delete(self, rec, t0):
         memory_id = self.rng.choice(self._uploaded())
@@ -310,13 +321,13 @@ class Traffic:
             self.ledger.deleted.add(memory_id)
         else:  # refused (503): still there
             self.ledger.memories[memory_id] = digest
-        return r.status_code
+        return self._status(r)
 
     async def _list(self, rec, t0):
         for path in ("/v1/memories", "/v1/jobs"):
             r = await self.http.get(path, headers=self._auth())
             if r.status_code != 200:
-                return r.status_code
+                return self._status(r)
         return 200
 
     async def _job(self, rec, t0):
@@ -325,7 +336,7 @@ class Traffic:
         r = await self.http.post("/v1/memories", json=body, headers=self._auth())
         if r.status_code == 202:
             self.ledger.jobs.add(r.json()["id"])
-        return r.status_code
+        return self._status(r)
 
     # ---- load shapes ----------------------------------------------------------------------------------
     def _pick(self) -> str:
@@ -402,6 +413,11 @@ class Traffic:
                  "audit": await audit(self.http, self.ledger, self.pool)}
         self.events.append(event)
         return event
+
+
+def _label(status: int, code: str | None):
+    """A 503 carries its error code (``SHED`` or ``DRAINING``); a 503 with another code is a failure."""
+    return f"503 {code}" if status == 503 else status
 
 
 def _refused(exc: Exception) -> bool:
@@ -498,8 +514,10 @@ def summarize(records: list[dict]) -> dict:
     return {"requests": len(records), "by_status": dict(sorted(by_status.items())),
             "by_op": dict(Counter(r["op"] for r in records)), "unexpected": len(bad),
             "unexpected_examples": [{k: r.get(k) for k in ("op", "status", "detail", "t")} for r in bad[:10]],
-            "server_errors": sum(isinstance(r["status"], int) and r["status"] >= 500 and r["status"] != 503
-                                 for r in records),
+            "server_errors": sum((isinstance(r["status"], int) and r["status"] >= 500)
+                                 or (isinstance(r["status"], str) and r["status"].startswith("5")
+                                     and r["status"] not in REFUSED) for r in records),
+            "shed": by_status[SHED], "shed_draining": by_status[DRAINING],
             "seconds": span, "answered_per_s": len(answered) / span if span else 0.0,
             "generations_per_s": len(gen) / span if span else 0.0,
             "latency_p50_s": percentile([r["total"] for r in gen], 0.5),

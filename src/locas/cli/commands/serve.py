@@ -40,7 +40,7 @@ def add_arguments(p):
                         "joined at its next step) (default: 10)")
     g.add_argument("--max-queue", type=Number(int, minimum=0, maximum=1_000_000), default=None,
                    help="requests waiting for a place in the batch; more are refused with 503 and Retry-After "
-                        "(default: 4 x --max-batch)")
+                        "(default: --max-batch: an admitted request then waits about one request's time at most)")
     g.add_argument("--drain-timeout", type=Number(float, minimum=0, maximum=3600), default=30.0,
                    help="on SIGTERM or Ctrl-C: seconds to let running requests finish while new ones get 503; "
                         "what is still running then ends with an error event (default: 30)")
