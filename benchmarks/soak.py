@@ -12,7 +12,8 @@ downloads checked by sha256, deletes, lists, and a memorisation job every minute
   3. soak      an open loop (Poisson arrivals) at 80 % of the knee's throughput for --minutes, with 6 SIGKILLs
                and 2 SIGTERMs, each followed by a restart and an audit: every acknowledged memory downloads with
                the sha256 of its upload, every deleted one stays gone, every accepted job has its record
-  4. overload  open loop at 1x the knee, then 2x (shedding with 503 + Retry-After expected), then 0.5x (recovery)
+  4. overload  open loop at 1x the knee, then 2x (shedding with 503 + Retry-After expected), then 0.5x (recovery);
+               then 3,000 connections that send nothing, beside 0.5x load (the server must close them all)
   5. end       jobs finish, final audit (no job left queued or running), probe answers again (must be identical),
                SIGTERM (exit status 0), temporary files left in the memory directory counted
 
@@ -37,7 +38,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
 from locas.eval.report import plt_agg, write_json  # noqa: E402
-from soak_traffic import ServerProcess, Traffic, audit, probes, summarize, upload_pool, wait_for_jobs  # noqa: E402
+from soak_traffic import ServerProcess, Traffic, audit, idle_flood, probes, summarize, upload_pool, wait_for_jobs  # noqa: E402
 
 RESULTS = Path(__file__).parent / "results"
 PROMPTS = ["The old house at the end of the street", "She opened the letter and read", "In the morning the ship",
@@ -191,6 +192,15 @@ async def run(args, server: ServerProcess, files: dict[str, bytes], job_texts: l
               f"{out[name]['max_queued']}", flush=True)
     phases["overload"] = (t0, traffic.now())
 
+    # 3,000 connections that never send a request, while the load goes on at 0.5x
+    t0 = traffic.now()
+    load, flood = await asyncio.gather(traffic.open_loop(0.5 * rate, args.flood_s, phase="idle_flood"),
+                                       idle_flood(server.url, args.idle, hold_s=args.flood_s))
+    out["idle_flood"] = {**summarize(load), "flood": flood}
+    phases["idle_flood"] = (t0, traffic.now())
+    print(f"  idle flood: {flood}; beside it {out['idle_flood']['by_status']}, generation p99 "
+          f"{out['idle_flood']['latency_p99_s']:.2f} s", flush=True)
+
     await wait_for_jobs(traffic.http, timeout=600)
     final = await audit(traffic.http, traffic.ledger, pool, jobs_final=True)
     after = await probes(server.url, PROMPTS, probe_memories)
@@ -240,6 +250,13 @@ def verdicts(r: dict) -> dict:
             r["twice_knee"]["shed"] > 0 and r["twice_knee"]["server_errors"] == 0,
             f"{r['twice_knee']['shed']} shed of {r['twice_knee']['requests']}, max {r['twice_knee']['max_queued']} "
             f"queued, server RSS at most {r['twice_knee']['max_rss_mib']:.0f} MiB"),
+        "idle connections closed without hurting others": (
+            r["idle_flood"]["flood"]["closed_by_server"] == r["idle_flood"]["flood"]["opened"] == r["settings"]["idle"]
+            and r["idle_flood"]["unexpected"] == 0,
+            f"{r['idle_flood']['flood']['closed_by_server']} of {r['settings']['idle']} closed by the server, the last "
+            f"after {r['idle_flood']['flood']['closed_after_s_max']:.1f} s; beside them generation p99 "
+            f"{r['idle_flood']['latency_p99_s']:.2f} s (0.5x load after overload: "
+            f"{r['recovery']['latency_p99_s']:.2f} s)"),
         "recovers after overload": (r["recovery"]["shed"] == 0 and r["recovery"]["unexpected"] == 0,
                                     f"{r['recovery']['shed']} shed at 0.5x"),
     }
@@ -259,6 +276,7 @@ def main():
     args.knee_s = 20 if args.quick else 40
     args.overload_s = 45 if args.quick else 90
     args.job_every_s = 60
+    args.idle, args.flood_s = 3000, 30
     args.sample_s = 5
     args.bin_s = 15 if args.quick else 30
     args.warmup_s = 30 if args.quick else 120

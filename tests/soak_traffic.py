@@ -533,3 +533,30 @@ def percentile(values: list[float], q: float) -> float | None:
         return None
     values = sorted(values)
     return values[min(len(values) - 1, round(q * (len(values) - 1)))]
+
+
+async def idle_flood(url: str, count: int, hold_s: float) -> dict:
+    """Open ``count`` connections that send nothing and wait up to ``hold_s`` for the server to close them."""
+    host, port = url.removeprefix("http://").split(":")
+    t0 = time.perf_counter()
+    closed: list[float] = []
+    refused = 0
+
+    async def one():
+        nonlocal refused
+        try:
+            reader, writer = await asyncio.open_connection(host, int(port))
+        except OSError:
+            refused += 1
+            return
+        try:
+            if await asyncio.wait_for(reader.read(1), timeout=hold_s) == b"":
+                closed.append(time.perf_counter() - t0)
+        except (asyncio.TimeoutError, OSError):
+            pass
+        finally:
+            writer.close()
+
+    await asyncio.gather(*(one() for _ in range(count)))
+    return {"opened": count - refused, "refused": refused, "closed_by_server": len(closed),
+            "closed_after_s_max": max(closed, default=None)}
