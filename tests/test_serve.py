@@ -1,7 +1,8 @@
 """`locas serve` over real HTTP on 127.0.0.1: the official openai client, exactness against ``lm.generate``,
 heterogeneous batches, uploads, jobs, restarts, isolation between keys, and every bad input.
 
-A tiny character-level chat model serves (``max_positions=256``, so context limits are cheap to hit).
+A tiny character-level chat model serves (``max_positions=256``, so context limits are cheap to hit); the model, its
+memory files and the server are started by tests/serve_support.py, as for tests/test_schema_fuzz.py.
 """
 
 from __future__ import annotations
@@ -19,52 +20,29 @@ import pytest
 import torch
 
 from conftest import random_memory
-from locas import save_memory
 from locas.learn.stream import window_spans
 from locas.serve.app import Limits, Server, serving
 from locas.serve.auth import ApiKeys
-from test_locomo_support import char_lm
+from serve_support import memory_files, open_server, served_lm, upload
 
 PROMPTS = ["Ann adopted a cat", "Hi", "Bob bought a red bike from Carl and", "x"]
 
 
 @pytest.fixture(scope="module")
 def lm():
-    torch.set_num_threads(1)
-    return char_lm(seed=5, chat=True, max_positions=256)
+    return served_lm()
 
 
 @pytest.fixture(scope="module")
 def files(lm, tmp_path_factory):
     """Memory files of several widths for the served model, and one of another model."""
-    root = tmp_path_factory.mktemp("serve-files")
-    out = {}
-    for name, width, seed in [("a", 4, 11), ("b", 8, 12), ("c", 2, 13)]:
-        out[name] = root / f"{name}.locas"
-        save_memory(random_memory(lm, width=width, seed=seed, scale=2.0), out[name], model=lm)
-    other = char_lm(seed=9, layers=3)
-    out["other"] = root / "other.locas"
-    save_memory(random_memory(other, width=4), out["other"], model=other)
-    out["corrupt"] = root / "corrupt.locas"
-    out["corrupt"].write_bytes(out["a"].read_bytes()[:-40])
-    return out
-
-
-def upload(client: httpx.Client, path, memory_id: str, key: str | None = None) -> httpx.Response:
-    headers = {"Authorization": f"Bearer {key}"} if key else {}
-    return client.post("/v1/memories", files={"file": (path.name, path.read_bytes())}, data={"id": memory_id},
-                       headers=headers)
+    return memory_files(lm, tmp_path_factory.mktemp("serve-files"))
 
 
 @pytest.fixture(scope="module")
 def server(lm, files, tmp_path_factory):
     """An open server (no keys) with memories a, b, c uploaded; yields (url, Server)."""
-    srv = Server(lm, tmp_path_factory.mktemp("served"), max_batch=8, max_wait_ms=150,
-                 load_job_model=lambda: copy.deepcopy(lm), limits=Limits(max_body_bytes=64 << 10))
-    with serving(srv) as url:
-        with httpx.Client(base_url=url, timeout=60) as client:
-            for name in "abc":
-                assert upload(client, files[name], name).status_code == 201
+    with open_server(lm, files, tmp_path_factory.mktemp("served")) as (url, srv):
         yield url, srv
 
 
@@ -263,6 +241,16 @@ def test_sampling_seed_n_and_stop(client):
     assert past["choices"][0]["finish_reason"] == "length" and past["usage"]["completion_tokens"] == 20
 
 
+def test_sampling_at_its_extremes_is_greedy_not_an_error(client):
+    """A temperature so low that logits / temperature overflows fp32, or a top_p below fp32's smallest number, is
+    the limit of sampling: the greedy continuation (both were 500s: nan probabilities, an empty nucleus)."""
+    greedy = complete(client, model="a", prompt="Ann", max_tokens=8)["choices"][0]["text"]
+    for extreme in ({"temperature": 1e-300}, {"temperature": 5e-324}, {"top_p": 1e-320}, {"top_p": 1e-45}):
+        got = complete(client, model="a", prompt="Ann", max_tokens=8, seed=3, **{"temperature": 1.0, **extreme})
+        assert got["choices"][0]["text"] == greedy, extreme
+    assert complete(client, model="a", prompt="Ann", max_tokens=2, seed=2**63 - 1, n=8, temperature=1.0)
+
+
 def test_a_client_that_leaves_is_dropped_from_the_batch(server, monkeypatch):
     """Deterministic, whatever the speed: once a row has streamed text, the batcher takes no further step until
     the server has seen the hang-up (the row is cancelled), so the row cannot finish first. The bounds are only
@@ -366,6 +354,17 @@ def test_a_job_preset_sets_its_fields_and_settings_still_win():
     assert MemoryJobRequest(text="Ann.").train_config(1024).tau_law == "r"
 
 
+def test_a_jobs_default_width_fits_a_narrow_model(lm):
+    """Left unset, memory_width (64) is the FFN width of a model narrower than that; set, it is checked."""
+    from locas.serve.protocol import ApiError, MemoryJobRequest
+
+    assert lm.intermediate_size < 64
+    assert MemoryJobRequest(text="Ann.").train_config(lm.intermediate_size).memory_width == lm.intermediate_size
+    assert MemoryJobRequest(text="Ann.").train_config(1024).memory_width == 64
+    with pytest.raises(ApiError, match="settings.memory_width: at most the model's FFN width"):
+        MemoryJobRequest(text="Ann.", settings={"memory_width": 64}).train_config(lm.intermediate_size)
+
+
 def test_the_server_describes_itself_for_the_playground(client, server, lm):
     info = client.get("/v1/server").json()
     assert info["model"] == server[1].model_id and info["context_length"] == lm.max_length
@@ -453,9 +452,16 @@ BAD = [  # (method, path, body or raw bytes, content type, status, code or a wor
     ("POST", "/v1/completions", {"model": "a", "prompt": "Hi", "max_tokens": 0}, None, 400, "max_tokens"),
     ("POST", "/v1/completions", {"model": "a", "prompt": "Hi", "temperature": -1}, None, 400, "temperature"),
     ("POST", "/v1/completions", {"model": "a", "prompt": "Hi", "n": 0}, None, 400, "n"),
-    ("POST", "/v1/completions", {"model": "a", "prompt": "Hi", "stop": ["1", "2", "3", "4", "5"]}, None, 400, "stop"),
-    ("POST", "/v1/completions", {"model": "a", "prompt": ""}, None, 400, "empty"),
+    ("POST", "/v1/completions", {"model": "a", "prompt": "Hi", "stop": ["1", "2", "3", "4", "5"]}, None, 400,
+     "stop: List should have at most 4 items"),
+    ("POST", "/v1/completions", {"model": "a", "prompt": "Hi", "stop": ""}, None, 400, "stop: String should have at"),
+    ("POST", "/v1/completions", {"model": "a", "prompt": "Hi", "stop": ["x", ""]}, None, 400, "stop.1: String should"),
+    ("POST", "/v1/completions", {"model": "a", "prompt": ""}, None, 400, "prompt: String should have at least 1"),
+    ("POST", "/v1/completions", {"model": "a", "prompt": ["Hi", ""]}, None, 400, "prompt.1: String should have at"),
     ("POST", "/v1/completions", {"model": "a", "prompt": []}, None, 400, "prompt: List should have at least 1 item"),
+    ("POST", "/v1/completions", {"model": "a", "prompt": "Hi", "seed": 2**63}, None, 400, "seed: Input should be less"),
+    ("POST", "/v1/completions", {"model": "a", "prompt": ["Hi"] * 3, "n": 3, "max_tokens": 1}, None, 400,
+     "9 completions (prompts x n); this server takes at most 8"),  # never admitted (--max-queue): not a 503
     ("POST", "/v1/completions", {"model": "a", "prompt": "Hi", "max_tokens": 300}, None, 400,
      "context_length_exceeded"),
     ("POST", "/v1/completions", {"model": "a", "prompt": "x" * 300}, None, 400, "context_length_exceeded"),
@@ -486,7 +492,9 @@ BAD = [  # (method, path, body or raw bytes, content type, status, code or a wor
     ("POST", "/v1/memories", {"text": "Ann.", "settings": {"memory_width": 9999}}, None, 400, "FFN width"),
     ("POST", "/v1/memories", {"text": "Ann.", "settings": {"window_size": 4096, "memory_width": 4}}, None, 400,
      "model's context"),
-    ("POST", "/v1/memories", {"text": "Ann.", "id": "../x"}, None, 400, "bad memory id"),
+    ("POST", "/v1/memories", {"text": "Ann.", "id": "../x"}, None, 400, "id: String should match pattern"),
+    ("POST", "/v1/memories?id=..%2Fx", {"text": "Ann."}, None, 400, "bad memory id"),  # checked whatever the body
+    ("POST", "/v1/memories?id=", b"\x00" * 8, "application/octet-stream", 400, "bad memory id"),
     ("POST", "/v1/memories", {"text": "Ann.", "id": "a"}, None, 409, "memory_exists"),
 ]
 
@@ -505,10 +513,20 @@ def test_bad_request_gets_an_openai_error_and_the_server_survives(server, client
     assert set(error) == {"message", "type", "param", "code"} and error["message"]
     assert "Traceback" not in r.text and "File \"" not in r.text
     if status == 405:  # RFC 9110: a 405 names the methods the path takes
-        assert "POST" in r.headers["allow"]
+        assert r.headers["allow"] == "POST"
     if expect:
         assert expect in (error["code"] or "") or expect in error["message"], error
     assert client.get("/health").json()["status"] == "ok"
+
+
+def test_a_405_names_every_method_of_the_path(client):
+    """Starlette's 405 names the methods of the first route matching the path; a path with two routes (a GET and a
+    POST, a GET and a DELETE) has both in ``Allow``."""
+    for method, path, allow in [("OPTIONS", "/v1/memories", "GET, POST"), ("PUT", "/v1/memories/a", "DELETE, GET"),
+                                ("PATCH", "/v1/memories/a/content", "GET"), ("DELETE", "/health", "GET")]:
+        r = client.request(method, path)
+        assert r.status_code == 405 and r.headers["allow"] == allow, (method, path, r.headers.get("allow"))
+        assert r.json()["error"]["type"] == "invalid_request_error"
 
 
 @pytest.mark.parametrize("name,message", [("corrupt", "not a readable memory file"), ("other", "made for"),
@@ -548,6 +566,16 @@ def test_every_answer_matches_the_documented_schema(server, client, files):
           json={"model": "a", "prompt": "Hi", "max_tokens": 2})
     check("POST", "/v1/chat/completions", "/v1/chat/completions", P.ChatCompletion, 200,
           json={"model": model_id, "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 2})
+    for path, chunk, body in [("/v1/completions", P.CompletionChunk, {"prompt": "Hi"}),
+                              ("/v1/chat/completions", P.ChatCompletionChunk,
+                               {"messages": [{"role": "user", "content": "Hi"}]})]:  # streamed: one chunk an event
+        with client.stream("POST", path, json={"model": "a", "max_tokens": 3, "n": 2, "stream": True, **body}) as r:
+            events = [line.removeprefix("data: ") for line in r.iter_lines() if line]
+        assert r.status_code == 200 and r.headers["content-type"].startswith("text/event-stream")
+        assert events[-1] == "[DONE]" and len(events) > 3
+        for event in events[:-1]:
+            chunk.model_validate_json(event)
+        assert "text/event-stream" in schema["paths"][path]["post"]["responses"]["200"]["content"]
     check("POST", "/v1/completions", "/v1/completions", P.ErrorResponse, 404, json={"model": "nope", "prompt": "Hi"})
     check("POST", "/v1/completions", "/v1/completions", P.ErrorResponse, 400, json={"model": model_id})
     check("GET", "/v1/memories", "/v1/memories", P.MemoryList, 200)
@@ -571,6 +599,41 @@ def test_every_answer_matches_the_documented_schema(server, client, files):
         if "post" in methods:
             assert methods["post"]["requestBody"]["content"], route
     assert schema["components"]["schemas"]["CompletionRequest"]["additionalProperties"] is False
+
+
+def test_the_schema_states_the_static_limits_and_links_a_memorys_life(client):
+    """What the schema can state it states (so a fuzzer's schema-valid request is not refused for it), and its links
+    chain the operations a memory goes through: made (an upload, or a job to follow), read, used, deleted."""
+    schema = client.get("/openapi.json").json()
+    parts = schema["components"]["schemas"]
+    prompt = {tuple(sorted(branch)): branch for branch in parts["CompletionRequest"]["properties"]["prompt"]["anyOf"]}
+    assert prompt[("minLength", "type")] == {"type": "string", "minLength": 1}
+    assert prompt[("items", "minItems", "type")] == {"type": "array", "items": {"type": "string", "minLength": 1},
+                                                     "minItems": 1}
+    stop = parts["CompletionRequest"]["properties"]["stop"]["anyOf"]
+    assert {"type": "string", "minLength": 1} in stop and any(b.get("maxItems") == 4 for b in stop)
+    assert parts["ChatRequest"]["properties"]["seed"]["anyOf"][0]["maximum"] == 2**63 - 1
+    create = schema["paths"]["/v1/memories"]["post"]
+    assert parts["MemoryJobRequest"]["properties"]["id"]["anyOf"][0]["pattern"] == \
+        create["parameters"][0]["schema"]["pattern"] == "^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
+    operations = {op["operationId"]: op for path in schema["paths"].values() for op in path.values()}
+
+    def links(op, status):
+        found = operations[op]["responses"][status]["links"]
+        assert all(link["operationId"] in operations for link in found.values())
+        return {link["operationId"]: link.get("parameters") or link.get("requestBody") for link in found.values()}
+
+    made = links("createMemory", "201")  # an uploaded memory: its id in the answer
+    assert made == {"getMemory": {"memory_id": "$response.body#/id"},
+                    "downloadMemory": {"memory_id": "$response.body#/id"},
+                    "createCompletion": {"model": "$response.body#/id"},
+                    "createChatCompletion": {"model": "$response.body#/id"},
+                    "deleteMemory": {"memory_id": "$response.body#/id"}}
+    assert links("createMemory", "202") == {"getJob": {"job_id": "$response.body#/id"}}  # a job: follow it, then
+    assert links("getJob", "200") == {"getJob": {"job_id": "$response.body#/id"},  # its memory, once it succeeded
+                                      **{op: {k: "$response.body#/memory"} for op, v in made.items() for k in v}}
+    assert links("listModels", "200") == {"createCompletion": {"model": "$response.body#/data/0/id"},
+                                          "createChatCompletion": {"model": "$response.body#/data/0/id"}}
 
 
 # ---- overload and stopping --------------------------------------------------------------------------------
@@ -715,6 +778,30 @@ def test_closing_records_a_running_job_as_interrupted_and_writes_no_memory(lm, t
     assert jobs.get("public", record["id"])["state"] == "failed" and not store.exists("public", "notes")
     on_disk = json.loads((tmp_path / ".jobs" / "public" / f"{record['id']}.json").read_text())
     assert on_disk["state"] == "failed"  # a restart finds it failed too
+
+
+def test_closing_stops_a_running_jobs_training(lm, tmp_path):
+    """A job asked to train for an hour stops at its next step once the server closes (its worker would train on,
+    after the server has gone, for the whole budget)."""
+    from locas.learn.config import TrainConfig
+    from locas.serve.jobs import Jobs
+    from locas.serve.store import MemoryStore
+
+    store = MemoryStore(tmp_path, lm)
+    jobs = Jobs(store, lambda: copy.deepcopy(lm))
+    record = jobs.submit("public", "long", "Ann adopted a cat named Tom. " * 4, TrainConfig(memory_width=4,
+                                                                                         window_size=32),
+                         budget_s=3600.0)
+    deadline = time.monotonic() + 60
+    while jobs.get("public", record["id"])["steps"] < 1 and time.monotonic() < deadline:  # it is training
+        time.sleep(0.01)
+    assert jobs.get("public", record["id"])["state"] == "running"
+    jobs.close()
+    jobs.thread.join(30)
+    assert not jobs.thread.is_alive()
+    stopped = jobs.get("public", record["id"])
+    assert stopped["state"] == "failed" and stopped["error"].startswith("interrupted") and not store.exists(
+        "public", "long")
 
 
 # ---- hostile clients ---------------------------------------------------------------------------------------

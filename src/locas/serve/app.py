@@ -39,10 +39,13 @@ from .auth import ApiKeys, Unauthorized
 from .batcher import Batcher, Generation, Overloaded
 from .jobs import Jobs, JobsFull
 from .protocol import (
+    MEMORY_ID,
     ApiError,
     ChatCompletion,
+    ChatCompletionChunk,
     ChatRequest,
     Completion,
+    CompletionChunk,
     CompletionRequest,
     ErrorResponse,
     Health,
@@ -145,7 +148,8 @@ def serving(server: Server, host: str = "127.0.0.1", port: int = 0):
         server.close()
 
 
-_UNION_TAGS = {"str", "list[str]", "int", "float", "bool"}  # pydantic's names for a union's branches in error paths
+_UNION_TAGS = {"str", "list[str]", "int", "float", "bool", "constrained-str",  # pydantic's names for a union's
+               "list[constrained-str]"}  # branches in error paths (constrained: a non-empty prompt or stop string)
 RETRY_AFTER_BUSY_S = 1  # a shed request may come back this soon
 RETRY_AFTER_STOPPING_S = 5  # a draining server: come back after the restart (or go to another replica)
 
@@ -161,6 +165,15 @@ def documented(ok, *errors: int) -> dict:
     return {**out, **{status: {"model": ErrorResponse} for status in errors}}
 
 
+def streamed(ok, chunk, *errors: int) -> dict:
+    """``documented`` for a route that answers ``ok`` as JSON, or with ``"stream": true`` server-sent events: each
+    event's data one ``chunk`` as JSON (or an error), the last one ``[DONE]``."""
+    data = {"anyOf": [{"const": "[DONE]"}, {"type": "string", "contentMediaType": "application/json",
+                                             "contentSchema": {"anyOf": [_ref(chunk), _ref(ErrorResponse)]}}]}
+    events = {"schema": {"type": "object", "required": ["data"], "properties": {"data": data}}}
+    return {**documented(ok, *errors), 200: {"model": ok, "content": {"text/event-stream": events}}}
+
+
 def request_body(model) -> dict:
     """A route's JSON request body for /openapi.json (bodies are read by the route itself, so that every
     validation error is answered in OpenAI's shape)."""
@@ -168,13 +181,46 @@ def request_body(model) -> dict:
 
 
 def upload_body() -> dict:
-    """``POST /v1/memories``: a memory file (multipart or raw bytes), or a text to memorise (JSON)."""
+    """``POST /v1/memories``: a memory file (multipart or raw bytes, its id in the form or the query), or a text to
+    memorise (JSON)."""
     binary = {"type": "string", "format": "binary"}
-    return {"requestBody": {"required": True, "content": {
-        "application/json": {"schema": _ref(MemoryJobRequest)},
-        "multipart/form-data": {"schema": {"type": "object", "required": ["file"],
-                                           "properties": {"file": binary, "id": {"type": "string"}}}},
-        "application/octet-stream": {"schema": binary}}}}
+    new_id = {"type": "string", "pattern": MEMORY_ID}
+    return {"parameters": [{"name": "id", "in": "query", "required": False, "schema": new_id,
+                            "description": "the new memory's id, for a raw application/octet-stream upload"}],
+            "requestBody": {"required": True, "content": {
+                "application/json": {"schema": _ref(MemoryJobRequest)},
+                "multipart/form-data": {"schema": {"type": "object", "required": ["file"],
+                                                   "properties": {"file": binary, "id": new_id}}},
+                "application/octet-stream": {"schema": binary}}}}
+
+
+def allowed_methods(app: FastAPI, scope) -> list[str]:
+    """Every method some route takes on the request's path (a path such as ``/v1/memories/{id}`` has a GET and a
+    DELETE route), for a 405's ``Allow`` header."""
+    from starlette.routing import Match
+
+    methods = set()
+    for route in app.router.routes:
+        if getattr(route, "methods", None) and route.matches(scope)[0] is not Match.NONE:
+            methods |= route.methods
+    return sorted(methods)
+
+
+def _link(operation_id: str, value: str, parameter: str | None = None, field: str | None = None) -> dict:
+    """An OpenAPI link to ``operation_id``, passing ``value`` (a runtime expression) as its path ``parameter`` or as
+    the request body's ``field``."""
+    if parameter is not None:
+        return {"operationId": operation_id, "parameters": {parameter: value}}
+    return {"operationId": operation_id, "requestBody": {field: value}}
+
+
+def memory_links(value: str) -> dict:
+    """What a client may do next with the memory ``value`` names: read it, download it, use it, delete it."""
+    return {"GetMemory": _link("getMemory", value, "memory_id"),
+            "DownloadMemory": _link("downloadMemory", value, "memory_id"),
+            "CompleteWithMemory": _link("createCompletion", value, field="model"),
+            "ChatWithMemory": _link("createChatCompletion", value, field="model"),
+            "DeleteMemory": _link("deleteMemory", value, "memory_id")}
 
 
 def _ref(model) -> dict:
@@ -190,7 +236,7 @@ def _openapi(app: FastAPI):
             schema = get_openapi(title=app.title, version=__version__, description=app.description,
                                  routes=app.routes)
             components = schema.setdefault("components", {}).setdefault("schemas", {})
-            for model in (CompletionRequest, ChatRequest, MemoryJobRequest):
+            for model in (CompletionRequest, ChatRequest, MemoryJobRequest, CompletionChunk, ChatCompletionChunk):
                 body = model.model_json_schema(ref_template="#/components/schemas/{model}")
                 components.update(body.pop("$defs", {}))
                 components[model.__name__] = body
@@ -213,8 +259,11 @@ def create_app(server: Server) -> FastAPI:
         return _error(exc)
 
     @app.exception_handler(StarletteHTTPException)
-    async def _http_error(_request, exc: StarletteHTTPException):
-        return _error(ApiError(exc.status_code, str(exc.detail), headers=exc.headers))  # e.g. 405's Allow
+    async def _http_error(request: Request, exc: StarletteHTTPException):
+        headers, methods = exc.headers, allowed_methods(app, request.scope) if exc.status_code == 405 else None
+        if methods:  # Starlette's Allow names the first route on the path only
+            headers = {**(headers or {}), "Allow": ", ".join(methods)}
+        return _error(ApiError(exc.status_code, str(exc.detail), headers=headers))
 
     @app.exception_handler(Exception)
     async def _internal(_request, exc: Exception):
@@ -326,6 +375,9 @@ def create_app(server: Server) -> FastAPI:
         return rows
 
     def admit(rows: list[Generation]) -> None:
+        if len(rows) > batcher.max_queue:  # never admitted, however long it waits: not a 503 to retry
+            raise ApiError(400, f"the request asks for {len(rows)} completions (prompts x n); this server takes at "
+                                f"most {batcher.max_queue} at once", param="n")
         try:
             batcher.admit(rows)
         except Overloaded as exc:
@@ -415,14 +467,14 @@ def create_app(server: Server) -> FastAPI:
                 g.cancelled = True
 
     # ---- routes ---------------------------------------------------------------------------------------
-    @app.get("/health", responses=documented(Health))
+    @app.get("/health", operation_id="health", responses=documented(Health))
     async def health():
         return {"status": "draining" if server.draining.is_set() else "ok", "model": server.model_id,
                 "steps": batcher.steps, "running": batcher.active, "queued": batcher.queue.qsize(),
                 "max_queue": batcher.max_queue, "rows": batcher.rows, "dropped": batcher.dropped,
                 "jobs_pending": jobs.pending()}
 
-    @app.get("/v1/server", responses=documented(ServerInfo))
+    @app.get("/v1/server", operation_id="getServer", responses=documented(ServerInfo))
     async def server_info():
         """What the playground (and any client) needs to know to build prompts and jobs; no key needed."""
         from ..learn.objectives import OBJECTIVE_NAMES
@@ -441,7 +493,12 @@ def create_app(server: Server) -> FastAPI:
 
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
 
-    @app.get("/v1/models", responses=documented(ModelList, 401))
+    @app.get("/v1/models", operation_id="listModels", responses={  # the first model is the base model
+        200: {"model": ModelList, "links": {"CompleteWithModel": _link("createCompletion", "$response.body#/data/0/id",
+                                                                       field="model"),
+                                            "ChatWithModel": _link("createChatCompletion", "$response.body#/data/0/id",
+                                                                   field="model")}},
+        **documented(None, 401)})
     async def models(request: Request):
         owner = owner_of(request)
         data = [{"id": server.model_id, "object": "model", "created": server.created, "owned_by": "locas"}]
@@ -449,7 +506,8 @@ def create_app(server: Server) -> FastAPI:
                   "parent": server.model_id, "root": server.model_id} for m in store.list(owner)]
         return {"object": "list", "data": data}
 
-    @app.post("/v1/completions", responses=documented(Completion, 400, 401, 404, 408, 413, 503),
+    @app.post("/v1/completions", operation_id="createCompletion",
+              responses=streamed(Completion, CompletionChunk, 400, 401, 404, 408, 413, 503),
               openapi_extra=request_body(CompletionRequest),
               description="A completion; with `stream` the answer is server-sent `text_completion` events ending "
                           "`data: [DONE]`.")
@@ -462,7 +520,8 @@ def create_app(server: Server) -> FastAPI:
         rows = generations(req, prompts, memory)
         return await respond(request, req, rows, "completion", sum(len(p) for p in prompts))
 
-    @app.post("/v1/chat/completions", responses=documented(ChatCompletion, 400, 401, 404, 408, 413, 503),
+    @app.post("/v1/chat/completions", operation_id="createChatCompletion",
+              responses=streamed(ChatCompletion, ChatCompletionChunk, 400, 401, 404, 408, 413, 503),
               openapi_extra=request_body(ChatRequest),
               description="A chat turn; with `stream` the answer is server-sent `chat.completion.chunk` events "
                           "ending `data: [DONE]`.")
@@ -478,7 +537,7 @@ def create_app(server: Server) -> FastAPI:
         rows = generations(req, [ids], memory)
         return await respond(request, req, rows, "chat", len(ids))
 
-    @app.get("/v1/memories", responses=documented(MemoryList, 401))
+    @app.get("/v1/memories", operation_id="listMemories", responses=documented(MemoryList, 401))
     async def list_memories(request: Request):
         return {"object": "list", "data": store.list(owner_of(request))}
 
@@ -490,11 +549,11 @@ def create_app(server: Server) -> FastAPI:
         except (NotFound, LocasError):
             raise ApiError(404, f"the {what} '{item_id}' does not exist", code=f"{what}_not_found") from None
 
-    @app.get("/v1/memories/{memory_id}", responses=documented(MemoryInfo, 401, 404))
+    @app.get("/v1/memories/{memory_id}", operation_id="getMemory", responses=documented(MemoryInfo, 401, 404))
     async def get_memory(memory_id: str, request: Request):
         return owned(store.describe, request, memory_id)
 
-    @app.get("/v1/memories/{memory_id}/content", responses={
+    @app.get("/v1/memories/{memory_id}/content", operation_id="downloadMemory", responses={
         200: {"content": {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}},
               "description": "the memory file"}, **documented(None, 401, 404)})
     async def download_memory(memory_id: str, request: Request):
@@ -502,18 +561,23 @@ def create_app(server: Server) -> FastAPI:
         return Response(data, media_type="application/octet-stream",
                         headers={"Content-Disposition": f'attachment; filename="{memory_id}.locas"'})
 
-    @app.delete("/v1/memories/{memory_id}", responses=documented(MemoryDeleted, 401, 404))
+    @app.delete("/v1/memories/{memory_id}", operation_id="deleteMemory",
+                responses=documented(MemoryDeleted, 401, 404))
     async def delete_memory(memory_id: str, request: Request):
         owned(store.delete, request, memory_id)
         return {"id": memory_id, "object": "memory", "deleted": True}
 
-    @app.post("/v1/memories", status_code=201, responses={
-        201: {"model": MemoryInfo, "description": "a memory file, uploaded and checked"},
-        202: {"model": Job, "description": "a memorisation job, started"},
+    @app.post("/v1/memories", operation_id="createMemory", status_code=201, responses={
+        201: {"model": MemoryInfo, "description": "a memory file, uploaded and checked",
+              "links": memory_links("$response.body#/id")},
+        202: {"model": Job, "description": "a memorisation job, started (its memory exists once the job succeeds)",
+              "links": {"GetJob": _link("getJob", "$response.body#/id", "job_id")}},
         **documented(None, 400, 401, 408, 409, 413, 429)}, openapi_extra=upload_body())
     async def create_memory(request: Request):
         owner = owner_of(request)
         ctype = request.headers.get("content-type", "")
+        if "id" in request.query_params:  # the id of a raw upload, checked whatever the body is
+            checked_id(request.query_params["id"])
         if "json" in ctype:
             return await _job(owner, await json_body(request, MemoryJobRequest))
         if "multipart/form-data" in ctype:
@@ -541,13 +605,16 @@ def create_app(server: Server) -> FastAPI:
             raise ApiError(400, str(exc).replace(str(store.root), "<memory-dir>"), code="invalid_memory_file",
                            param="file") from None
 
+    def checked_id(memory_id) -> str:
+        try:
+            return check_id(str(memory_id))
+        except LocasError as exc:
+            raise ApiError(400, str(exc), param="id") from None
+
     def _new_id(owner: str, memory_id) -> str:
         if memory_id is None:
             return store.new_id()
-        try:
-            memory_id = check_id(str(memory_id))
-        except LocasError as exc:
-            raise ApiError(400, str(exc), param="id") from None
+        memory_id = checked_id(memory_id)
         if store.exists(owner, memory_id):
             raise ApiError(409, f"a memory '{memory_id}' already exists; delete it first or choose another id",
                            code="memory_exists", param="id")
@@ -574,11 +641,14 @@ def create_app(server: Server) -> FastAPI:
             raise ApiError(429, str(exc), code="too_many_memories") from None
         return JSONResponse(record, status_code=202)
 
-    @app.get("/v1/jobs", responses=documented(JobList, 401))
+    @app.get("/v1/jobs", operation_id="listJobs", responses=documented(JobList, 401))
     async def list_jobs(request: Request):
         return {"object": "list", "data": jobs.list(owner_of(request))}
 
-    @app.get("/v1/jobs/{job_id}", responses=documented(Job, 401, 404))
+    @app.get("/v1/jobs/{job_id}", operation_id="getJob", responses={
+        200: {"model": Job, "links": {"GetJob": _link("getJob", "$response.body#/id", "job_id"),  # follow it
+                                      **memory_links("$response.body#/memory")}},  # once the job has succeeded
+        **documented(None, 401, 404)})
     async def get_job(job_id: str, request: Request):
         return owned(jobs.get, request, job_id, what="job")
 

@@ -33,6 +33,11 @@ class JobsFull(LocasError):
     """The server has as many jobs queued or running as it takes."""
 
 
+class _Stopped(Exception):
+    """Raised in a job's progress callback once the server has closed: its training ends at the next window or
+    step (a job asked for a budget of hours does not train on after the server has gone)."""
+
+
 class Jobs:
     def __init__(self, store, load_model, max_pending: int = 4):
         self.store, self.load_model, self.max_pending = store, load_model, max_pending
@@ -121,6 +126,8 @@ class Jobs:
                 continue
             try:
                 self._run(owner, job_id, text, cfg, settings, budget_s)
+            except _Stopped:  # the server closed while it trained: already recorded as interrupted
+                continue
             except Exception as exc:  # a failed job is reported, never the end of the worker
                 msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
                 self._update(owner, job_id, state="failed", error=msg, finished=time.time())
@@ -139,6 +146,8 @@ class Jobs:
         last = [0.0]
 
         def progress(fraction, info):
+            if self.closed:
+                raise _Stopped()
             now = time.time()
             eta = (now - started) / fraction * (1 - fraction) if fraction else None
             persist = now - last[0] > 1.0  # the record on disk follows about once a second
@@ -163,7 +172,8 @@ class Jobs:
 
     def close(self) -> None:
         """Stop the worker; a job still queued or running is recorded as failed now ("interrupted"), its memory
-        never written, so that no record says ``running`` after the server has gone."""
+        never written, so that no record says ``running`` after the server has gone; a running job's training stops
+        at its next window or step."""
         with self.lock:
             for (owner, job_id), record in list(self.records.items()):
                 if record["state"] in ("queued", "running"):

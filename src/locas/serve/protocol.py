@@ -10,12 +10,18 @@ default); every error, validation included, is answered as OpenAI does:
 
 from __future__ import annotations
 
+import dataclasses
 import typing
 from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from . import store
+
 MemoryField = str | list[str] | None
+Text = Annotated[str, Field(min_length=1)]  # a prompt or a stop string: never empty
+INT64_MAX = 2**63 - 1  # a seed is a 64-bit integer (torch's generators take no more)
+MEMORY_ID = store.MEMORY_ID.pattern  # a new memory's id (store.check_id): it never names a path
 # the TrainConfig fields a memorisation job takes (the TempLoRA and full-attention baselines' are not for jobs)
 JOB_SETTINGS = ("window_size", "steps_per_window", "lr", "weight_decay", "adam_beta1", "adam_beta2", "adam_eps",
                 "warmup_windows", "schedule", "mix_weight", "sd_context", "sd_topk", "memory_width", "memory_init",
@@ -52,20 +58,17 @@ class _Request(BaseModel):
     top_p: float = Field(1.0, gt=0.0, le=1.0)
     n: int = Field(1, ge=1, le=16)
     stream: bool = False
-    stop: str | list[str] | None = None
-    seed: int | None = Field(None, ge=0)
+    stop: Text | Annotated[list[Text], Field(max_length=4)] | None = None
+    seed: int | None = Field(None, ge=0, le=INT64_MAX)
     ignore_eos: bool = Field(False, description="keep going past EOS up to max_tokens (vLLM's extension)")
     user: str | None = None
 
     def stops(self) -> list[str]:
-        stops = [self.stop] if isinstance(self.stop, str) else list(self.stop or [])
-        if len(stops) > 4 or any(not isinstance(s, str) or not s for s in stops):
-            raise ApiError(400, "stop takes up to 4 non-empty strings", param="stop")
-        return stops
+        return [self.stop] if isinstance(self.stop, str) else list(self.stop or [])
 
 
 class CompletionRequest(_Request):
-    prompt: str | Annotated[list[str], Field(min_length=1)]
+    prompt: Text | Annotated[list[Text], Field(min_length=1)]
 
 
 class ChatMessage(BaseModel):
@@ -87,7 +90,7 @@ class MemoryJobRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     text: str = Field(min_length=1)
-    id: str | None = None
+    id: str | None = Field(None, pattern=MEMORY_ID)
     objective: str = "ntp"
     preset: str | None = Field(None, description="a named recipe (locas.learn.presets); settings given win")
     budget: float | None = Field(None, gt=0, description="CPU-seconds of training instead of a number of passes")
@@ -123,6 +126,8 @@ class MemoryJobRequest(BaseModel):
             for key in settings:
                 message = message.replace("--" + key.replace("_", "-"), f"settings.{key}")
             raise ApiError(400, message) from None
+        if cfg.memory_width > ffn_width and "memory_width" not in self.settings:  # the default, on a narrow model
+            cfg = dataclasses.replace(cfg, memory_width=ffn_width)
         if cfg.memory_width > ffn_width:
             raise ApiError(400, f"settings.memory_width: at most the model's FFN width {ffn_width}, got "
                                 f"{cfg.memory_width}", param="settings.memory_width")
@@ -182,6 +187,14 @@ class Completion(_Answer):
     usage: Usage
 
 
+class CompletionChunk(_Answer):  # one event of a streamed completion
+    id: str
+    object: Literal["text_completion"]
+    created: int
+    model: str
+    choices: list[CompletionChoice]
+
+
 class AssistantMessage(_Answer):
     role: Literal["assistant"]
     content: str
@@ -200,6 +213,25 @@ class ChatCompletion(_Answer):
     model: str
     choices: list[ChatChoice]
     usage: Usage
+
+
+class ChatDelta(_Answer):
+    role: Literal["assistant"] | None = None  # the first event of each choice
+    content: str | None = None
+
+
+class ChatChunkChoice(_Answer):
+    index: int
+    delta: ChatDelta
+    finish_reason: str | None
+
+
+class ChatCompletionChunk(_Answer):  # one event of a streamed chat turn
+    id: str
+    object: Literal["chat.completion.chunk"]
+    created: int
+    model: str
+    choices: list[ChatChunkChoice]
 
 
 class MemoryInfo(_Answer):

@@ -93,8 +93,13 @@ class Sampling:
     def draw(self, logits: torch.Tensor) -> torch.Tensor:
         """(B, V) logits -> (B,) sampled token ids (on the logits' device)."""
         probs = torch.softmax(logits.float().cpu() / self.temperature, -1)
+        overflow = probs.isnan().any(-1)  # a temperature so low that logits / temperature is inf or nan in fp32
+        if overflow.any():  # its limit: the argmax
+            probs[overflow] = torch.nn.functional.one_hot(logits[overflow].float().cpu().argmax(-1),
+                                                          probs.shape[-1]).float()
         sorted_p, order = probs.sort(-1, descending=True)
         keep = sorted_p.cumsum(-1) - sorted_p < self.top_p  # the smallest set with mass >= top_p
+        keep[:, 0] = True  # the likeliest token always (a top_p below fp32's smallest number keeps nothing else)
         pick = order.gather(-1, torch.multinomial(sorted_p * keep, 1, generator=self.generator))  # (B, 1)
         return pick[:, 0].to(logits.device)
 
