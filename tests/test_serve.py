@@ -492,7 +492,9 @@ BAD = [  # (method, path, body or raw bytes, content type, status, code or a wor
     ("POST", "/v1/memories", {"text": "Ann.", "settings": {"memory_width": 9999}}, None, 400, "FFN width"),
     ("POST", "/v1/memories", {"text": "Ann.", "settings": {"window_size": 4096, "memory_width": 4}}, None, 400,
      "model's context"),
-    ("POST", "/v1/memories", {"text": "Ann.", "id": "../x"}, None, 400, "id: String should match pattern"),
+    ("POST", "/v1/memories", {"text": "Ann.", "id": "../x"}, None, 400, "id: bad memory id '../x': use 1-64"),
+    ("POST", "/v1/memories", {"text": "Ann.", "id": "x\n"}, None, 400, "ends with a line break"),
+    ("POST", "/v1/memories?id=x%0A", b"\x00" * 8, "application/octet-stream", 400, "ends with a line break"),
     ("POST", "/v1/memories?id=..%2Fx", {"text": "Ann."}, None, 400, "bad memory id"),  # checked whatever the body
     ("POST", "/v1/memories?id=", b"\x00" * 8, "application/octet-stream", 400, "bad memory id"),
     ("POST", "/v1/memories", {"text": "Ann.", "id": "a"}, None, 409, "memory_exists"),

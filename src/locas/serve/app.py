@@ -57,6 +57,7 @@ from .protocol import (
     MemoryList,
     ModelList,
     ServerInfo,
+    check_new_id,
 )
 from .store import MemoryStore, NotFound, StoreFull, check_id
 
@@ -607,7 +608,7 @@ def create_app(server: Server) -> FastAPI:
 
     def checked_id(memory_id) -> str:
         try:
-            return check_id(str(memory_id))
+            return check_new_id(str(memory_id))
         except LocasError as exc:
             raise ApiError(400, str(exc), param="id") from None
 

@@ -11,17 +11,39 @@ default); every error, validation included, is answered as OpenAI does:
 from __future__ import annotations
 
 import dataclasses
+import re
 import typing
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, WithJsonSchema
+from pydantic_core import PydanticCustomError
 
+from ..errors import LocasError
 from . import store
 
 MemoryField = str | list[str] | None
 Text = Annotated[str, Field(min_length=1)]  # a prompt or a stop string: never empty
 INT64_MAX = 2**63 - 1  # a seed is a 64-bit integer (torch's generators take no more)
 MEMORY_ID = store.MEMORY_ID.pattern  # a new memory's id (store.check_id): it never names a path
+
+
+def check_new_id(value: str) -> str:
+    """A new memory's id: ``store.check_id``'s rule and words, on the whole string (JSON Schema's ``$`` is the end,
+    Python's also matches before a final line break); else a ``LocasError``."""
+    store.check_id(value)
+    if not re.fullmatch(MEMORY_ID, value):
+        raise LocasError(f"bad memory id {value!r}: it ends with a line break")
+    return value
+
+
+def _new_memory_id(value: str) -> str:
+    try:
+        return check_new_id(value)
+    except LocasError as exc:
+        raise PydanticCustomError("memory_id", "{message}", {"message": str(exc)}) from None
+
+
+NewMemoryId = Annotated[str, AfterValidator(_new_memory_id), WithJsonSchema({"type": "string", "pattern": MEMORY_ID})]
 # the TrainConfig fields a memorisation job takes (the TempLoRA and full-attention baselines' are not for jobs)
 JOB_SETTINGS = ("window_size", "steps_per_window", "lr", "weight_decay", "adam_beta1", "adam_beta2", "adam_eps",
                 "warmup_windows", "schedule", "mix_weight", "sd_context", "sd_topk", "memory_width", "memory_init",
@@ -90,7 +112,7 @@ class MemoryJobRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     text: str = Field(min_length=1)
-    id: str | None = Field(None, pattern=MEMORY_ID)
+    id: NewMemoryId | None = None
     objective: str = "ntp"
     preset: str | None = Field(None, description="a named recipe (locas.learn.presets); settings given win")
     budget: float | None = Field(None, gt=0, description="CPU-seconds of training instead of a number of passes")
@@ -98,7 +120,6 @@ class MemoryJobRequest(BaseModel):
 
     def train_config(self, ffn_width: int):
         """The job's ``TrainConfig``: every setting known, of its type and within its bounds, else an ``ApiError``."""
-        from ..errors import LocasError
         from ..learn.config import TrainConfig
         from ..learn.memorize import objective_defaults
         from ..learn.objectives import objective_class
