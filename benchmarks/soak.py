@@ -7,19 +7,20 @@ memories, clients that hang up mid-stream, wrong keys and another key's memory; 
 downloads checked by sha256, deletes, lists, and a memorisation job every minute). The run:
 
   1. setup     24 memories trained (NTP, one pass, r=32) on 512-token PG-19 passages, uploaded; probe answers
-  2. knee      the mix in a closed loop at C = 1, 2, 4, 8, 16, 32 clients: throughput (answered requests/s)
-               and latency; the knee is the smallest C within 10 % of the best throughput
+  2. knee      the most the server answers (the mix in a closed loop of 32 clients: max batch 16 + its queue), then
+               open loops (Poisson arrivals) at 0.3 ... 1.05 of that: the knee is the highest offered rate at which
+               at most 1 % of requests are shed
   3. soak      an open loop (Poisson arrivals) at 80 % of the knee's throughput for --minutes, with 6 SIGKILLs
                and 2 SIGTERMs, each followed by a restart and an audit: every acknowledged memory downloads with
                the sha256 of its upload, every deleted one stays gone, every accepted job has its record
-  4. overload  open loop at 1x the knee, then 2x (shedding with 503 + Retry-After expected), then 0.5x (recovery);
+  4. overload  open loop at 2x the knee (shedding with 503 + Retry-After expected), then 0.5x (recovery);
                then 3,000 connections that send nothing, beside 0.5x load (the server must close them all)
   5. end       jobs finish, final audit (no job left queued or running), probe answers again (must be identical),
                SIGTERM (exit status 0), temporary files left in the memory directory counted
 
 Resident memory and open file descriptors of the server are sampled every 5 s. Prints the figures against the
 server issue's targets and writes benchmarks/results/soak[-quick].json and .png (throughput, latency and
-resident memory over time, kills and stops marked).
+resident memory over time, kills and stops marked), and -knee.png (the throughput curve).
 
     flock /tmp/locas-cpu.lock python benchmarks/soak.py              # ~45 min
     flock /tmp/locas-cpu.lock python benchmarks/soak.py --quick      # ~10 min: a 4-minute soak, shorter phases
@@ -37,7 +38,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
-from locas.eval.report import plt_agg, write_json  # noqa: E402
+from locas.eval.report import line_plot, plt_agg, write_json  # noqa: E402
 from soak_traffic import ServerProcess, Traffic, audit, idle_flood, probes, summarize, upload_pool, wait_for_jobs  # noqa: E402
 
 RESULTS = Path(__file__).parent / "results"
@@ -141,21 +142,26 @@ async def run(args, server: ServerProcess, files: dict[str, bytes], job_texts: l
     phases, out = {}, {}
     sampler = asyncio.create_task(traffic.sample_every(args.sample_s, float("inf")))
 
-    # knee: closed loops
-    curve = []
+    # the knee: the most the server answers (a closed loop of max batch + max queue clients: every admitted place
+    # taken), then open loops at fractions of it; the knee is the highest offered rate with at most 1 % shed
     t0 = traffic.now()
-    for c in args.levels:
-        s = summarize(await traffic.closed_loop(c, args.knee_s, phase=f"closed@{c}"))
-        curve.append({"clients": c, **{k: s[k] for k in ("answered_per_s", "generations_per_s", "latency_p50_s",
-                                                        "latency_p99_s", "ttft_p99_s", "unexpected")}})
-        print(f"  C={c:2d}: {s['answered_per_s']:5.2f} answered/s, generation p50 {s['latency_p50_s']:.2f} s, "
-              f"p99 {s['latency_p99_s']:.2f} s", flush=True)
+    top = summarize(await traffic.closed_loop(args.clients, args.knee_s, phase="closed"))
+    print(f"  closed loop, {args.clients} clients: {top['answered_per_s']:.2f} answered/s, generation p99 "
+          f"{top['latency_p99_s']:.2f} s", flush=True)
+    curve = []
+    for fraction in args.fractions:
+        offered = fraction * top["answered_per_s"]
+        s = summarize(await traffic.open_loop(offered, args.knee_s, phase=f"open@{fraction:g}"))
+        curve.append({"offered_per_s": offered, "shed_fraction": s["shed"] / s["requests"],
+                      **{k: s[k] for k in ("requests", "answered_per_s", "generations_per_s", "latency_p50_s",
+                                           "latency_p99_s", "ttft_p99_s", "unexpected")}})
+        print(f"  offered {offered:5.2f}/s: answered {s['answered_per_s']:5.2f}/s, shed {s['shed']}, generation p50 "
+              f"{s['latency_p50_s']:.2f} s, p99 {s['latency_p99_s']:.2f} s", flush=True)
     phases["knee"] = (t0, traffic.now())
-    best = max(p["answered_per_s"] for p in curve)
-    knee = next(p for p in curve if p["answered_per_s"] >= 0.9 * best)
-    rate = knee["answered_per_s"]
-    print(f"knee: C={knee['clients']}, {rate:.2f} requests/s; soak at {0.8 * rate:.2f}/s for {args.minutes:g} min",
-          flush=True)
+    knee = ([p for p in curve if p["shed_fraction"] <= 0.01] or curve[:1])[-1]
+    rate = knee["offered_per_s"]
+    print(f"knee: {rate:.2f} requests/s offered (generation p99 {knee['latency_p99_s']:.2f} s); soak at "
+          f"{0.8 * rate:.2f}/s for {args.minutes:g} min", flush=True)
 
     # soak with faults: the first third without, then 6 kills and 2 stops spread over the rest
     soak_s = args.minutes * 60
@@ -177,10 +183,9 @@ async def run(args, server: ServerProcess, files: dict[str, bytes], job_texts: l
     print(f"soak: {soak['requests']} requests, by status {soak['by_status']}, unexpected {soak['unexpected']}",
           flush=True)
 
-    # overload: 1x, 2x, then 0.5x
+    # overload: 2x the knee, then 0.5x
     t0 = traffic.now()
-    for name, factor, seconds in (("at_knee", 1.0, args.overload_s), ("twice_knee", 2.0, args.overload_s),
-                                  ("recovery", 0.5, args.overload_s * 2 / 3)):
+    for name, factor, seconds in (("twice_knee", 2.0, args.overload_s), ("recovery", 0.5, args.overload_s * 2 / 3)):
         t1 = traffic.now()
         s = summarize(await traffic.open_loop(factor * rate, seconds, phase=name))
         queue = [x.get("queued", 0) for x in traffic.samples if t1 <= x["t"]]
@@ -210,7 +215,8 @@ async def run(args, server: ServerProcess, files: dict[str, bytes], job_texts: l
     idle_fds.append(server.sample()["fds"])
     rss = steady_growth(traffic.samples, phases["soak"][0], phases["soak"][0] + at[0], warmup_s=args.warmup_s)
     events = traffic.events
-    return {"curve": curve, "knee": knee, "soak_rate_per_s": 0.8 * rate, "soak": soak, **out, "phases": phases,
+    return {"closed_loop": top, "curve": curve, "knee": knee, "soak_rate_per_s": 0.8 * rate, "soak": soak, **out,
+            "phases": phases,
             "events": events, "final_audit": final, "probes_identical": before == after,
             "probes": {"count": len(before), "changed": sum(a != b for a, b in zip(before, after))},
             "resident": rss, "idle_fds": idle_fds, "not_sent": traffic.not_sent, "all": summarize(traffic.records),
@@ -221,7 +227,7 @@ def verdicts(r: dict) -> dict:
     """The server issue's targets, met or missed, with the figures."""
     audits = [e["audit"] for e in r["events"]] + [r["final_audit"]]
     lost = sum(a["lost"] + a["corrupt"] + a["resurrected"] + a["jobs_lost"] + a["jobs_failed_without_reason"]
-               for a in audits) + r["final_audit"]["jobs_unfinished"]
+               + a.get("jobs_stuck", 0) for a in audits) + r["final_audit"]["jobs_unfinished"]
     unexpected_5xx = r["all"]["server_errors"]
     knee_p99 = r["knee"]["latency_p99_s"]
     return {
@@ -272,7 +278,8 @@ def main():
     ap.add_argument("--out", default=None)
     args = ap.parse_args()
     args.minutes = args.minutes or (4 if args.quick else 30)
-    args.levels = [1, 2, 4, 8, 16, 32]
+    args.clients = 32  # --max-batch 16 + its queue of 16
+    args.fractions = [0.3, 0.45, 0.6, 0.75, 0.9, 1.05]
     args.knee_s = 20 if args.quick else 40
     args.overload_s = 45 if args.quick else 90
     args.job_every_s = 60
@@ -305,7 +312,13 @@ def main():
         print(f"  {'met   ' if ok else 'MISSED'} {name}: {figure}")
     write_json(out, result)
     plot(out.with_suffix(".png"), result["timeline"], result["phases"])
-    print(f"wrote {out} and {out.with_suffix('.png')} ({result['wall_s'] / 60:.1f} min)")
+    offered = [p["offered_per_s"] for p in result["curve"]]
+    knee_png = out.with_name(f"{out.stem}-knee.png")
+    line_plot(knee_png, {"answered": (offered, [p["answered_per_s"] for p in result["curve"]]),
+                         "offered (all answered)": (offered, offered)},
+              xlabel="offered requests/s (open loop)", ylabel="answered requests/s",
+              title=f"throughput curve; knee {result['knee']['offered_per_s']:.2f}/s (at most 1 % shed)")
+    print(f"wrote {out}, {out.with_suffix('.png')} and {knee_png} ({result['wall_s'] / 60:.1f} min)")
     return 0 if all(ok for ok, _ in checks.values()) else 1
 
 

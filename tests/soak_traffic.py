@@ -137,7 +137,7 @@ class Ledger:
         self.memories: dict[str, str] = {}
         self.deleted: set[str] = set()
         self.uncertain: set[str] = set()  # an upload or delete whose answer a kill cut: either outcome is fine
-        self.jobs: set[str] = set()
+        self.jobs: dict[str, int] = {}  # job id -> the server life that accepted it
         self.busy: set[str] = set()  # being downloaded or deleted now
 
 
@@ -335,7 +335,7 @@ class Traffic:
         body = {"text": self.rng.choice(self.texts), "id": memory_id, "settings": self.job_settings}
         r = await self.http.post("/v1/memories", json=body, headers=self._auth())
         if r.status_code == 202:
-            self.ledger.jobs.add(r.json()["id"])
+            self.ledger.jobs[r.json()["id"]] = self.epoch
         return self._status(r)
 
     # ---- load shapes ----------------------------------------------------------------------------------
@@ -410,7 +410,7 @@ class Traffic:
         await asyncio.to_thread(self.server.start)
         self.down = False
         event = {"t": t, "how": how, "returncode": returncode, "restart_s": self.server.starts[-1],
-                 "audit": await audit(self.http, self.ledger, self.pool)}
+                 "audit": await audit(self.http, self.ledger, self.pool, restarted=self.epoch)}
         self.events.append(event)
         return event
 
@@ -425,22 +425,33 @@ def _refused(exc: Exception) -> bool:
         or "Connection refused" in repr(exc) or "ConnectError" in repr(getattr(exc, "__cause__", None))
 
 
-async def audit(http: httpx.AsyncClient, ledger: Ledger, pool: list[str], jobs_final: bool = False) -> dict:
+async def audit(http: httpx.AsyncClient, ledger: Ledger, pool: list[str], jobs_final: bool = False,
+                restarted: int | None = None) -> dict:
     """Every acknowledged memory downloads with the bytes that were uploaded and is listed; every deleted one is
-    gone; every accepted job has a record (and, with ``jobs_final``, has ended succeeded or failed with a reason).
+    gone; every accepted job has a record; a job accepted by an earlier life than ``restarted`` (the life just
+    started) is no longer queued or running; with ``jobs_final`` no job is.
     """
     auth = {"Authorization": f"Bearer {KEY}"}
-    out = Counter()
+    out, lost = Counter(), []
+    known = dict(ledger.memories)  # acknowledged before the listing was asked for (the traffic goes on meanwhile)
     listed = {m["id"] for m in (await http.get("/v1/memories", headers=auth)).json()["data"]}
-    for memory_id, digest in sorted(ledger.memories.items()):
-        if memory_id in ledger.uncertain or memory_id in ledger.busy:
+
+    def settled(memory_id: str) -> bool:  # not being deleted, deleted or re-uploaded by the traffic meanwhile
+        return memory_id in ledger.memories and not ({memory_id} & (ledger.uncertain | ledger.busy | ledger.deleted))
+
+    for memory_id, digest in sorted(known.items()):
+        if not settled(memory_id):
             continue
         r = await http.get(f"/v1/memories/{memory_id}/content", headers=auth)
+        if not settled(memory_id):
+            continue
         out["memories_checked"] += 1
         if r.status_code != 200 or memory_id not in listed:
             out["lost"] += 1
+            lost.append({"id": memory_id, "status": r.status_code, "listed": memory_id in listed})
         elif digest and sha256(r.content) != digest:
             out["corrupt"] += 1
+            lost.append({"id": memory_id, "status": r.status_code, "corrupt": True})
     for memory_id in sorted(ledger.deleted - ledger.uncertain):
         out["deleted_checked"] += 1
         if (await http.get(f"/v1/memories/{memory_id}", headers=auth)).status_code != 404:
@@ -453,6 +464,8 @@ async def audit(http: httpx.AsyncClient, ledger: Ledger, pool: list[str], jobs_f
             continue
         job = r.json()
         states[job["state"]] += 1
+        if restarted is not None and ledger.jobs[job_id] < restarted and job["state"] in ("queued", "running"):
+            out["jobs_stuck"] += 1
         if job["state"] == "failed" and not job.get("error"):
             out["jobs_failed_without_reason"] += 1
         if job["state"] == "succeeded" and job.get("memory") and job["memory"] not in ledger.memories \
@@ -463,6 +476,7 @@ async def audit(http: httpx.AsyncClient, ledger: Ledger, pool: list[str], jobs_f
     return {"memories_checked": out["memories_checked"], "lost": out["lost"], "corrupt": out["corrupt"],
             "deleted_checked": out["deleted_checked"], "resurrected": out["resurrected"], "jobs": dict(states),
             "jobs_lost": out["jobs_lost"], "jobs_failed_without_reason": out["jobs_failed_without_reason"],
+            "jobs_stuck": out["jobs_stuck"], "lost_ids": lost[:10],
             **({"jobs_unfinished": out["jobs_unfinished"]} if jobs_final else {})}
 
 

@@ -83,15 +83,26 @@ class MemoryStore:
 
     def describe(self, owner: str, memory_id: str) -> dict:
         path = self._path(owner, memory_id)
-        if not path.is_file():
-            raise NotFound(memory_id)
-        meta = read_memory_info(path)
-        return {"id": memory_id, "object": "memory", "created": int(path.stat().st_mtime), "bytes": path.stat().st_size,
+        try:
+            stat = path.stat()
+            meta = read_memory_info(path)
+        except (FileNotFoundError, MemoryFileError):
+            if not path.is_file():  # deleted meanwhile (a delete races a list): gone, not damaged
+                raise NotFound(memory_id) from None
+            raise
+        return {"id": memory_id, "object": "memory", "created": int(stat.st_mtime), "bytes": stat.st_size,
                 "width": meta["width"], "layers": len(meta["layers"]), "objective": meta.get("objective"),
                 "tokens": meta.get("tokens"), "base_model": meta.get("base_model")}
 
     def list(self, owner: str) -> list[dict]:
-        return [self.describe(owner, i) for i in self.ids(owner)]
+        """The owner's memories; one deleted while the list is made is left out (not a failed list)."""
+        out = []
+        for memory_id in self.ids(owner):
+            try:
+                out.append(self.describe(owner, memory_id))
+            except NotFound:
+                continue
+        return out
 
     def get(self, owner: str, memory_id: str) -> ServingMemory:
         """The memory on the model's device, laid out for decoding once (row 0 of a file with several rows)."""
