@@ -111,9 +111,10 @@ def run_schemathesis(url: str, workdir: Path, *, max_examples: int, scenarios: i
 
 
 def memory_lifecycles(entries: list[dict]) -> dict:
-    """From a HAR log: memories the run made (an upload's 201, a job's 202), how many of them were then used (a 200
-    completion or chat naming one as ``model`` or ``memory``, or its description or file read), and how many were
-    made, used and then deleted (DELETE 200), in that order."""
+    """From a HAR log: the memory ids the run asked for (``made``: an upload's 201, a job's 202, whose memory exists
+    once the job has succeeded), how many of them were then used (a 200 completion or chat naming one as ``model``
+    or ``memory``, or its description or file read), and how many were made, used and then deleted (DELETE 200),
+    in that order."""
     def body(text):
         try:
             return json.loads(text or "null")
