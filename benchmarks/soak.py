@@ -72,6 +72,8 @@ def steady_growth(samples: list[dict], start: float, end: float, warmup_s: float
     """Resident memory and file descriptors of one server life at one steady load, from ``start + warmup_s`` to
     ``end``: the median of the first minute against the median of the last."""
     rows = [s for s in samples if "rss_mib" in s and start + warmup_s <= s["t"] <= end]
+    if len(rows) < 2:  # a soak too short for its warm-up (--quick with few minutes): from the start of the soak
+        rows = [s for s in samples if "rss_mib" in s and start <= s["t"] <= end]
     early = [s for s in rows if s["t"] < rows[0]["t"] + 60]
     late = [s for s in rows if s["t"] >= rows[-1]["t"] - 60]
     rss0, rss1 = (statistics.median(s["rss_mib"] for s in part) for part in (early, late))
@@ -153,9 +155,11 @@ async def run(args, server: ServerProcess, files: dict[str, bytes], job_texts: l
         offered = fraction * top["answered_per_s"]
         s = summarize(await traffic.open_loop(offered, args.knee_s, phase=f"open@{fraction:g}"))
         curve.append({"offered_per_s": offered, "shed_fraction": s["shed"] / s["requests"],
+                      "answered_per_s_offering": s["answered"] / args.knee_s,  # answered / seconds of offering
                       **{k: s[k] for k in ("requests", "answered_per_s", "generations_per_s", "latency_p50_s",
                                            "latency_p99_s", "ttft_p99_s", "unexpected")}})
-        print(f"  offered {offered:5.2f}/s: answered {s['answered_per_s']:5.2f}/s, shed {s['shed']}, generation p50 "
+        print(f"  offered {offered:5.2f}/s: answered {curve[-1]['answered_per_s_offering']:5.2f}/s, shed {s['shed']}, "
+              f"generation p50 "
               f"{s['latency_p50_s']:.2f} s, p99 {s['latency_p99_s']:.2f} s", flush=True)
     phases["knee"] = (t0, traffic.now())
     knee = ([p for p in curve if p["shed_fraction"] <= 0.01] or curve[:1])[-1]
@@ -314,7 +318,7 @@ def main():
     plot(out.with_suffix(".png"), result["timeline"], result["phases"])
     offered = [p["offered_per_s"] for p in result["curve"]]
     knee_png = out.with_name(f"{out.stem}-knee.png")
-    line_plot(knee_png, {"answered": (offered, [p["answered_per_s"] for p in result["curve"]]),
+    line_plot(knee_png, {"answered": (offered, [p["answered_per_s_offering"] for p in result["curve"]]),
                          "offered (all answered)": (offered, offered)},
               xlabel="offered requests/s (open loop)", ylabel="answered requests/s",
               title=f"throughput curve; knee {result['knee']['offered_per_s']:.2f}/s (at most 1 % shed)")

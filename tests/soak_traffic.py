@@ -525,7 +525,7 @@ def summarize(records: list[dict]) -> dict:
     gen = [r for r in answered if r["op"] in GENERATION and r["status"] == 200]
     span = (max(r["t"] + r["total"] for r in records) - min(r["t"] for r in records)) if records else 0.0
     ttft = [r["ttft"] for r in gen if r["ttft"] is not None]
-    return {"requests": len(records), "by_status": dict(sorted(by_status.items())),
+    return {"requests": len(records), "answered": len(answered), "by_status": dict(sorted(by_status.items())),
             "by_op": dict(Counter(r["op"] for r in records)), "unexpected": len(bad),
             "unexpected_examples": [{k: r.get(k) for k in ("op", "status", "detail", "t")} for r in bad[:10]],
             "server_errors": sum((isinstance(r["status"], int) and r["status"] >= 500)
