@@ -20,9 +20,11 @@ import pytest
 import torch
 
 from conftest import random_memory
+from locas.errors import LocasError
 from locas.learn.stream import window_spans
 from locas.serve.app import Limits, Server, serving
 from locas.serve.auth import ApiKeys
+from locas.serve.store import check_id
 from serve_support import memory_files, open_server, served_lm, upload
 
 PROMPTS = ["Ann adopted a cat", "Hi", "Bob bought a red bike from Carl and", "x"]
@@ -471,6 +473,7 @@ BAD = [  # (method, path, body or raw bytes, content type, status, code or a wor
      "memory_not_found"),
     ("POST", "/v1/completions", {"model": "MODEL", "memory": "../../etc/passwd", "prompt": "Hi"}, None, 404,
      "memory_not_found"),
+    ("POST", "/v1/completions", {"model": "MODEL", "memory": ["a"] * 17, "prompt": "Hi"}, None, 400, "at most 16"),
     ("POST", "/v1/completions", {"model": "a", "prompt": "Hi" * 40000}, None, 413, "request_too_large"),
     ("POST", "/v1/chat/completions", {"model": "a", "messages": []}, None, 400, "messages"),
     ("POST", "/v1/chat/completions", {"model": "a", "messages": [{"role": "robot", "content": "x"}]}, None, 400,
@@ -493,8 +496,8 @@ BAD = [  # (method, path, body or raw bytes, content type, status, code or a wor
     ("POST", "/v1/memories", {"text": "Ann.", "settings": {"window_size": 4096, "memory_width": 4}}, None, 400,
      "model's context"),
     ("POST", "/v1/memories", {"text": "Ann.", "id": "../x"}, None, 400, "id: bad memory id '../x': use 1-64"),
-    ("POST", "/v1/memories", {"text": "Ann.", "id": "x\n"}, None, 400, "ends with a line break"),
-    ("POST", "/v1/memories?id=x%0A", b"\x00" * 8, "application/octet-stream", 400, "ends with a line break"),
+    ("POST", "/v1/memories", {"text": "Ann.", "id": "x\n"}, None, 400, "bad memory id 'x\\n'"),
+    ("POST", "/v1/memories?id=x%0A", b"\x00" * 8, "application/octet-stream", 400, "bad memory id 'x\\n'"),
     ("POST", "/v1/memories?id=..%2Fx", {"text": "Ann."}, None, 400, "bad memory id"),  # checked whatever the body
     ("POST", "/v1/memories?id=", b"\x00" * 8, "application/octet-stream", 400, "bad memory id"),
     ("POST", "/v1/memories", {"text": "Ann.", "id": "a"}, None, 409, "memory_exists"),
@@ -851,7 +854,7 @@ def test_idle_and_slow_clients_are_cut_off_without_hurting_others(lm, tmp_path):
         assert complete(c, model=srv.model_id, prompt="Hi", max_tokens=2)
 
 
-@pytest.mark.parametrize("memory_id", ["../x", "..", "a/b", "%2e%2e", "x" * 65, ".hidden", "a b", "nul\x00"])
+@pytest.mark.parametrize("memory_id", ["../x", "..", "a/b", "%2e%2e", "x" * 65, ".hidden", "a b", "nul\x00", "a\n"])
 def test_odd_ids_never_name_a_path(client, memory_id):
     from urllib.parse import quote
 
@@ -861,6 +864,40 @@ def test_odd_ids_never_name_a_path(client, memory_id):
         assert r.status_code == 404 and "Traceback" not in r.text, (path, r.text)
     r = client.post("/v1/memories", json={"text": "Ann.", "id": memory_id})
     assert r.status_code == 400 and r.json()["error"]["param"] == "id"
+    with pytest.raises(LocasError):  # the store's own check, on the whole string (not up to a final line break)
+        check_id(memory_id)
+
+
+def test_a_memory_read_from_disk_does_not_stop_other_requests(server, client, files, monkeypatch):
+    """An upload's full check (and a cache miss's load) runs in a worker thread: while one is held, the event loop
+    still answers other requests (before, a large upload stalled every stream for its whole check)."""
+    url, srv = server
+    entered, release = threading.Event(), threading.Event()
+    load = srv.store._load
+
+    def held(path):
+        entered.set()
+        release.wait(timeout=120)
+        return load(path)
+
+    monkeypatch.setattr(srv.store, "_load", held)
+    answers = {}
+
+    def slow_upload():
+        with httpx.Client(base_url=url, timeout=180) as c:
+            answers["upload"] = upload(c, files["a"], "held-upload")
+
+    thread = threading.Thread(target=slow_upload)
+    thread.start()
+    try:
+        assert entered.wait(timeout=60)
+        assert client.get("/health", timeout=30).json()["status"] == "ok"  # answered while the check is held
+        assert "a" in [m["id"] for m in client.get("/v1/memories", timeout=30).json()["data"]]
+    finally:
+        release.set()
+        thread.join(timeout=120)
+    assert answers["upload"].status_code == 201
+    assert client.delete("/v1/memories/held-upload").status_code == 200
 
 
 # ---- the command -----------------------------------------------------------------------------------------

@@ -57,7 +57,6 @@ from .protocol import (
     MemoryList,
     ModelList,
     ServerInfo,
-    check_new_id,
 )
 from .store import MemoryStore, NotFound, StoreFull, check_id
 
@@ -504,7 +503,8 @@ def create_app(server: Server) -> FastAPI:
         owner = owner_of(request)
         data = [{"id": server.model_id, "object": "model", "created": server.created, "owned_by": "locas"}]
         data += [{"id": m["id"], "object": "model", "created": m["created"], "owned_by": owner,
-                  "parent": server.model_id, "root": server.model_id} for m in store.list(owner)]
+                  "parent": server.model_id, "root": server.model_id}
+                 for m in await asyncio.to_thread(store.list, owner)]
         return {"object": "list", "data": data}
 
     @app.post("/v1/completions", operation_id="createCompletion",
@@ -516,7 +516,7 @@ def create_app(server: Server) -> FastAPI:
         owner = owner_of(request)
         req = await json_body(request, CompletionRequest)
         texts = [req.prompt] if isinstance(req.prompt, str) else req.prompt  # a list is never empty (its schema)
-        memory = memory_for(owner, req.model, req.memory)
+        memory = await asyncio.to_thread(memory_for, owner, req.model, req.memory)  # a cache miss reads the disk
         prompts = [list(tok(t)["input_ids"]) for t in texts]
         rows = generations(req, prompts, memory)
         return await respond(request, req, rows, "completion", sum(len(p) for p in prompts))
@@ -531,7 +531,7 @@ def create_app(server: Server) -> FastAPI:
         req = await json_body(request, ChatRequest)
         if not getattr(tok, "chat_template", None):
             raise ApiError(400, "this model has no chat template; use /v1/completions")
-        memory = memory_for(owner, req.model, req.memory)
+        memory = await asyncio.to_thread(memory_for, owner, req.model, req.memory)
         messages = [m.model_dump(exclude_none=True) for m in req.messages]
         ids = tok.apply_chat_template(messages, add_generation_prompt=True, tokenize=True)
         ids = list(ids["input_ids"] if hasattr(ids, "keys") else ids)
@@ -540,32 +540,35 @@ def create_app(server: Server) -> FastAPI:
 
     @app.get("/v1/memories", operation_id="listMemories", responses=documented(MemoryList, 401))
     async def list_memories(request: Request):
-        return {"object": "list", "data": store.list(owner_of(request))}
+        owner = owner_of(request)
+        return {"object": "list", "data": await asyncio.to_thread(store.list, owner)}
 
-    def owned(action, request: Request, item_id: str, what: str = "memory"):
-        """``action(owner, id)`` on the caller's own memory or job; anything else (another key's, none, a bad
-        id) is the same 404, so existence does not leak."""
+    async def owned(action, request: Request, item_id: str, what: str = "memory"):
+        """``action(owner, id)`` on the caller's own memory or job, in a worker thread (it reads or writes the disk:
+        the streams being served go on meanwhile); anything else (another key's, none, a bad id) is the same 404,
+        so existence does not leak."""
+        owner = owner_of(request)
         try:
-            return action(owner_of(request), check_id(item_id))
+            return await asyncio.to_thread(action, owner, check_id(item_id))
         except (NotFound, LocasError):
             raise ApiError(404, f"the {what} '{item_id}' does not exist", code=f"{what}_not_found") from None
 
     @app.get("/v1/memories/{memory_id}", operation_id="getMemory", responses=documented(MemoryInfo, 401, 404))
     async def get_memory(memory_id: str, request: Request):
-        return owned(store.describe, request, memory_id)
+        return await owned(store.describe, request, memory_id)
 
     @app.get("/v1/memories/{memory_id}/content", operation_id="downloadMemory", responses={
         200: {"content": {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}},
               "description": "the memory file"}, **documented(None, 401, 404)})
     async def download_memory(memory_id: str, request: Request):
-        data = owned(store.read_bytes, request, memory_id)
+        data = await owned(store.read_bytes, request, memory_id)
         return Response(data, media_type="application/octet-stream",
                         headers={"Content-Disposition": f'attachment; filename="{memory_id}.locas"'})
 
     @app.delete("/v1/memories/{memory_id}", operation_id="deleteMemory",
                 responses=documented(MemoryDeleted, 401, 404))
     async def delete_memory(memory_id: str, request: Request):
-        owned(store.delete, request, memory_id)
+        await owned(store.delete, request, memory_id)
         return {"id": memory_id, "object": "memory", "deleted": True}
 
     @app.post("/v1/memories", operation_id="createMemory", status_code=201, responses={
@@ -596,7 +599,7 @@ def create_app(server: Server) -> FastAPI:
             raise ApiError(413, f"memory file too large (limit {limits.max_upload_bytes} bytes)")
         memory_id = _new_id(owner, memory_id)
         try:
-            return JSONResponse(store.put_bytes(owner, memory_id, data), status_code=201)
+            return JSONResponse(await asyncio.to_thread(store.put_bytes, owner, memory_id, data), status_code=201)
         except StoreFull as exc:
             raise ApiError(429, str(exc), code="too_many_memories") from None
         except FileExistsError:
@@ -608,7 +611,7 @@ def create_app(server: Server) -> FastAPI:
 
     def checked_id(memory_id) -> str:
         try:
-            return check_new_id(str(memory_id))
+            return check_id(str(memory_id))
         except LocasError as exc:
             raise ApiError(400, str(exc), param="id") from None
 
@@ -651,6 +654,6 @@ def create_app(server: Server) -> FastAPI:
                                       **memory_links("$response.body#/memory")}},  # once the job has succeeded
         **documented(None, 401, 404)})
     async def get_job(job_id: str, request: Request):
-        return owned(jobs.get, request, job_id, what="job")
+        return await owned(jobs.get, request, job_id, what="job")
 
     return app

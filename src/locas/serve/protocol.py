@@ -11,7 +11,6 @@ default); every error, validation included, is answered as OpenAI does:
 from __future__ import annotations
 
 import dataclasses
-import re
 import typing
 from typing import Annotated, Literal
 
@@ -21,24 +20,17 @@ from pydantic_core import PydanticCustomError
 from ..errors import LocasError
 from . import store
 
-MemoryField = str | list[str] | None
+MAX_STACKED = 16  # memories one request may stack (each is laid out in the batch: a bound on one request's cost)
+MemoryField = str | Annotated[list[str], Field(max_length=MAX_STACKED)] | None
 Text = Annotated[str, Field(min_length=1)]  # a prompt or a stop string: never empty
 INT64_MAX = 2**63 - 1  # a seed is a 64-bit integer (torch's generators take no more)
 MEMORY_ID = store.MEMORY_ID.pattern  # a new memory's id (store.check_id): it never names a path
 
 
-def check_new_id(value: str) -> str:
-    """A new memory's id: ``store.check_id``'s rule and words, on the whole string (JSON Schema's ``$`` is the end,
-    Python's also matches before a final line break); else a ``LocasError``."""
-    store.check_id(value)
-    if not re.fullmatch(MEMORY_ID, value):
-        raise LocasError(f"bad memory id {value!r}: it ends with a line break")
-    return value
-
-
 def _new_memory_id(value: str) -> str:
+    """A new memory's id in the schema: ``store.check_id``'s rule and words (on the whole string)."""
     try:
-        return check_new_id(value)
+        return store.check_id(value)
     except LocasError as exc:
         raise PydanticCustomError("memory_id", "{message}", {"message": str(exc)}) from None
 
@@ -74,7 +66,8 @@ class _Request(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     model: str
-    memory: MemoryField = Field(None, description="memory id, or several (their outputs add); default: from model")
+    memory: MemoryField = Field(None, description="memory id, or several (their outputs add; at most "
+                               f"{MAX_STACKED}); default: from model")
     max_tokens: int | None = Field(None, ge=1)
     temperature: float = Field(1.0, ge=0.0, le=100.0)
     top_p: float = Field(1.0, gt=0.0, le=1.0)

@@ -41,7 +41,7 @@ class NotFound(LookupError):
 
 
 def check_id(memory_id: str) -> str:
-    if not isinstance(memory_id, str) or not MEMORY_ID.match(memory_id) or memory_id.endswith(".locas"):
+    if not isinstance(memory_id, str) or not MEMORY_ID.fullmatch(memory_id) or memory_id.endswith(".locas"):
         raise LocasError(f"bad memory id {memory_id!r}: use 1-64 letters, digits, '.', '_' or '-', starting with a "
                          "letter or digit")
     return memory_id

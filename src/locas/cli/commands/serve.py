@@ -110,8 +110,8 @@ def run(args):
         print(f"locas serve: {server.model_id} on http://{host}:{port}/v1 ({lm.device}, {lm.dtype}); "
               f"{counts['memories']} memories of {counts['owners']} owner(s) in {args.memory_dir}"
               + ("; API keys required" if keys.enabled else "")
-              + (f"; removed {server.store.swept} temporary file(s) an earlier stop left" if server.store.swept else ""),
-              flush=True)
+              + (f"; removed {server.store.swept} temporary file(s) a killed server left" if server.store.swept
+                 else ""), flush=True)
         if args.check:
             server.close()
             return 0
