@@ -211,8 +211,9 @@ class Traffic:
             if self.down or self.epoch != started_epoch:
                 return ("down" if _refused(exc) else "cut"), detail
             return "connection_error", detail
-        if isinstance(exc, openai.APIError):  # an error event inside a stream
-            return ("stopped" if "server is stopping" in str(exc) else "stream_error"), detail
+        if isinstance(exc, openai.APIError):  # an error event inside a stream: documented only for a stop
+            stopping = "server is stopping" in str(exc) and (self.down or self.epoch != started_epoch)
+            return ("stopped" if stopping else "stream_error"), detail
         return "client_error", detail
 
     async def _generate(self, rec, t0, *, chat=False, memory=None, stream=False, hang_up=False, key=KEY) -> int:
