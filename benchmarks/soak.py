@@ -211,7 +211,7 @@ async def run(args, server: ServerProcess, files: dict[str, bytes], job_texts: l
           f"{out['idle_flood']['latency_p99_s']:.2f} s", flush=True)
 
     await wait_for_jobs(traffic.http, timeout=600)
-    final = await audit(traffic.http, traffic.ledger, pool, jobs_final=True)
+    final = await audit(traffic.http, traffic.ledger, jobs_final=True)
     after = await probes(server.url, PROMPTS, probe_memories)
     sampler.cancel()
     await traffic.aclose()

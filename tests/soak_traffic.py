@@ -11,7 +11,7 @@ bytes, deletions, jobs) so that ``audit`` can check nothing was lost across rest
     >>> srv.start()
     >>> traffic = Traffic(srv, pool=ids, files=upload_bytes, texts=job_texts, prompts=PROMPTS)
     >>> records = asyncio.run(traffic.open_loop(rate=3.0, seconds=60))
-    >>> audit(srv.url, traffic.ledger)          # {"memories_checked", "lost", "corrupt", "resurrected", ...}
+    >>> asyncio.run(audit(traffic.http, traffic.ledger))   # {"memories_checked", "lost", "corrupt", ...}
 """
 
 from __future__ import annotations
@@ -282,8 +282,7 @@ class Traffic:
     async def _upload(self, rec, t0):
         data, memory_id = self.rng.choice(self.files), self._new_id("up")
         self.ledger.uncertain.add(memory_id)
-        r = await self.http.post("/v1/memories", files={"file": ("m.locas", data)}, data={"id": memory_id},
-                                 headers=self._auth())
+        r = await post_memory(self.http, memory_id, data)
         self.ledger.uncertain.discard(memory_id)
         if r.status_code == 201:
             self.ledger.memories[memory_id] = sha256(data)
@@ -411,7 +410,7 @@ class Traffic:
         await asyncio.to_thread(self.server.start)
         self.down = False
         event = {"t": t, "how": how, "returncode": returncode, "restart_s": self.server.starts[-1],
-                 "audit": await audit(self.http, self.ledger, self.pool, restarted=self.epoch)}
+                 "audit": await audit(self.http, self.ledger, restarted=self.epoch)}
         self.events.append(event)
         return event
 
@@ -422,11 +421,11 @@ def _label(status: int, code: str | None):
 
 
 def _refused(exc: Exception) -> bool:
-    return isinstance(getattr(exc, "__cause__", None), httpx.ConnectError) or isinstance(exc, httpx.ConnectError) \
-        or "Connection refused" in repr(exc) or "ConnectError" in repr(getattr(exc, "__cause__", None))
+    """No server was listening: the connection itself was refused (the openai client raises from httpx's error)."""
+    return isinstance(exc, httpx.ConnectError) or isinstance(exc.__cause__, httpx.ConnectError)
 
 
-async def audit(http: httpx.AsyncClient, ledger: Ledger, pool: list[str], jobs_final: bool = False,
+async def audit(http: httpx.AsyncClient, ledger: Ledger, jobs_final: bool = False,
                 restarted: int | None = None) -> dict:
     """Every acknowledged memory downloads with the bytes that were uploaded and is listed; every deleted one is
     gone; every accepted job has a record; a job accepted by an earlier life than ``restarted`` (the life just
@@ -508,13 +507,17 @@ async def probes(url: str, prompts: list[str], memories: list, max_tokens: int =
     return out
 
 
+async def post_memory(http: httpx.AsyncClient, memory_id: str, data: bytes) -> httpx.Response:
+    """Upload a memory file's bytes under ``memory_id`` with ``KEY``."""
+    return await http.post("/v1/memories", files={"file": ("m.locas", data)}, data={"id": memory_id},
+                           headers={"Authorization": f"Bearer {KEY}"})
+
+
 async def upload_pool(url: str, files: dict[str, bytes], ledger: Ledger) -> None:
     """Upload the pool's memory files (id -> bytes) and record them as acknowledged."""
     async with httpx.AsyncClient(base_url=url, timeout=300) as http:
         for memory_id, data in files.items():
-            r = await http.post("/v1/memories", files={"file": ("m.locas", data)}, data={"id": memory_id},
-                                headers={"Authorization": f"Bearer {KEY}"})
-            r.raise_for_status()
+            (await post_memory(http, memory_id, data)).raise_for_status()
             ledger.memories[memory_id] = sha256(data)
 
 

@@ -31,11 +31,11 @@ def world(tmp_path_factory):
         path = root / f"m{i}.locas"
         save_memory(random_memory(lm, width=2 + i % 3, seed=40 + i, scale=2.0), path, model=lm)
         files[f"pool-{i}"] = path.read_bytes()
-    return root, model_dir, files
+    return root, model_dir, files, lm
 
 
 def test_mixed_load_a_kill_and_a_stop_lose_nothing(world):
-    root, model_dir, files = world
+    root, model_dir, files, _ = world
     server = ServerProcess(["--model", str(model_dir), "--device", "cpu", "--threads", "1"], root / "memories",
                            root / "server.log", extra=["--memory-cache", "3", "--max-batch", "8", "--max-jobs", "2",
                                                        "--drain-timeout", "10"])
@@ -59,7 +59,7 @@ def test_mixed_load_a_kill_and_a_stop_lose_nothing(world):
         _, kill, _, _ = await asyncio.gather(traffic.open_loop(rate=12, seconds=14), kill_midway(),
                                              traffic.jobs_every(3, until), traffic.sample_every(0.5, until))
         await wait_for_jobs(traffic.http, timeout=60)
-        final = await audit(traffic.http, traffic.ledger, pool, jobs_final=True)
+        final = await audit(traffic.http, traffic.ledger, jobs_final=True)
         after = await probes(server.url, PROMPTS, probe_memories)
         await traffic.aclose()
         return before, kill, final, after
@@ -87,8 +87,7 @@ def test_mixed_load_a_kill_and_a_stop_lose_nothing(world):
 def test_temporary_files_a_kill_left_are_removed_when_the_store_opens(world, tmp_path):
     from locas.serve.store import MemoryStore
 
-    root, model_dir, files = world
-    lm = char_lm(seed=5, chat=True, max_positions=256)
+    _, _, files, lm = world
     store = MemoryStore(tmp_path, lm)
     store.put_bytes("owner", "kept", files["pool-0"])
     stale = [tmp_path / "owner" / ".upload.k1ll3d.tmp", tmp_path / ".jobs" / "owner" / ".job-1.json.x9.tmp"]
@@ -103,8 +102,8 @@ def test_temporary_files_a_kill_left_are_removed_when_the_store_opens(world, tmp
 def test_a_memory_deleted_while_the_list_is_made_is_left_out(world, tmp_path, monkeypatch):
     from locas.serve.store import MemoryStore, NotFound
 
-    _, _, files = world
-    store = MemoryStore(tmp_path, char_lm(seed=5, chat=True, max_positions=256))
+    _, _, files, lm = world
+    store = MemoryStore(tmp_path, lm)
     store.put_bytes("owner", "kept", files["pool-0"])
     monkeypatch.setattr(store, "ids", lambda owner: ["gone", "kept"])  # "gone" was deleted after the folder was read
     assert [m["id"] for m in store.list("owner")] == ["kept"]
