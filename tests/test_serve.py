@@ -316,6 +316,8 @@ def test_job_makes_the_memory_memorize_makes_while_serving(server, client, lm, m
             polled.wait(60)  # only a test that stopped polling waits this long
 
     monkeypatch.setattr(server[1].jobs, "_update", lock_step)
+    released = threading.Event()  # the job's freed training memory handed back to the system after it
+    monkeypatch.setattr("locas.serve.jobs.release_free_memory", released.set)
     text = "Ann adopted a cat named Tom in May. Bob bought a red bike from Carl. Tom likes fish. " * 40
     settings = {"window_size": 48, "memory_width": 6, "epochs": 2, "lr": 0.05}
     r = client.post("/v1/memories", json={"text": text, "id": "notes", "settings": settings})
@@ -329,6 +331,7 @@ def test_job_makes_the_memory_memorize_makes_while_serving(server, client, lm, m
         seen.append(job["progress"])
         polled.set()
     assert job["state"] == "succeeded", job
+    assert released.wait(30)
     assert job["tokens_done"] == job["tokens_total"] > 0 and job["progress"] == 1.0
     assert served >= 2 and len(set(seen)) >= 2  # progress moved while we watched
     got = load_memory(server[1].store._path("public", "notes"), model=lm)

@@ -24,6 +24,7 @@ from pathlib import Path
 
 from ..core.files import atomic_write
 from ..errors import LocasError
+from .heap import release_free_memory
 from .store import NotFound, check_id
 
 STATES = ("queued", "running", "succeeded", "failed")
@@ -131,6 +132,8 @@ class Jobs:
             except Exception as exc:  # a failed job is reported, never the end of the worker
                 msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
                 self._update(owner, job_id, state="failed", error=msg, finished=time.time())
+            finally:  # the training's activations and gradients, freed, back to the system (resident memory flat)
+                release_free_memory()
 
     def _run(self, owner, job_id, text, cfg, settings, budget_s) -> None:
         from ..learn.memorize import memorize_text
