@@ -1,8 +1,9 @@
-"""A fused SmolLM2 checkpoint in a real inference engine: llama.cpp (llama-cpp-python) on the GGUF export.
+"""A fused checkpoint in a real inference engine: llama.cpp (llama-cpp-python) on the GGUF export.
 
-Side by side in one process: SmolLM2-135M with a Locas memory (r=64, trained with NTP on a PG-19
-passage) fused in (``lm.to_dense``), exported by ``locas.core.export.export_gguf`` as f32, f16 and
-q8_0, and run by llama.cpp on the same token ids as transformers runs the fused checkpoint:
+Side by side in one process: SmolLM2-135M (or ``--model gemma3-270m``) with a Locas memory (r=64,
+trained with NTP on a PG-19 passage) fused in (``lm.to_dense``), exported by
+``locas.core.export.export_gguf`` as f32, f16 and q8_0, and run by llama.cpp on the same token ids as
+transformers runs the fused checkpoint:
 
   greedy equal   the greedy continuation (``--new-tokens``, 32) of every prompt is the same, token for token
   top-1          share of prompt positions whose most likely next token agrees
@@ -13,8 +14,10 @@ Prompts: passages of PG-19 book 10321 (not the book the memory read). Needs llam
 (``make engines``).
 
     flock /tmp/locas-cpu.lock python benchmarks/engines.py          # ~4 min
+    flock /tmp/locas-cpu.lock python benchmarks/engines.py --model gemma3-270m --prompt-tokens 600
+                                                          # prompts past Gemma's 512-token sliding window
 
-Writes benchmarks/results/engines.json (and the markdown table in it).
+Writes benchmarks/results/engines.json, or engines-<model>.json for another model (and the markdown table in it).
 """
 
 from __future__ import annotations
@@ -68,6 +71,7 @@ def llama_run(llm, ids: list[int], new_tokens: int):
 
 def main():
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--model", default="smollm2-135m")
     p.add_argument("--prompts", type=int, default=4)
     p.add_argument("--prompt-tokens", type=int, default=96)
     p.add_argument("--new-tokens", type=int, default=32)
@@ -77,7 +81,7 @@ def main():
     p.add_argument("--fused-only", action="store_true", help="write the fused checkpoint and stop (no llama.cpp)")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
-    lm = LocasForCausalLM.from_pretrained("smollm2-135m")
+    lm = LocasForCausalLM.from_pretrained(args.model)
     book = tokenize_text(lm.tokenizer, load_book("10146"))
     cfg = TrainConfig(objective="ntp", window_size=512, memory_width=64, lr=3e-2)
     memory = memorize_text(lm, lm.tokenizer.decode(book[4096:5120]), cfg, progress=False).learner.full_memory()
@@ -100,7 +104,8 @@ def main():
     rows, record = [["transformers (fused, f32)", "-", 1.0, 0.0, 0.0, hf_tps]], {}
     for dtype in ("f32", "f16", "q8_0"):
         path = export_gguf(fused, work / f"fused-{dtype}.gguf", dtype=dtype, progress=False)
-        llm = Llama(model_path=str(path), n_ctx=512, n_threads=args.threads, logits_all=True, verbose=False)
+        llm = Llama(model_path=str(path), n_ctx=args.prompt_tokens + args.new_tokens + 16, n_threads=args.threads,
+                    logits_all=True, verbose=False)
         equal, top1, diffs, decode = 0, [], [], 0.0
         for ids, (hf_logp, hf_out, _) in zip(prompts, hf):
             logp, out, dt = llama_run(llm, ids, args.new_tokens)
@@ -119,11 +124,11 @@ def main():
         del llm
     header = ["engine", "greedy equal", "top-1", "mean |dlogp|", "max |dlogp|", "tok/s"]
     print(format_table(header, rows))
-    write_json(RESULTS / "engines.json", {"benchmark": "engines", "model": "smollm2-135m + r64 memory fused",
-                                          "intermediate_size": dense.config.intermediate_size,
-                                          "transformers_tokens_per_s": hf_tps, "llama_cpp": record,
-                                          "config": vars(args), "markdown": markdown_table(header, rows)})
-    print(f"wrote {RESULTS / 'engines.json'}")
+    out = RESULTS / ("engines.json" if args.model == "smollm2-135m" else f"engines-{args.model}.json")
+    write_json(out, {"benchmark": "engines", "model": f"{args.model} + r64 memory fused",
+                     "intermediate_size": dense.config.intermediate_size, "transformers_tokens_per_s": hf_tps,
+                     "llama_cpp": record, "config": vars(args), "markdown": markdown_table(header, rows)})
+    print(f"wrote {out}")
 
 
 if __name__ == "__main__":

@@ -1,7 +1,8 @@
 """Memories that answer: memorise a short document, then answer questions about it with the document gone.
 
-Side by side in one process on SmolLM2-135M-Instruct, on our own documents about invented things
-(``benchmarks/data/recall/``: four to tune on, three held out and never used to choose anything),
+Side by side in one process on SmolLM2-135M-Instruct (or ``--model gemma3-270m``), on our own documents
+about invented things (``benchmarks/data/recall/``: four to tune on, three held out and never used to choose
+anything),
 then asked the document's written questions with *no text in the prompt*, in the prompt format
 ``locas ask`` uses for such a memory (plain, ``Answer the question with a short phrase.``):
 
@@ -27,7 +28,7 @@ window, so recall is not bought with forgetting.
     flock /tmp/locas-cpu.lock python benchmarks/recall.py --split heldout        # ~15 min: the reported table
     flock /tmp/locas-cpu.lock python benchmarks/recall.py --quick                # ~3 min: one document, recall
 
-Writes benchmarks/results/recall-<split>[-name].json, .md and .png.
+Writes benchmarks/results/recall[-<model>]-<split>[-name].json, .md and .png (no model part for SmolLM2).
 """
 
 from __future__ import annotations
@@ -74,6 +75,7 @@ LRS = {"recall": 0.1, "ntp": 0.1, "lora": 3e-3}  # chosen on the tune split (doc
 
 def parse_args():
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--model", default="smollm2-135m", help="a packaged model (smollm2-135m, gemma3-270m) or a path")
     p.add_argument("--split", default="heldout", choices=("tune", "heldout"))
     p.add_argument("--docs", default=None, help="comma-separated document ids (default: every one of the split)")
     p.add_argument("--systems", default="recall,ntp,lora-recall", help=f"of {', '.join(SYSTEMS)}")
@@ -180,7 +182,8 @@ def write_results(args, docs: list[dict], runs: list[dict], t_start: float, fina
     """The JSON record, the markdown table and the plot so far (after every run: an interrupted sweep keeps them)."""
     means = summarise(runs)
     rows = [row(r, r["doc"]) for r in runs] + [row(m, "mean") for m in means]
-    stem = f"recall-{args.split}{'-quick' if args.quick else ''}{'-' + args.name if args.name else ''}"
+    model = "" if args.model == "smollm2-135m" else f"-{Path(args.model).name}"
+    stem = f"recall{model}-{args.split}{'-quick' if args.quick else ''}{'-' + args.name if args.name else ''}"
     payload = {"args": vars(args), "runs": runs, "means": means, "wall_s": time.perf_counter() - t_start,
                "complete": final}
     write_json(RESULTS / f"{stem}.json", payload)
@@ -208,7 +211,7 @@ def main():
         raise SystemExit(f"unknown system {unknown}; choose from {', '.join(SYSTEMS)}")
     docs = load_docs(args.split, args.docs)[:1 if args.quick else None]
     t_start = time.perf_counter()
-    lm = LocasForCausalLM.from_pretrained("smollm2-135m", device="cpu")
+    lm = LocasForCausalLM.from_pretrained(args.model, device="cpu")
     kl_tokens = tokenize_text(lm.tokenizer, load_book(args.heldout_book), args.kl_tokens)
     ask = ProbeConfig()  # the prompt format of `locas ask` for a memory from `locas memorize` (plain)
     runs = []
