@@ -43,11 +43,25 @@ def unit_importance(lm, input_ids: torch.Tensor, attention_mask: torch.Tensor | 
 
 
 def _base_forward_with_hooks(lm, modules, make_hook, input_ids, attention_mask) -> None:
-    """One no-grad forward of the base model with ``make_hook(i)`` as forward-pre-hook on ``modules[i]``."""
-    handles = [m.register_forward_pre_hook(make_hook(i)) for i, m in enumerate(modules)]
+    """One no-grad forward of the base model with ``make_hook(i)`` as forward-pre-hook on ``modules[i]``; a
+    window without a mask is read from the model's BOS (``lm.with_bos``), which the hooks never see."""
+    read, k = lm.with_bos(input_ids) if attention_mask is None else (input_ids, 0)
+
+    def without_bos(hook):
+        def inner(module, args):
+            x = args[0]
+            if k and x.dim() == 3:  # (B, k + T, X)
+                x = x[:, k:]
+            elif k:  # flattened (B * (k + T), X), as OPT passes it
+                x = x.reshape(*read.shape, -1)[:, k:].reshape(-1, x.shape[-1])
+            return hook(module, (x, *args[1:]))
+
+        return inner
+
+    handles = [m.register_forward_pre_hook(without_bos(make_hook(i))) for i, m in enumerate(modules)]
     try:
         with torch.no_grad(), lm.disabled():
-            lm.model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False)
+            lm.model(input_ids=read, attention_mask=attention_mask, use_cache=False)
     finally:
         for h in handles:
             h.remove()

@@ -46,6 +46,7 @@ class HeldoutConfig:
 class Variant:
     name: str
     enter: Callable  # () -> context manager yielding a callable causal LM
+    bos_ids: tuple[int, ...] = ()  # what every window it reads starts with (``lm.bos_ids``: Gemma's <bos>)
 
 
 def _adapters_off(peft_model):
@@ -60,7 +61,7 @@ def base_variant(lm, peft_model=None, name: str = "base") -> Variant:
         with _adapters_off(peft_model), lm.disabled():
             yield lm.model
 
-    return Variant(name, enter)
+    return Variant(name, enter, tuple(lm.bos_ids))
 
 
 def memory_variant(lm, memory: torch.Tensor, layers=None, peft_model=None, name: str = "locas") -> Variant:
@@ -71,7 +72,7 @@ def memory_variant(lm, memory: torch.Tensor, layers=None, peft_model=None, name:
         with _adapters_off(peft_model), lm.use_memory(memory.detach(), layers):
             yield lm.model
 
-    return Variant(name, enter)
+    return Variant(name, enter, tuple(lm.bos_ids))
 
 
 def lora_variant(lm, peft_model, name: str = "lora") -> Variant:
@@ -82,12 +83,13 @@ def lora_variant(lm, peft_model, name: str = "lora") -> Variant:
         with lm.disabled():
             yield peft_model
 
-    return Variant(name, enter)
+    return Variant(name, enter, tuple(lm.bos_ids))
 
 
-def model_variant(model, name: str) -> Variant:
-    """Any standalone causal LM (e.g. a fused dense checkpoint) with the same tokenizer."""
-    return Variant(name, lambda: nullcontext(model))
+def model_variant(model, name: str, bos_ids=()) -> Variant:
+    """Any standalone causal LM (e.g. a fused dense checkpoint) with the same tokenizer (``bos_ids``: its
+    ``lm.bos_ids``)."""
+    return Variant(name, lambda: nullcontext(model), tuple(bos_ids))
 
 
 @torch.no_grad()
@@ -99,7 +101,10 @@ def window_stats(variants: list[Variant], tokens: torch.Tensor, span: tuple[int,
         with v.enter() as model:
             dev = next(model.parameters()).device
             ids = tokens[s:e][None].to(dev)  # (1, T)
-            logp = torch.log_softmax(model(input_ids=ids, use_cache=False).logits[0, :-1].float(), -1)  # (T-1, V)
+            k = len(v.bos_ids)
+            read = torch.cat([torch.tensor([v.bos_ids], dtype=ids.dtype, device=dev), ids], 1) if k else ids
+            logits = model(input_ids=read, use_cache=False).logits[0, k:-1]  # (T-1, V): the window's own positions
+            logp = torch.log_softmax(logits.float(), -1)
         target = ids[0, 1:]
         kl = 0.0 if ref is None else float((ref.exp() * (ref - logp)).sum())
         out[v.name] = {"nll": float(-logp.gather(1, target[:, None]).sum()), "kl": kl, "tokens": int(target.numel())}

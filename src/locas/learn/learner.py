@@ -53,14 +53,24 @@ class Learner:
     def logits(self, ids: torch.Tensor, **inputs) -> torch.Tensor:
         """(B, T) -> (B, T, V) with the learner's current state; ``inputs``: attention_mask, position_ids,
         logits_to_keep (then (B, K, V))."""
+        ids, k = self._from_bos(ids, inputs)
         with self.applied() as model:
-            return model(input_ids=ids, use_cache=False, **inputs).logits
+            logits = model(input_ids=ids, use_cache=False, **inputs).logits
+        return logits if "logits_to_keep" in inputs else logits[:, k:]
 
     def nll(self, ids: torch.Tensor, **inputs) -> torch.Tensor:
         """Per-token NLL (B, T-1) of ``ids`` with the learner's current state, through the head in chunks
         (``core.head``: no (T, V) logits); differentiable. ``inputs``: attention_mask, position_ids."""
+        ids, k = self._from_bos(ids, inputs)
         with self.applied() as model:
-            return next_token_nll(model, ids, **inputs)
+            return next_token_nll(model, ids, **inputs)[:, k:]
+
+    def _from_bos(self, ids: torch.Tensor, inputs: dict) -> tuple[torch.Tensor, int]:
+        """A window of a text (no mask, no positions) read from the model's BOS (``lm.with_bos``); a batch the
+        caller laid out itself (a mask or positions: prompts, which carry their own BOS) as it is."""
+        if "attention_mask" in inputs or "position_ids" in inputs:
+            return ids, 0
+        return self.lm.with_bos(ids)
 
     @contextmanager
     def frozen(self):

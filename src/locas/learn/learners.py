@@ -24,7 +24,6 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from ..core.head import next_token_nll
 from ..core.model import ModelState
 from ..errors import LocasError
 from ..extras import require
@@ -78,7 +77,7 @@ class FullAttentionLearner(Learner):
         lo = max(0, end - max(self.context(), end - start))
         ids = tokens[lo:end][None].to(self.lm.device)
         with self.lm.disabled():
-            return next_token_nll(self.lm.model, ids)[0, start - lo:]  # (end-start-1,): the window's tokens
+            return self.nll(ids)[0, start - lo:]  # (end-start-1,): the window's tokens
 
 
 def linear_target_names(model: nn.Module) -> list[str]:

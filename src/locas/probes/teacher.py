@@ -14,7 +14,7 @@ import torch
 from tqdm.auto import tqdm
 
 from ..text.decoding import Decoder
-from ..text.prompts import Prompt, answer_stop_id
+from ..text.prompts import Prompt, answer_stop_id, bos_first
 from ..text.tokens import encode
 from .config import ProbeConfig
 from .families import Probe
@@ -84,7 +84,8 @@ def probe_prompts(tok, chunk: str, group: list[Probe], cfg: ProbeConfig
     (``Prompt``) with and without the chunk, with ``cfg.instruction``.
     """
     if cfg.prompt_style == "qa":
-        return encode(tok, chunk + CONTEXT_SEPARATOR), [], [encode(tok, p.text) for p in group]
+        prompts = [encode(tok, p.text) for p in group]
+        return bos_first(tok, encode(tok, chunk + CONTEXT_SEPARATOR)), bos_first(tok, []), prompts
     style = Prompt.resolve_style(tok, cfg.prompt_style)
     teacher = Prompt.build(tok, encode(tok, chunk), style, cfg.instruction)
     student = Prompt.build(tok, [], style, cfg.instruction)

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from ..core.model import bos_prefix
 from ..errors import LocasError
 from .tokens import encode
 
@@ -51,7 +52,7 @@ class Prompt:
         style = cls.resolve_style(tokenizer, style)
         head, mid, _ = _split(_render(tokenizer, style, instruction, [], "?"))
         ctx = list(context_ids or [])
-        ids = encode(tokenizer, head) + ctx + encode(tokenizer, mid)
+        ids = bos_first(tokenizer, encode(tokenizer, head) + ctx + encode(tokenizer, mid))
         return cls(tokenizer, style, ids, len(ctx))
 
     def suffix_ids(self, question: str, history: list[tuple[str, str]] = (), hint: str = "") -> list[int]:
@@ -104,5 +105,12 @@ def user_prompt_ids(tokenizer, content: str, use_chat: bool = True) -> list[int]
     if use_chat and getattr(tokenizer, "chat_template", None):
         ids = tokenizer.apply_chat_template([{"role": "user", "content": content}], add_generation_prompt=True,
                                             tokenize=True)
-        return list(ids["input_ids"] if isinstance(ids, dict) or hasattr(ids, "keys") else ids)
-    return encode(tokenizer, content + "\n")
+        return bos_first(tokenizer, list(ids["input_ids"] if isinstance(ids, dict) or hasattr(ids, "keys") else ids))
+    return bos_first(tokenizer, encode(tokenizer, content + "\n"))
+
+
+def bos_first(tokenizer, ids: list[int]) -> list[int]:
+    """``ids`` from the start of a sequence, with the BOS its tokenizer puts before every text (Gemma's; none for
+    SmolLM2) unless they start with it (a chat template may write it)."""
+    bos = bos_prefix(tokenizer)
+    return ids if not bos or ids[:len(bos)] == bos else bos + ids

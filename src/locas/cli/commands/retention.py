@@ -127,7 +127,7 @@ def run(args):
             variants.append(lora_variant(lm, peft_model, name="lora"))
         if args.dense:
             dense, _ = load_model(args.dense, dtype=args.dtype, device=str(lm.device))
-            variants.append(model_variant(dense, name="dense"))
+            variants.append(model_variant(dense, name="dense", bos_ids=lm.bos_ids))
         if len({v.name for v in variants}) != len(variants):
             raise LocasError("two variants share a name (memory files with the same stem); rename one")
         files = [*args.memory, *([args.adapter] if args.adapter else []), *([args.dense] if args.dense else [])]

@@ -41,9 +41,9 @@ class TeacherTargets:
 def teacher_targets(lm, tokens: torch.Tensor, start: int, end: int, context: int, topk: int = 0) -> TeacherTargets:
     """Base model (memory off) reading ``tokens[max(0, end - context):end]``; targets for ``start+1..end-1``."""
     lo = max(0, end - max(context, end - start))
-    ids = tokens[lo:end][None].to(lm.device)
+    ids, k = lm.with_bos(tokens[lo:end][None].to(lm.device))
     with lm.disabled():
-        logits = lm.model(input_ids=ids, use_cache=False).logits[0].float()  # (end-lo, V)
+        logits = lm.model(input_ids=ids, use_cache=False).logits[0, k:].float()  # (end-lo, V)
     logits = logits[start - lo: end - lo - 1]  # (T-1, V) predictions of tokens start+1..end-1
     if topk and topk < logits.shape[-1]:
         values, index = logits.topk(topk, dim=-1)
