@@ -43,12 +43,7 @@ def test_llama_cpp_runs_the_fused_export(tmp_path, dtype, min_top1):
         want = dense.generate(torch.tensor([ids]), max_new_tokens=16, min_new_tokens=16, do_sample=False)
     llm = llama_cpp.Llama(model_path=str(path), n_ctx=128, n_threads=1, logits_all=True, verbose=False)
     assert llm.tokenize(b"Ann adopted a cat named Tom in May", add_bos=False, special=False) == ids  # same tokenizer
-    llm.eval(ids)
-    got_logits = np.array(llm.scores[:len(ids)])
-    out = []
-    for _ in range(16):
-        out.append(int(np.argmax(llm.scores[llm.n_tokens - 1])))
-        llm.eval([out[-1]])
+    got_logits, out = _greedy_and_logits(llm, ids, 16)
     assert np.mean(got_logits.argmax(-1) == want_logits.argmax(-1)) >= min_top1
     if dtype == "f32":
         assert out == want[0, len(ids):].tolist()

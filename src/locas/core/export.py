@@ -26,6 +26,7 @@ import torch
 
 from ..errors import LocasError
 from .files import atomic_write
+from .model import bos_prefix
 
 DTYPES = ("f32", "f16", "q8_0")
 
@@ -182,8 +183,8 @@ def _tokenizer_fields(writer, tokenizer, vocab_size: int) -> None:
         value = getattr(tokenizer, name, None)
         if value is not None:
             add(int(value))
-    ids = tokenizer("a")["input_ids"]  # what the tokenizer adds around a text, seen rather than configured
-    writer.add_add_bos_token(tokenizer.bos_token_id is not None and ids[:1] == [tokenizer.bos_token_id])
+    ids = tokenizer("a")["input_ids"]  # what the tokenizer adds after a text, seen rather than configured
+    writer.add_add_bos_token(bool(bos_prefix(tokenizer)))
     writer.add_add_eos_token(tokenizer.eos_token_id is not None and ids[-1:] == [tokenizer.eos_token_id])
     if getattr(tokenizer, "chat_template", None):
         writer.add_chat_template(tokenizer.chat_template)

@@ -40,6 +40,19 @@ def bos_prefix(tokenizer) -> list[int]:
     return [bos] if tokenizer("a")["input_ids"][:1] == [bos] else []
 
 
+def prepend_bos(input_ids: torch.Tensor, bos_ids) -> tuple[torch.Tensor, int]:
+    """(B, T) -> ((B, k + T), k): ``bos_ids`` (k of them; ``bos_prefix``) in front of ids that do not start with
+    them; drop the first k positions of what the model returns.
+
+        >>> ids, k = prepend_bos(window, [2])    # Gemma: (1, 1 + T), 1
+    """
+    k = len(bos_ids)
+    if not k or bool((input_ids[:, 0] == bos_ids[0]).all()):
+        return input_ids, 0
+    bos = torch.tensor(list(bos_ids), dtype=input_ids.dtype, device=input_ids.device)
+    return torch.cat([bos.expand(input_ids.shape[0], k), input_ids], dim=1), k
+
+
 class LocasForCausalLM(nn.Module):
     """Wraps an already-loaded transformers causal LM and attaches one ``MemoryMLP`` per layer."""
 
@@ -130,14 +143,9 @@ class LocasForCausalLM(nn.Module):
         return self._bos_ids
 
     def with_bos(self, input_ids: torch.Tensor) -> tuple[torch.Tensor, int]:
-        """(B, T) -> ((B, k + T), k): the ids with the model's BOS in front where its tokenizer puts one (k = 1)
-        and they do not start with it; a window cut from inside a text is then read as the model reads any text.
-        Drop the first k positions of what the model returns."""
-        k = len(self.bos_ids)
-        if not k or bool((input_ids[:, 0] == self.bos_ids[0]).all()):
-            return input_ids, 0
-        bos = torch.tensor(self.bos_ids, dtype=input_ids.dtype, device=input_ids.device)
-        return torch.cat([bos.expand(input_ids.shape[0], k), input_ids], dim=1), k
+        """``prepend_bos`` with the model's BOS: a window cut from inside a text is read as the model reads any
+        text."""
+        return prepend_bos(input_ids, self.bos_ids)
 
     def num_base_parameters(self) -> int:
         return sum(p.numel() for p in self.model.parameters())

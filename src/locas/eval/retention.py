@@ -22,6 +22,7 @@ import torch
 from tqdm.auto import tqdm
 
 from ..core.files import atomic_write
+from ..core.model import prepend_bos
 from ..distributed import DistContext, run_sharded
 from ..errors import LocasError
 from ..learn.learners import make_learner
@@ -101,8 +102,7 @@ def window_stats(variants: list[Variant], tokens: torch.Tensor, span: tuple[int,
         with v.enter() as model:
             dev = next(model.parameters()).device
             ids = tokens[s:e][None].to(dev)  # (1, T)
-            k = len(v.bos_ids)
-            read = torch.cat([torch.tensor([v.bos_ids], dtype=ids.dtype, device=dev), ids], 1) if k else ids
+            read, k = prepend_bos(ids, v.bos_ids)
             logits = model(input_ids=read, use_cache=False).logits[0, k:-1]  # (T-1, V): the window's own positions
             logp = torch.log_softmax(logits.float(), -1)
         target = ids[0, 1:]
