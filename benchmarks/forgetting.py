@@ -14,7 +14,8 @@ projection). Then base / Locas / TempLoRA are compared on:
                                                    # core, 35 min measured here with the cores shared
     python benchmarks/forgetting.py --sweep        # first pick each method's lr on a prefix (same grid size)
 
-Learning rates default to the PG-19 benchmark's (Locas 3e-2, TempLoRA 1e-3); ``--sweep`` instead gives
+Learning rates default to the PG-19 benchmark's (Locas: the paper recipe's lr for the model, 3e-2 on SmolLM2 and 1e-2
+on gemma3-270m; TempLoRA 1e-3); ``--sweep`` instead gives
 each method the same 3-point grid on ``--sweep-tokens`` and keeps the lowest streaming perplexity.
 Writes benchmarks/results/forgetting[-quick].json and a PNG.
 """
@@ -34,6 +35,7 @@ from locas.data.pg19 import load_book
 from locas.eval.report import format_table, markdown_table
 from locas.eval.retention import heldout_metrics, memorise, retention_report, table_rows, variants_for, write_retention
 from locas.learn.config import TrainConfig
+from locas.learn.presets import preset_settings
 from locas.text.tokens import tokenize_text
 
 RESULTS = Path(__file__).parent / "results"
@@ -64,7 +66,8 @@ def main():
     ap.add_argument("--shots", type=int, default=5)
     ap.add_argument("--window-size", type=int, default=1024)
     ap.add_argument("--rank", type=int, default=64, help="Locas width r and LoRA rank")
-    ap.add_argument("--locas-lr", type=float, default=3e-2)
+    ap.add_argument("--locas-lr", type=float, default=None,
+                    help="default: the paper recipe's lr for --model (3e-2; gemma3-270m 1e-2: locas.learn.presets)")
     ap.add_argument("--lora-lr", type=float, default=1e-3)
     ap.add_argument("--sweep", action="store_true", help="pick each method's lr from a 3-point grid first")
     ap.add_argument("--sweep-tokens", type=int, default=4096)
@@ -74,6 +77,7 @@ def main():
     ap.add_argument("--save", default="runs/forgetting", help="where the Locas memory and TempLoRA adapter are saved "
                     "(re-evaluate them with `locas retention --memory ... --adapter ...`)")
     args = ap.parse_args()
+    args.locas_lr = args.locas_lr or preset_settings("paper", args.model)["lr"]
     q = args.quick
     n_tokens = args.max_tokens or (4096 if q else 16384)
     n_held = args.heldout_tokens or (1024 if q else 4096)

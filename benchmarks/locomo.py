@@ -46,6 +46,7 @@ from locas.eval.locomo import (
 )
 from locas.learn.config import TrainConfig
 from locas.learn.memorize import objective_defaults
+from locas.learn.presets import preset_settings
 
 RESULTS = Path(__file__).parent / "results" / "locomo"
 QUICK_SESSIONS = 6  # conv-30: 6 of 19 sessions (~4.6K tokens), 44 of 105 questions
@@ -64,7 +65,8 @@ def main():
     ap.add_argument("--recent-tokens", type=int, default=1024, help="date_split prompt window")
     ap.add_argument("--memory-width", type=int, default=64)
     ap.add_argument("--lora-rank", type=int, default=16)
-    ap.add_argument("--locas-lr", type=float, default=3e-2)
+    ap.add_argument("--locas-lr", type=float, default=None,
+                    help="default: the paper recipe's lr for --model (3e-2; gemma3-270m 1e-2: locas.learn.presets)")
     ap.add_argument("--lora-lr", type=float, default=1e-3)
     ap.add_argument("--methods", nargs="+", default=["locas-SD", "lora-SD", "locas-NTP"])
     ap.add_argument("--no-full", action="store_true", help="skip the full-context row")
@@ -80,6 +82,7 @@ def main():
                     help="reuse (method, conversation) runs finished by an earlier run with the same settings")
     ap.add_argument("--threads", type=int, default=0, help="torch intra-op threads (0 = default; 1 on a busy machine)")
     args = ap.parse_args()
+    args.locas_lr = args.locas_lr or preset_settings("paper", args.model)["lr"]
     if args.threads:
         torch.set_num_threads(args.threads)
     ids = args.conversations or (["conv-30"] if args.quick else ["conv-26", "conv-30"])

@@ -22,6 +22,13 @@ Suites (combine with --suite, repeatable):
     python benchmarks/pg19.py --suite sweep --suite init  # ablations on the sweep prefix
     python benchmarks/pg19.py --suite main                # whole book 10146
 
+--model gemma3-270m (after `make models`): the presets take that model's lrs (locas.learn.presets.MODEL_SETTINGS,
+from its own sweeps, results/pg19-gemma3-270m-sweep-*.json) and the held-out suite its TempLoRA r11 sweep:
+
+    python benchmarks/pg19.py --model gemma3-270m --suite combos --only '^locas-sqrt-extra256-lr' \
+        --lrs 3e-4 1e-3 3e-3 --tag=-gemma3-270m-sweep-sqrt      # sqrt-tail's grid (then renamed as above)
+    python benchmarks/pg19.py --model gemma3-270m --suite heldout --max-tokens 32768 --tag=-gemma3-270m
+
 Prints a table with ratios to truncation and writes benchmarks/results/pg19-<suite>.json.
 """
 
@@ -129,6 +136,8 @@ def main():
     ap.add_argument("--kl-tokens", type=int, default=4096)
     ap.add_argument("--model", default="smollm2-135m")
     ap.add_argument("--tag", default="")
+    ap.add_argument("--lrs", type=float, nargs="+", default=None,
+                    help="levers/combos suites: this lr grid instead of each configuration's own")
     ap.add_argument("--only", default=None, help="regex: run only matching rows (truncation always runs)")
     ap.add_argument("--threads", type=int, default=None, help="torch threads (1 when sharing the CPU)")
     ap.add_argument("--lever-report", action="store_true",
@@ -146,8 +155,8 @@ def main():
     text = load_book(args.book)
     base_params = lm.num_base_parameters()
     W = args.window_size
-    swept = _load_sweep()
-    locas_lr = args.locas_lr or swept.get("locas_lr", 3e-2)
+    swept = _load_sweep() if args.model == "smollm2-135m" else {}  # pg19-best.json is SmolLM2's sweep
+    locas_lr = args.locas_lr or swept.get("locas_lr", preset_settings("paper", args.model)["lr"])
     lora_lr = args.lora_lr or swept.get("lora_lr", 1e-3)
     tau = args.tau_scale or swept.get("tau_scale", 1.0)
     record = {"model": args.model, "book": args.book, "window": W, "threads": torch.get_num_threads()}
@@ -185,7 +194,7 @@ def main():
         elif suite in ("levers", "combos"):
             out_path = RESULTS / f"pg19-{suite}{args.tag}.json"
             for name, (over, grid) in (LEVERS if suite == "levers" else COMBOS).items():
-                for lr in grid:
+                for lr in args.lrs or grid:
                     cfg = TrainConfig(**{"window_size": W, "memory_width": 64, **over, "lr": lr})
                     if run(lm, tokens, f"locas-{name}-lr{lr:g}", "locas", cfg, rows, curves) is not None:
                         write_json(out_path, {**record, "suite": suite, "tokens": len(tokens), "rows": rows})
@@ -220,14 +229,15 @@ def main():
                     TrainConfig(window_size=W, lr=locas_lr, memory_width=64, memory_layers=layers), rows, curves)
             for layers in ("all", "top:15", "top:10", "top:8", "top:4"):
                 run(lm, tokens, f"locas-{TUNED}-{layers}", "locas",
-                    TrainConfig(**{"window_size": W, **preset_settings(TUNED), "memory_layers": layers}), rows, curves)
+                    TrainConfig(**{"window_size": W, **preset_settings(TUNED, args.model), "memory_layers": layers}),
+                    rows, curves)
             for layers in ("all", "top:8", "top:6"):  # the preset without its tail step
-                one_step = {**preset_settings(TUNED), "steps_per_window": 1, "extra_step_tokens": 0}
+                one_step = {**preset_settings(TUNED, args.model), "steps_per_window": 1, "extra_step_tokens": 0}
                 run(lm, tokens, f"locas-sqrt-1step-{layers}", "locas",
                     TrainConfig(**{"window_size": W, **one_step, "memory_layers": layers}), rows, curves)
             run(lm, tokens, "lora-r64", "lora", TrainConfig(window_size=W, lr=lora_lr, lora_rank=64), rows, curves)
-            run(lm, tokens, "lora-r11", "lora", TrainConfig(window_size=W, lr=best_lora_lr(11), lora_rank=11),
-                rows, curves)
+            run(lm, tokens, "lora-r11", "lora",
+                TrainConfig(window_size=W, lr=best_lora_lr(11, args.model), lora_rank=11), rows, curves)
             run(lm, tokens, "truncate-again", "truncate", TrainConfig(window_size=W), rows, curves)
         table = report(rows, f"{suite} ({len(tokens):,} tokens)", base_params)
         tag = f"pg19-{suite}{'-quick' if args.quick and suite == 'main' else ''}{args.tag}"
@@ -238,35 +248,41 @@ def main():
         print(f"suite {suite} took {time.perf_counter() - t0:.0f} s -> {RESULTS / (tag + '.json')}")
 
 
-LORA_SWEEPS = {11: (("pg19-ranks-r11",), "--suite ranks --only lora-r11"),
-               64: (("pg19-sweep-earlier", "pg19-sweep"), "--suite sweep")}  # rank: (result files, how to make them)
+LORA_SWEEPS = {"smollm2-135m": {11: (("pg19-ranks-r11",), "--suite ranks --only lora-r11"),
+                                 64: (("pg19-sweep-earlier", "pg19-sweep"), "--suite sweep")},
+               "gemma3-270m": {11: (("pg19-gemma3-270m-sweep-lora",), "--model gemma3-270m --suite ranks --only "
+                                    "'^lora-r11-lr', saved under that name")}}
+# model: rank: (result files, how to make them). gemma3-270m's TempLoRA was swept at r11 only (its equal-parameter
+# rank); its Locas presets take their lrs from locas.learn.presets.MODEL_SETTINGS.
 
 
-def lora_sweep(rank: int) -> dict:
-    """TempLoRA's sweep rows at ``rank`` (11 or 64) on book 10146's prefix, by label."""
-    rows = {k: v for f in LORA_SWEEPS[rank][0] for k, v in _load_rows(f).items()}
+def lora_sweep(rank: int, model: str = "smollm2-135m") -> dict:
+    """TempLoRA's sweep rows at ``rank`` on book 10146's prefix for ``model``, by label."""
+    rows = {k: v for f in LORA_SWEEPS[model][rank][0] for k, v in _load_rows(f).items()}
     return {k: v for k, v in rows.items() if k.startswith(f"lora-r{rank}-")}
 
 
-def best_lora_lr(rank: int) -> float:
+def best_lora_lr(rank: int, model: str = "smollm2-135m") -> float:
     """TempLoRA's best lr at ``rank`` from ``lora_sweep``."""
-    row = best(lora_sweep(rank), f"lora-r{rank}-")[1]
+    row = best(lora_sweep(rank, model), f"lora-r{rank}-")[1]
     if row is None:
-        files, make = LORA_SWEEPS[rank]
+        files, make = LORA_SWEEPS[model][rank]
         raise SystemExit(f"TempLoRA r{rank}'s lr comes from results/{files[-1]}.json; run {make} first")
     return row["config"]["lr"]
 
 
-def heldout_systems(W: int) -> dict[str, tuple[str, TrainConfig]]:
-    """The held-out comparison: truncation, the tuned preset, the paper's recipe, and TempLoRA at equal
-    parameters (r11 ~ Locas r64's count) and at r64, each TempLoRA at its best lr of the sweeps on book 10146."""
-    return {
+def heldout_systems(W: int, model: str = "smollm2-135m") -> dict[str, tuple[str, TrainConfig]]:
+    """The held-out comparison on ``model``: truncation, the tuned preset, the paper's recipe (both as that model
+    wants them), and TempLoRA at equal parameters (r11 ~ Locas r64's count) and, where swept, at r64, each at its
+    best lr of the sweeps on book 10146's tuning prefix."""
+    systems = {
         "truncate": ("truncate", TrainConfig(window_size=W)),
-        f"locas-{TUNED}": ("locas", TrainConfig(**{"window_size": W, **preset_settings(TUNED)})),
-        "locas-paper": ("locas", TrainConfig(**{"window_size": W, **preset_settings("paper")})),
-        "lora-r11": ("lora", TrainConfig(window_size=W, lora_rank=11, lr=best_lora_lr(11))),
-        "lora-r64": ("lora", TrainConfig(window_size=W, lora_rank=64, lr=best_lora_lr(64))),
+        f"locas-{TUNED}": ("locas", TrainConfig(**{"window_size": W, **preset_settings(TUNED, model)})),
+        "locas-paper": ("locas", TrainConfig(**{"window_size": W, **preset_settings("paper", model)})),
     }
+    for rank in LORA_SWEEPS[model]:
+        systems[f"lora-r{rank}"] = ("lora", TrainConfig(window_size=W, lora_rank=rank, lr=best_lora_lr(rank, model)))
+    return systems
 
 
 def run_heldout(lm, args) -> None:
@@ -279,7 +295,7 @@ def run_heldout(lm, args) -> None:
     parts = RESULTS / f"pg19-heldout{args.tag}"
     parts.mkdir(parents=True, exist_ok=True)
     kl_tokens = tokenize_text(lm.tokenizer, load_book(args.kl_book), args.kl_tokens)
-    systems = heldout_systems(W)
+    systems = heldout_systems(W, args.model)
     for book in args.heldout_books:
         tokens = tokenize_text(lm.tokenizer, load_book(book), args.max_tokens)
         for name, (method, cfg) in systems.items():
@@ -287,7 +303,7 @@ def run_heldout(lm, args) -> None:
                 continue
             path = parts / f"{book}__{name}.json"
             key = {"config": cfg.to_dict(), "method": method, "tokens": len(tokens), "kl_book": args.kl_book,
-                   "kl_tokens": len(kl_tokens)}
+                   "kl_tokens": len(kl_tokens), **({} if args.model == "smollm2-135m" else {"model": args.model})}
             if path.is_file() and same_run(json.loads(path.read_text()).get("key"), key):
                 print(f"  {book} {name}: done before ({path.name})")
                 continue
@@ -360,13 +376,15 @@ def lever_report() -> None:
     configuration's best lr and perplexity against the paper recipe and TempLoRA r11 / r64; a plot of the grids."""
     rows = {}
     for path in sorted([*RESULTS.glob("pg19-levers*.json"), *RESULTS.glob("pg19-combos*.json")]):
-        rows.update(json.loads(path.read_text())["rows"])
+        record = json.loads(path.read_text())
+        if record.get("model", "smollm2-135m") == "smollm2-135m":  # the lever table is SmolLM2's
+            rows.update(record["rows"])
     grids: dict[str, dict[float, float]] = {}
     for label, r in rows.items():
         m = re.fullmatch(r"locas-(.+)-lr([0-9.e-]+)", label)
         if m:
             grids.setdefault(m.group(1).replace("tau-sqrt", "sqrt"), {})[float(m.group(2))] = r["ppl"]
-    sweeps = {rank: lora_sweep(rank) for rank in LORA_SWEEPS}
+    sweeps = {rank: lora_sweep(rank) for rank in LORA_SWEEPS["smollm2-135m"]}
     lora = {rank: best(r, f"lora-r{rank}-")[1] for rank, r in sweeps.items()}
     trunc = rows["truncate"]["ppl"]
     paper = min(grids["paper"].values())

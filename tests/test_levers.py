@@ -218,3 +218,35 @@ def test_presets_set_their_fields_and_explicit_flags_win():
     assert paper == TrainConfig(lr=3e-2, memory_width=64)  # the paper's recipe is the defaults
     with pytest.raises(LocasError, match="unknown preset"):
         preset_settings("nope")
+
+
+def test_a_model_changes_its_presets_and_window_defaults_and_flags_still_win():
+    """gemma3-270m (by name, alias or hub id) takes its own lrs; any other model the presets as written."""
+    from locas.cli.flags import apply_preset, setting_value
+    from locas.cli.main import build_parser
+    from locas.learn.memorize import objective_defaults
+    from locas.learn.presets import MODEL_SETTINGS
+
+    for name in ("gemma3-270m", "gemma-3-270m", "google/gemma-3-270m"):
+        assert preset_settings("paper", model=name)["lr"] == 1e-2
+        assert preset_settings(TUNED, model=name)["lr"] == MODEL_SETTINGS["gemma3-270m"][TUNED]["lr"] != 1e-2
+        assert objective_defaults("NTP", name) == {"lr": 1e-2}
+    assert preset_settings(TUNED, model="gemma3-270m")["tau_law"] == "sqrt"  # only the lr moves
+    assert objective_defaults("selfstudy", "gemma3-270m") == objective_defaults("selfstudy")
+    for other in (None, "smollm2-135m", "/some/dir", "Qwen/Qwen3-0.6B-Base"):
+        assert preset_settings("paper", model=other) == preset_settings("paper")
+        assert objective_defaults("ntp", other) == {}
+
+    parser = build_parser()
+
+    def lr(argv):
+        args = parser.parse_args(argv)
+        apply_preset(args._parser, args, argv)
+        return setting_value(args, TrainConfig, "lr")
+
+    assert lr(["pg19", "--model", "gemma3-270m"]) == 1e-2  # ntp, the paper's recipe: the model's lr
+    assert lr(["pg19", "--model", "gemma3-270m", "--lr", "0.05"]) == 0.05
+    assert lr(["pg19", "--model", "smollm2-135m"]) == TrainConfig().lr
+    assert lr(["pg19", "--model", "gemma3-270m", "--preset", TUNED]) == MODEL_SETTINGS["gemma3-270m"][TUNED]["lr"]
+    assert lr(["memorize", "f.txt", "-o", "m.locas", "--model", "gemma3-270m"]) is None  # selfstudy: its own default
+    assert lr(["memorize", "f.txt", "-o", "m.locas", "--model", "gemma3-270m", "--objective", "ntp"]) == 1e-2

@@ -159,6 +159,20 @@ def test_tail_tokens_and_prompt_errors():
         Prompt.build(lm.tokenizer, None, style="chat")
 
 
+def test_a_plain_prompt_asks_the_question_then_the_answer_cue():
+    """Without a chat template: context, instruction, "Question: ...", then "Answer:" on a line of its own."""
+    from locas.text.prompts import ANSWER_CUE, DOCUMENT_INSTRUCTION
+
+    tok = char_lm().tokenizer
+    ctx = tok("Ann has a cat.\n", add_special_tokens=False)["input_ids"]
+    prompt = Prompt.build(tok, ctx, style="plain", instruction=DOCUMENT_INSTRUCTION)
+    text = tok.decode(prompt.prefix_ids + prompt.suffix_ids("Who has a cat?"))
+    assert ANSWER_CUE == "\nAnswer:"
+    assert text.endswith(f"Ann has a cat.\n{DOCUMENT_INSTRUCTION}\n\nQuestion: Who has a cat?\nAnswer:"), text
+    follow_up = tok.decode(prompt.suffix_ids("Its name?", history=[("Who has a cat?", "Ann")]))
+    assert follow_up == "Who has a cat?\nAnswer: Ann\nQuestion: Its name?\nAnswer:", follow_up
+
+
 # ---- harness ------------------------------------------------------------------------------------
 
 

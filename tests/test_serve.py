@@ -357,6 +357,10 @@ def test_a_job_preset_sets_its_fields_and_settings_still_win():
         tuned["tau_law"], tuned["steps_per_window"], tuned["extra_step_tokens"]) == ("sqrt", 2, 256)
     assert cfg.lr == 0.2  # the request's own setting beats the preset's 1e-2
     assert MemoryJobRequest(text="Ann.").train_config(1024).tau_law == "r"
+    on_gemma = MemoryJobRequest(text="Ann.", preset="paper").train_config(1024, "gemma3-270m")
+    assert on_gemma.lr == preset_settings("paper", "gemma3-270m")["lr"] == 1e-2  # the server's model's own lr
+    assert MemoryJobRequest(text="Ann.").train_config(1024, "gemma3-270m").lr == 1e-2  # ntp by default
+    assert MemoryJobRequest(text="Ann.", settings={"lr": 0.2}).train_config(1024, "gemma3-270m").lr == 0.2
 
 
 def test_a_jobs_default_width_fits_a_narrow_model(lm):

@@ -148,16 +148,22 @@ def add_preset_arg(p) -> None:
 
 
 def apply_preset(parser, args: argparse.Namespace, argv: list[str]) -> None:
-    """Set the fields of ``args.preset`` on ``args`` except those whose flag is in ``argv`` (an explicit flag wins)."""
-    name = getattr(args, "preset", None)
-    if not name:
-        return
+    """Set on ``args`` what ``--model`` changes in its objective's defaults, then the fields of ``args.preset`` (as
+    that model wants them: ``locas.learn.presets.MODEL_SETTINGS``), except those whose flag is in ``argv`` (an
+    explicit flag wins)."""
+    if not getattr(args, "preset", None) and not hasattr(args, "TrainConfig.objective"):
+        return  # a command that trains nothing (and the imports below take torch's)
     from ..learn.config import TrainConfig
-    from ..learn.presets import preset_settings
+    from ..learn.presets import model_settings, preset_settings
 
+    model = getattr(args, "model", None)
+    objective = getattr(args, _dest(TrainConfig, "objective"), None)
+    fields = model_settings(model, objective) if objective else {}
+    if getattr(args, "preset", None):
+        fields.update(preset_settings(args.preset, model))
     given = {t.partition("=")[0] for t in argv if t.startswith("--")}
     by_dest = {a.dest: a for a in parser._actions}
-    for field, value in preset_settings(name).items():
+    for field, value in fields.items():
         action = by_dest.get(_dest(TrainConfig, field))
         if action is not None and not given.intersection(action.option_strings):
             setattr(args, action.dest, value)

@@ -63,6 +63,21 @@ def packaged(name: str) -> PackagedModel | None:
     return PACKAGED[found] if found else None
 
 
+def model_key(name_or_path: str | None) -> str | None:
+    """The packaged model that ``name_or_path`` is (its name, an alias, or its original hub id), else None: what
+    per-model settings are keyed by (``locas.learn.presets.MODEL_SETTINGS``).
+
+        >>> model_key("google/gemma-3-270m"), model_key("./my-model")
+        ('gemma3-270m', None)
+    """
+    if not name_or_path:
+        return None
+    found = packaged(str(name_or_path))
+    if found:
+        return found.name
+    return next((m.name for m in PACKAGED.values() if m.hub_id.lower() == str(name_or_path).lower()), None)
+
+
 def cache_dir() -> Path:
     if os.environ.get("LOCAS_CACHE_DIR"):
         return Path(os.environ["LOCAS_CACHE_DIR"])

@@ -51,9 +51,12 @@ class MemorizeResult:
                 "train_s": round(self.train_s, 2)}
 
 
-def objective_defaults(objective: str) -> dict:
-    """The TrainConfig values ``objective`` trains with unless told otherwise (``OBJECTIVE_DEFAULTS``)."""
-    return dict(OBJECTIVE_DEFAULTS.get(str(objective).lower(), {}))
+def objective_defaults(objective: str, model: str | None = None) -> dict:
+    """The TrainConfig values ``objective`` trains with on ``model`` unless told otherwise (``OBJECTIVE_DEFAULTS``,
+    then what the model changes: ``locas.learn.presets.MODEL_SETTINGS``)."""
+    from .presets import model_settings
+
+    return {**OBJECTIVE_DEFAULTS.get(str(objective).lower(), {}), **model_settings(model, objective)}
 
 
 def memorize_text(lm, text: str, cfg, settings: ObjectiveSettings | None = None, *, tokens: torch.Tensor | None = None,

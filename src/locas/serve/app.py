@@ -479,12 +479,12 @@ def create_app(server: Server) -> FastAPI:
         """What the playground (and any client) needs to know to build prompts and jobs; no key needed."""
         from ..learn.objectives import OBJECTIVE_NAMES
         from ..learn.presets import PRESET_HELP
-        from ..text.prompts import DOCUMENT_INSTRUCTION
+        from ..text.prompts import ANSWER_CUE, DOCUMENT_INSTRUCTION
 
         return {"object": "server", "version": __version__, "model": server.model_id,
                 "context_length": lm.max_length, "chat_template": bool(getattr(tok, "chat_template", None)),
                 "api_keys": server.keys.enabled, "objectives": list(OBJECTIVE_NAMES), "default_objective": "ntp",
-                "presets": PRESET_HELP, "instruction": DOCUMENT_INSTRUCTION,
+                "presets": PRESET_HELP, "instruction": DOCUMENT_INSTRUCTION, "answer_cue": ANSWER_CUE,
                 "max_job_text_chars": limits.max_job_text_chars}
 
     @app.get("/", include_in_schema=False)
@@ -628,7 +628,7 @@ def create_app(server: Server) -> FastAPI:
         if len(req.text) > limits.max_job_text_chars:
             raise ApiError(413, f"text too long for one job (limit {limits.max_job_text_chars} characters)")
         memory_id = _new_id(owner, req.id)
-        cfg = req.train_config(lm.intermediate_size)
+        cfg = req.train_config(lm.intermediate_size, lm.name)
         if "window_size" not in req.settings and cfg.window_size > lm.max_length:  # the default, on a short model
             cfg = dataclasses.replace(cfg, window_size=lm.max_length)
         if cfg.window_size > lm.max_length:  # refused now, not as a failed job later

@@ -111,8 +111,9 @@ class MemoryJobRequest(BaseModel):
     budget: float | None = Field(None, gt=0, description="CPU-seconds of training instead of a number of passes")
     settings: dict = Field(default_factory=dict, description="TrainConfig fields, e.g. window_size, lr, epochs")
 
-    def train_config(self, ffn_width: int):
-        """The job's ``TrainConfig``: every setting known, of its type and within its bounds, else an ``ApiError``."""
+    def train_config(self, ffn_width: int, model: str | None = None):
+        """The job's ``TrainConfig`` on ``model`` (its name: a packaged model has its own defaults): every setting
+        known, of its type and within its bounds, else an ``ApiError``."""
         from ..learn.config import TrainConfig
         from ..learn.memorize import objective_defaults
         from ..learn.objectives import objective_class
@@ -130,8 +131,8 @@ class MemoryJobRequest(BaseModel):
         if self.preset is not None and self.preset not in PRESETS:
             raise ApiError(400, f"preset: unknown preset '{self.preset}'; choose one of {', '.join(PRESETS)}",
                            param="preset")
-        preset = preset_settings(self.preset) if self.preset else {}
-        settings = {**objective_defaults(self.objective), **preset, **self.settings}
+        preset = preset_settings(self.preset, model) if self.preset else {}
+        settings = {**objective_defaults(self.objective, model), **preset, **self.settings}
         try:
             objective_class(self.objective)
             cfg = TrainConfig(objective=self.objective, **settings)
@@ -324,4 +325,5 @@ class ServerInfo(_Answer):
     default_objective: str
     presets: dict[str, str]
     instruction: str
+    answer_cue: str  # what follows the question in a plain prompt (a model without a chat template)
     max_job_text_chars: int

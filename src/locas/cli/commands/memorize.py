@@ -59,7 +59,7 @@ def add_arguments(p):
                                   f"(selfstudy) or the cloze questions (grpo) (default: 1; grpo "
                                   f"{OBJECTIVE_DEFAULTS['grpo']['epochs']})",
                         "lr": f"learning rate (AdamW) (default: {OBJECTIVE_DEFAULTS['selfstudy']['lr']} for selfstudy, "
-                              f"else {TrainConfig.lr})",
+                              f"else {TrainConfig.lr}; ntp on gemma3-270m 1e-2: locas.learn.presets.MODEL_SETTINGS)",
                         "window_size": "tokens per text window: ntp/sd/mix stream them, selfstudy's next-token term "
                                        f"takes one per step (default: {OBJECTIVE_DEFAULTS['selfstudy']['window_size']} "
                                        f"for selfstudy, else {TrainConfig.window_size})"})
@@ -92,7 +92,8 @@ def run(args):
 
     text = read_text(args.file)
     objective = setting_value(args, TrainConfig, "objective").lower()
-    unset = {k: v for k, v in objective_defaults(objective).items() if setting_value(args, TrainConfig, k) is None}
+    unset = {k: v for k, v in objective_defaults(objective, args.model).items()
+             if setting_value(args, TrainConfig, k) is None}
     cfg = settings_from(args, TrainConfig, **unset)
     settings = ObjectiveSettings(selfstudy=settings_from(args, SelfStudyConfig), grpo=settings_from(args, GRPOConfig),
                                  probes=settings_from(args, ProbeConfig, seed=cfg.seed))

@@ -219,7 +219,8 @@ function drawCurve(curve) {
 
 // ---- asking ----------------------------------------------------------------------------------------------
 // The same prompt as `locas ask` (locas/text/prompts.py): [text] instruction, then "Question: ..."; in the chat
-// template when the model has one, else plain text ending "Short answer:" and stopping at the line's end.
+// template when the model has one, else plain text ending with the server's answer cue ("\nAnswer:") and stopping
+// at the line's end.
 function request(question, text, memory, maxTokens) {
   const info = state.server;
   const content = `${text ? `${text}\n\n` : ""}${info.instruction}\n\nQuestion: ${question}`;
@@ -228,7 +229,7 @@ function request(question, text, memory, maxTokens) {
   if (info.chat_template) {
     return ["/v1/chat/completions", { ...common, messages: [{ role: "user", content }] }];
   }
-  return ["/v1/completions", { ...common, prompt: `${content} Short answer:`, stop: ["\n"] }];
+  return ["/v1/completions", { ...common, prompt: `${content}${info.answer_cue}`, stop: ["\n"] }];
 }
 
 // Cut a text from the front to about what fits the context (4 characters a token is generous; the server
