@@ -23,8 +23,9 @@ INSTRUCTION = ("Answer the question with a short phrase, using exact words from 
 DOCUMENT_INSTRUCTION = "Answer the question with a short phrase."
 TEMPORAL_HINT = " Use the DATE of the conversation to answer with an approximate date."
 # what follows a question in the plain style: a base model (no chat template) answers after "Answer:" on a line of
-# its own (gemma3-270m with the text in context, recall tuning documents: 61 % of answers contain the reference,
-# against 39 % after " Short answer:", which its base often continued with underscores; docs/RECALL.md)
+# its own. gemma3-270m with the document in the prompt, the 173 questions of the recall tuning documents: 61 % of
+# greedy answers contain the reference, against 39 % after " Short answer:" (which it often continued with
+# underscores) and 59 % in the qa style (benchmarks/prompts.py; docs/RECALL.md)
 ANSWER_CUE = "\nAnswer:"
 PROMPT_STYLES = ("auto", "chat", "plain")
 _CTX, _Q = "\x00CTX\x00", "\x00Q\x00"
