@@ -122,7 +122,8 @@ def main():
         print(f"no-memory {'/'.join(modes)}: {time.perf_counter() - t0:.0f} s", flush=True)
         for mode in modes:
             add("no-memory", runs, mode, "memory")
-        all_runs.setdefault("no-memory", []).extend(runs)
+        # the short-prompt controls pair with every memory row; the full-context row has answers of its mode only
+        all_runs["no-memory" if modes == contexts else f"no-memory-{'-'.join(modes)}"] = runs
         report()
 
     # no-memory rows with a short prompt first (the controls of every memory row); the full context last
