@@ -43,6 +43,7 @@ from pathlib import Path
 import torch
 
 from locas import LocasForCausalLM
+from locas.core.hub import DEFAULT_MODEL, model_key
 from locas.data.pg19 import load_book
 from locas.eval.pg19 import run_method
 from locas.eval.report import format_table, line_plot, markdown_table, write_json
@@ -155,7 +156,7 @@ def main():
     text = load_book(args.book)
     base_params = lm.num_base_parameters()
     W = args.window_size
-    swept = _load_sweep() if args.model == "smollm2-135m" else {}  # pg19-best.json is SmolLM2's sweep
+    swept = _load_sweep() if model_key(args.model) == DEFAULT_MODEL else {}  # pg19-best.json is SmolLM2's sweep
     locas_lr = args.locas_lr or swept.get("locas_lr", preset_settings("paper", args.model)["lr"])
     lora_lr = args.lora_lr or swept.get("lora_lr", 1e-3)
     tau = args.tau_scale or swept.get("tau_scale", 1.0)
@@ -256,22 +257,31 @@ LORA_SWEEPS = {"smollm2-135m": {11: (("pg19-ranks-r11",), "--suite ranks --only 
 # rank); its Locas presets take their lrs from locas.learn.presets.MODEL_SETTINGS.
 
 
-def lora_sweep(rank: int, model: str = "smollm2-135m") -> dict:
+def lora_sweeps(model: str) -> dict:
+    """``LORA_SWEEPS`` of ``model`` (a packaged model by name, alias or hub id), or a one-line exit."""
+    found = LORA_SWEEPS.get(model_key(model))
+    if found is None:
+        raise SystemExit(f"TempLoRA was not swept on PG-19 for {model} (only {', '.join(LORA_SWEEPS)}); run --model "
+                         f"{model} --suite ranks --only '^lora-r11-lr' and add its file to LORA_SWEEPS first")
+    return found
+
+
+def lora_sweep(rank: int, model: str = DEFAULT_MODEL) -> dict:
     """TempLoRA's sweep rows at ``rank`` on book 10146's prefix for ``model``, by label."""
-    rows = {k: v for f in LORA_SWEEPS[model][rank][0] for k, v in _load_rows(f).items()}
+    rows = {k: v for f in lora_sweeps(model)[rank][0] for k, v in _load_rows(f).items()}
     return {k: v for k, v in rows.items() if k.startswith(f"lora-r{rank}-")}
 
 
-def best_lora_lr(rank: int, model: str = "smollm2-135m") -> float:
+def best_lora_lr(rank: int, model: str = DEFAULT_MODEL) -> float:
     """TempLoRA's best lr at ``rank`` from ``lora_sweep``."""
     row = best(lora_sweep(rank, model), f"lora-r{rank}-")[1]
     if row is None:
-        files, make = LORA_SWEEPS[model][rank]
+        files, make = lora_sweeps(model)[rank]
         raise SystemExit(f"TempLoRA r{rank}'s lr comes from results/{files[-1]}.json; run {make} first")
     return row["config"]["lr"]
 
 
-def heldout_systems(W: int, model: str = "smollm2-135m") -> dict[str, tuple[str, TrainConfig]]:
+def heldout_systems(W: int, model: str = DEFAULT_MODEL) -> dict[str, tuple[str, TrainConfig]]:
     """The held-out comparison on ``model``: truncation, the tuned preset, the paper's recipe (both as that model
     wants them), and TempLoRA at equal parameters (r11 ~ Locas r64's count) and, where swept, at r64, each at its
     best lr of the sweeps on book 10146's tuning prefix."""
@@ -280,7 +290,7 @@ def heldout_systems(W: int, model: str = "smollm2-135m") -> dict[str, tuple[str,
         f"locas-{TUNED}": ("locas", TrainConfig(**{"window_size": W, **preset_settings(TUNED, model)})),
         "locas-paper": ("locas", TrainConfig(**{"window_size": W, **preset_settings("paper", model)})),
     }
-    for rank in LORA_SWEEPS[model]:
+    for rank in lora_sweeps(model):
         systems[f"lora-r{rank}"] = ("lora", TrainConfig(window_size=W, lora_rank=rank, lr=best_lora_lr(rank, model)))
     return systems
 
@@ -296,6 +306,7 @@ def run_heldout(lm, args) -> None:
     parts.mkdir(parents=True, exist_ok=True)
     kl_tokens = tokenize_text(lm.tokenizer, load_book(args.kl_book), args.kl_tokens)
     systems = heldout_systems(W, args.model)
+    other_model = {} if model_key(args.model) == DEFAULT_MODEL else {"model": args.model}  # SmolLM2's parts: no key
     for book in args.heldout_books:
         tokens = tokenize_text(lm.tokenizer, load_book(book), args.max_tokens)
         for name, (method, cfg) in systems.items():
@@ -303,7 +314,7 @@ def run_heldout(lm, args) -> None:
                 continue
             path = parts / f"{book}__{name}.json"
             key = {"config": cfg.to_dict(), "method": method, "tokens": len(tokens), "kl_book": args.kl_book,
-                   "kl_tokens": len(kl_tokens), **({} if args.model == "smollm2-135m" else {"model": args.model})}
+                   "kl_tokens": len(kl_tokens), **other_model}
             if path.is_file() and same_run(json.loads(path.read_text()).get("key"), key):
                 print(f"  {book} {name}: done before ({path.name})")
                 continue
@@ -377,14 +388,14 @@ def lever_report() -> None:
     rows = {}
     for path in sorted([*RESULTS.glob("pg19-levers*.json"), *RESULTS.glob("pg19-combos*.json")]):
         record = json.loads(path.read_text())
-        if record.get("model", "smollm2-135m") == "smollm2-135m":  # the lever table is SmolLM2's
+        if model_key(record.get("model", DEFAULT_MODEL)) == DEFAULT_MODEL:  # the lever table is SmolLM2's
             rows.update(record["rows"])
     grids: dict[str, dict[float, float]] = {}
     for label, r in rows.items():
         m = re.fullmatch(r"locas-(.+)-lr([0-9.e-]+)", label)
         if m:
             grids.setdefault(m.group(1).replace("tau-sqrt", "sqrt"), {})[float(m.group(2))] = r["ppl"]
-    sweeps = {rank: lora_sweep(rank) for rank in LORA_SWEEPS["smollm2-135m"]}
+    sweeps = {rank: lora_sweep(rank) for rank in lora_sweeps(DEFAULT_MODEL)}
     lora = {rank: best(r, f"lora-r{rank}-")[1] for rank, r in sweeps.items()}
     trunc = rows["truncate"]["ppl"]
     paper = min(grids["paper"].values())

@@ -18,7 +18,6 @@ Writes benchmarks/results/prompts-<model>.json.
 from __future__ import annotations
 
 import argparse
-import json
 import time
 from pathlib import Path
 
@@ -29,8 +28,8 @@ from locas.eval.recall import question_examples, recall_report
 from locas.eval.report import format_table, write_json
 from locas.probes.config import ProbeConfig
 from locas.text import prompts
+from recall import load_docs  # the recall benchmark's documents (benchmarks/ is on the path of a script run here)
 
-DATA = Path(__file__).parent / "data" / "recall"
 RESULTS = Path(__file__).parent / "results"
 STYLES = {"plain": ("plain", prompts.ANSWER_CUE), "plain-short-answer": ("plain", " Short answer:"),
           "qa": ("qa", prompts.ANSWER_CUE)}
@@ -63,8 +62,7 @@ def main():
     torch.set_num_threads(args.threads)
     t0 = time.perf_counter()
     lm = LocasForCausalLM.from_pretrained(args.model)
-    docs = [json.loads(f.read_text()) for f in sorted(DATA.glob("*.json"))]
-    docs = [d for d in docs if d["split"] == "tune"]
+    docs = load_docs("tune", None)
     rows = {}
     for name in args.styles.split(","):
         style, cue = STYLES[name]
