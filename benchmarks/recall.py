@@ -42,13 +42,14 @@ import torch
 
 from locas import LocasForCausalLM
 from locas.data.pg19 import load_book
-from locas.eval.recall import question_examples, recall_report
-from locas.eval.report import bar_plot, format_table, markdown_table, write_json
+from locas.eval.recall import question_examples, recall_report, student_answers
+from locas.eval.report import bar_plot, format_table, markdown_table, scatter_plot, write_json
 from locas.eval.retention import base_variant, heldout_metrics, lora_variant, memory_variant
 from locas.learn.config import TrainConfig
 from locas.learn.memorize import objective_defaults
 from locas.learn.objectives import ObjectiveSettings, SelfStudyConfig, make_objective
 from locas.learn.segments import Segment, train_segments
+from locas.learn.silence import firing
 from locas.probes.config import ProbeConfig
 from locas.text.tokens import tokenize_text
 
@@ -81,6 +82,9 @@ def parse_args():
     p.add_argument("--systems", default="recall,ntp,lora-recall", help=f"of {', '.join(SYSTEMS)}")
     p.add_argument("--lrs", default="",
                    help='learning rates to sweep, per system: "recall=0.1,0.3 lora-recall=1e-3,3e-3" (default: LRS)')
+    p.add_argument("--define", action="append", default=[], metavar="NAME:KEY=V,...",
+                   help="a lever of recall to run as system NAME, e.g. quiet:silence_weight=1,tau_scale=4 (keys: "
+                        "ntp_weight, loss, silence_weight, wordings, memory_width, memory_layers, tau_scale, tau_law)")
     p.add_argument("--lora-rank", type=int, default=11, help="TempLoRA rank (11: Locas r64's parameter count)")
     p.add_argument("--ntp-window", type=int, default=1024, help="text window of the ntp systems")
     p.add_argument("--heldout-book", default="10321", help="PG-19 book whose first window measures forgetting")
@@ -89,6 +93,19 @@ def parse_args():
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--name", default="", help="suffix of the result files")
     return p.parse_args()
+
+
+def define_system(spec: str) -> None:
+    """``NAME:key=value,...`` -> a Locas selfstudy system in SYSTEMS (numbers parsed, the rest kept as text)."""
+    name, _, body = spec.partition(":")
+    over = {}
+    for part in filter(None, body.split(",")):
+        key, _, value = part.partition("=")
+        try:
+            over[key] = int(value) if value.isdigit() else float(value)
+        except ValueError:
+            over[key] = value
+    SYSTEMS[name] = ("locas", "selfstudy", over)
 
 
 def load_docs(split: str, ids: str | None) -> list[dict]:
@@ -116,33 +133,49 @@ def run_system(lm, name: str, lr: float, doc: dict, tokens: torch.Tensor, args, 
                budget: float | None):
     """Train ``name`` on the document (``budget`` CPU-seconds, or the recall defaults' one pass) and measure it."""
     method, objective, over = SYSTEMS[name]
-    study = SelfStudyConfig(**{k: v for k, v in over.items() if k in ("ntp_weight", "loss")})
+    study = SelfStudyConfig(**{k: v for k, v in over.items() if k in ("ntp_weight", "loss", "silence_weight")})
     probes = ProbeConfig(**{k: v for k, v in over.items() if k in ("wordings",)})
     defaults = objective_defaults(objective) if objective == "selfstudy" else {"window_size": args.ntp_window}
-    shape = {k: v for k, v in over.items() if k in ("memory_width", "memory_layers", "tau_scale", "lora_rank")}
+    shape = {k: v for k, v in over.items() if k in ("memory_width", "memory_layers", "tau_scale", "tau_law",
+                                                     "lora_rank")}
     cfg = TrainConfig(**{**defaults, "lr": lr, "lora_rank": args.lora_rank, **shape}, objective=objective, seed=0)
     c0 = time.process_time()
     segment = Segment.from_text(lm.tokenizer, doc["text"], cfg.window_size, tokens=tokens)
     # selfstudy makes its probes itself (SelfStudy.prepare), inside the budget, as `locas memorize` does
-    learner, log = train_segments(lm, [segment], make_objective(cfg, ObjectiveSettings(selfstudy=study, probes=probes)),
-                                  cfg, method=method, passes=cfg.epochs, budget_s=budget, progress=False, desc=name)
+    trainer = make_objective(cfg, ObjectiveSettings(selfstudy=study, probes=probes))
+    learner, log = train_segments(lm, [segment], trainer, cfg, method=method, passes=cfg.epochs, budget_s=budget,
+                                  progress=False, desc=name)
     cpu = time.process_time() - c0
     state = learner.state()
     report = recall_report(lm, state, questions, probes, base_rows=base_rows, progress=False)
+    own = own_probe_accuracy(lm, learner, trainer, segment, state) if objective == "selfstudy" else None
     if method == "lora":
         kl = heldout_metrics([base_variant(lm, learner.peft_model), lora_variant(lm, learner.peft_model)], kl_tokens,
                              args.kl_tokens, progress=False)["lora"]["kl"]
         learner.finish()
+        fires = {"firing_doc": None, "firing_off": None}
     else:
         kl = heldout_metrics([base_variant(lm), memory_variant(lm, state.memory, state.layers)], kl_tokens,
                              args.kl_tokens, progress=False)["locas"]["kl"]
+        fires = {"firing_doc": float(firing(lm, state.memory, state.layers, tokens).mean()),
+                 "firing_off": float(firing(lm, state.memory, state.layers, kl_tokens[:args.kl_tokens]).mean())}
     s = report["summary"]["all"]
     return {"system": name, "lr": lr, "doc": doc["id"], "tokens": len(tokens), "steps": log["segments"][0]["steps"],
             "cpu_s": cpu, "cpu_s_per_1k": cpu / len(tokens) * 1000, "params": log["extra_params"], "kl": kl,
+            "own_contained": own, **fires,
             "probes": log["segments"][0].get("probes", 0), **{k: s[k] for k in (
                 "n", "nll_ratio", "teacher_nll_ratio", "improved", "base_nll", "memory_nll", "teacher_nll",
                 "memory_contained", "base_contained", "teacher_contained", "memory_exact", "base_exact")},
             "by_type": _by_type(report, doc), "samples": report["samples"][:10]}
+
+
+def own_probe_accuracy(lm, learner, objective, segment, state, n: int = 60) -> float:
+    """Share of greedy answers containing the reference on ``n`` of the probes the memory was trained on (every
+    k-th of them, made again from the same seed): can the memory say what it was taught?"""
+    examples = objective.prepare(learner, segment)
+    sample = examples[::max(1, len(examples) // n)][:n]
+    rows = student_answers(lm, sample, state, ProbeConfig().answer_tokens)
+    return sum(r["contained"] for r in rows) / len(rows)
 
 
 def _by_type(report: dict, doc: dict) -> dict:
@@ -155,7 +188,12 @@ def _by_type(report: dict, doc: dict) -> dict:
 
 
 MEANS = ("nll_ratio", "teacher_nll_ratio", "improved", "memory_contained", "base_contained", "teacher_contained",
-         "memory_exact", "base_exact", "cpu_s_per_1k", "kl")
+         "memory_exact", "base_exact", "cpu_s_per_1k", "kl", "own_contained", "firing_doc", "firing_off")
+
+
+def _mean(values: list):
+    """The mean, or None where a system has no such figure (own probes of an ntp memory, firing of a LoRA)."""
+    return None if any(v is None for v in values) else sum(values) / len(values)
 
 
 def summarise(runs: list[dict]) -> list[dict]:
@@ -165,17 +203,22 @@ def summarise(runs: list[dict]) -> list[dict]:
     for system, lr in keys:
         rs = [r for r in runs if r["system"] == system and r["lr"] == lr]
         out.append({"system": system, "lr": lr, "docs": len(rs), "params": rs[0]["params"],
-                    **{k: sum(r[k] for r in rs) / len(rs) for k in MEANS}})
+                    **{k: _mean([r.get(k) for r in rs]) for k in MEANS}})
     return out
 
 
 HEADER = ["system", "lr", "doc", "NLL ratio", "ctx ratio", "improved", "contained mem", "base", "ctx", "EM mem",
-          "CPU-s/1k tok", "KL pg19"]
+          "own probes", "CPU-s/1k tok", "KL pg19", "fires doc", "fires off"]
 
 
 def row(r: dict, doc: str) -> list:
     return [r["system"], r["lr"], doc, r["nll_ratio"], r["teacher_nll_ratio"], r["improved"], r["memory_contained"],
-            r["base_contained"], r["teacher_contained"], r["memory_exact"], r["cpu_s_per_1k"], r["kl"]]
+            r["base_contained"], r["teacher_contained"], r["memory_exact"], _dash(r.get("own_contained")),
+            r["cpu_s_per_1k"], r["kl"], _dash(r.get("firing_doc")), _dash(r.get("firing_off"))]
+
+
+def _dash(value):
+    return "-" if value is None else value
 
 
 def write_results(args, docs: list[dict], runs: list[dict], t_start: float, final: bool = False) -> None:
@@ -199,12 +242,27 @@ def write_results(args, docs: list[dict], runs: list[dict], t_start: float, fina
              {n: [next((r["nll_ratio"] for r in runs if f"{r['system']}@{r['lr']:g}" == n and r["doc"] == d),
                        float("nan")) for d in done] + [m["nll_ratio"]] for n, m in zip(names, means)},
              "answer NLL with memory / without", f"{args.split} documents (lower is better)")
-    print(f"wrote {RESULTS / stem}.json/.md/.png in {time.perf_counter() - t_start:.0f} s")
+    frontier_plot(RESULTS / f"{stem}-frontier.png", means, args.split)
+    print(f"wrote {RESULTS / stem}.json/.md/.png and -frontier.png in {time.perf_counter() - t_start:.0f} s")
+
+
+def frontier_plot(path: Path, means: list[dict], split: str) -> None:
+    """Recall against forgetting: mean answer-NLL ratio over KL on held-out PG-19, one point per (system, lr)."""
+    families: dict[str, list] = {}
+    for m in means:
+        family = "TempLoRA" if SYSTEMS[m["system"]][0] == "lora" else "Locas"
+        families.setdefault(family, []).append((m["kl"], m["nll_ratio"], f"{m['system']} {m['lr']:g}"))
+    ctx = sum(m["teacher_nll_ratio"] for m in means) / len(means)
+    scatter_plot(path, families, "KL(base || memory model) on held-out PG-19 text (log)",
+                 "answer NLL with memory / without", f"recall against forgetting, {split} documents (mean)",
+                 logx=True, hlines={"document in the prompt": ctx})
 
 
 def main():
     args = parse_args()
     torch.set_num_threads(args.threads)
+    for spec in args.define:
+        define_system(spec)
     systems = ["recall"] if args.quick else args.systems.split(",")
     unknown = [s for s in systems if s not in SYSTEMS]
     if unknown:

@@ -250,3 +250,32 @@ def test_a_model_changes_its_presets_and_window_defaults_and_flags_still_win():
     assert lr(["pg19", "--model", "gemma3-270m", "--preset", TUNED]) == MODEL_SETTINGS["gemma3-270m"][TUNED]["lr"]
     assert lr(["memorize", "f.txt", "-o", "m.locas", "--model", "gemma3-270m"]) is None  # selfstudy: its own default
     assert lr(["memorize", "f.txt", "-o", "m.locas", "--model", "gemma3-270m", "--objective", "ntp"]) == 1e-2
+
+
+def test_memorize_recall_presets_set_scale_silence_and_lr_and_flags_still_win(tmp_path, capsys):
+    from locas import cli
+    from locas.cli.flags import apply_preset, setting_value
+    from locas.cli.main import build_parser
+    from locas.learn.objectives import SelfStudyConfig
+    from locas.learn.presets import RECALL_PRESETS
+
+    parser = build_parser()
+
+    def parsed(argv):
+        args = parser.parse_args(argv)
+        apply_preset(args._parser, args, argv)
+        return (setting_value(args, TrainConfig, "tau_scale"), setting_value(args, SelfStudyConfig, "silence_weight"),
+                setting_value(args, TrainConfig, "lr"))
+
+    base = ["memorize", "f.txt", "-o", "m.locas"]
+    for name, fields in RECALL_PRESETS.items():
+        assert parsed(base + ["--preset", name]) == (fields["tau_scale"], fields["silence_weight"], fields["lr"])
+    assert RECALL_PRESETS["balanced"]["silence_weight"] > 0 and RECALL_PRESETS["strong"]["tau_scale"] > 1
+    assert parsed(base + ["--preset", "strong", "--silence-weight", "5", "--lr", "0.2"])[1:] == (5.0, 0.2)
+    assert parsed(base) == (TrainConfig().tau_scale, SelfStudyConfig().silence_weight, None)
+    text = tmp_path / "t.txt"
+    text.write_text("Ada Voss built the mill in 1871.")
+    code = cli.main(["memorize", str(text), "-o", str(tmp_path / "m.locas"), "--objective", "ntp", "--preset", "strong"])
+    err = capsys.readouterr().err
+    assert code == 2 and "recall preset of --objective selfstudy" in err and err.count("\n") == 1
+    assert not (tmp_path / "m.locas").exists()

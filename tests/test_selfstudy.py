@@ -15,6 +15,7 @@ from locas.learn.config import TrainConfig
 from locas.learn.objectives import ObjectiveSettings, SelfStudyConfig, make_objective
 from locas.learn.objectives.selfstudy import distillation_loss
 from locas.learn.segments import Segment, train_segments
+from locas.learn.silence import firing, own_samples
 from locas.probes.config import ProbeConfig
 from locas.probes.families import ANSWER_FORMATS, GENERATION_TEMPLATES, _clean_generated, generated_probes, make_probes
 from locas.probes.teacher import Example, answer_with_teacher
@@ -249,3 +250,26 @@ def test_locomo_harness_runs_the_selfstudy_objective(method, tmp_path):
         from locas.core.files import load_memory
 
         assert load_memory(tmp_path / "m.locas", model=lm)[..., 2].abs().sum() > 0  # the memory learned
+
+
+def test_the_silence_term_quiets_the_memory_off_its_text_and_it_still_learns_the_answer():
+    lm = _copy_model()
+    key = [17, 31, 22]
+    document = [BOS, KEY, *key, SEP]
+    teacher = answer_with_teacher(lm, document, [[Q]], 3, 40)[0]
+    ex = Example("question", document, [Q], teacher["answer"], teacher["values"], teacher["index"], reference="key")
+    segment = Segment(torch.tensor(document), (0, len(document)), window=len(document))
+    off_ids = own_samples(lm, rows=4, tokens=32, seed=1)  # another draw than the one trained against (seed 0)
+    fires, closed = {}, {}
+    for weight in (0.0, 10.0):
+        cfg = TrainConfig(window_size=len(document), lr=3e-2, memory_width=8, seed=0, objective="selfstudy",
+                          tau_scale=4.0)
+        objective = make_objective(cfg, ObjectiveSettings(selfstudy=SelfStudyConfig(ntp_weight=0.0,
+                                                                                   silence_weight=weight)))
+        learner, stats = train_segments(lm, [segment], objective, cfg, passes=40, examples=[ex], progress=False)
+        assert ("silence" in stats["segments"][0]) == (weight > 0)
+        fires[weight] = float(firing(lm, learner.full_memory(), None, off_ids).mean())
+        base = _answer_nll(lm, None, [Q], key)
+        closed[weight] = (base - _answer_nll(lm, learner.full_memory(), [Q], key)) / (base - teacher["nll"])
+    assert fires[10.0] < 0.5 * fires[0.0], fires  # quiet on text it never saw
+    assert closed[10.0] > 0.5, closed  # and still answers

@@ -147,6 +147,17 @@ def add_preset_arg(p) -> None:
                         "(default: none: each flag's default)")
 
 
+def add_recall_preset_arg(p) -> None:
+    """``--preset NAME`` of ``locas memorize``: a point on the self-study objective's recall / forgetting frontier
+    (``locas.learn.presets.RECALL_PRESETS``); flags given win."""
+    from ..learn.presets import RECALL_PRESET_HELP, RECALL_PRESETS
+
+    shown = "; ".join(f"{k}: {v}" for k, v in RECALL_PRESET_HELP.items())
+    p.add_argument("--preset", choices=list(RECALL_PRESETS), default=None,
+                   help=f"a recall / forgetting trade-off for --objective selfstudy (docs/RECALL.md); flags given "
+                        f"explicitly override it ({shown}) (default: none: each flag's default, as safe)")
+
+
 def apply_preset(parser, args: argparse.Namespace, argv: list[str]) -> None:
     """Set on ``args`` what ``--model`` changes in its objective's defaults, then the fields of ``args.preset`` (as
     that model wants them: ``locas.learn.presets.MODEL_SETTINGS``), except those whose flag is in ``argv`` (an
@@ -154,6 +165,7 @@ def apply_preset(parser, args: argparse.Namespace, argv: list[str]) -> None:
     if not getattr(args, "preset", None) and not hasattr(args, "TrainConfig.objective"):
         return  # a command that trains nothing (and the imports below take torch's)
     from ..learn.config import TrainConfig
+    from ..learn.objectives import SelfStudyConfig
     from ..learn.presets import model_settings, preset_settings
 
     model = getattr(args, "model", None)
@@ -164,7 +176,8 @@ def apply_preset(parser, args: argparse.Namespace, argv: list[str]) -> None:
     given = {t.partition("=")[0] for t in argv if t.startswith("--")}
     by_dest = {a.dest: a for a in parser._actions}
     for field, value in fields.items():
-        action = by_dest.get(_dest(TrainConfig, field))
+        owner = TrainConfig if field in TrainConfig.__dataclass_fields__ else SelfStudyConfig
+        action = by_dest.get(_dest(owner, field))
         if action is not None and not given.intersection(action.option_strings):
             setattr(args, action.dest, value)
 

@@ -108,3 +108,35 @@ def bar_plot(path, groups: list[str], series: dict[str, list[float]], ylabel: st
     atomic_write(Path(path), lambda tmp: fig.savefig(tmp, format="png"))
     plt.close(fig)
     return Path(path)
+
+
+def scatter_plot(path, points: dict[str, list[tuple[float, float, str]]], xlabel: str, ylabel: str, title: str = "",
+                 logx: bool = False, hlines: dict[str, float] | None = None, join: bool = False) -> Path:
+    """One marker colour per family in ``points`` (name -> [(x, y, label)]), each point labelled; ``join`` links a
+    family's points in order (a sweep); ``hlines`` draws named reference levels (e.g. the document in the prompt).
+
+        >>> scatter_plot("frontier.png", {"Locas": [(0.02, 0.6, "lr 0.1")]}, "KL", "NLL ratio", logx=True)
+    """
+    plt = plt_agg()
+    fig, ax = plt.subplots(figsize=(7.5, 4.8), dpi=120)
+    for name, pts in points.items():
+        xs, ys = [p[0] for p in pts], [p[1] for p in pts]
+        line, = ax.plot(xs, ys, marker="o", linewidth=1.0, linestyle="-" if join else "none", label=name)
+        for x, y, label in pts:
+            if label:
+                ax.annotate(label, (x, y), textcoords="offset points", xytext=(4, 4), fontsize=7,
+                            color=line.get_color())
+    for name, level in (hlines or {}).items():
+        ax.axhline(level, color="grey", linestyle="--", linewidth=0.8)
+        ax.text(0.01, level, name, transform=ax.get_yaxis_transform(), fontsize=7, color="grey", va="bottom")
+    if logx:
+        ax.set_xscale("log")
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    atomic_write(Path(path), lambda tmp: fig.savefig(tmp, format="png"))
+    plt.close(fig)
+    return Path(path)

@@ -33,6 +33,23 @@ PRESET_HELP = {
 }
 
 
+# `locas memorize --preset`: points on the recall / forgetting frontier of the self-study objective, chosen on the
+# recall benchmark's tuning documents and measured on its held-out ones (docs/RECALL.md "Selectivity"). Each sets
+# the output scale (--tau-scale), the silence term (--silence-weight: the memory's output energy on the model's own
+# samples, relative to the MLP's) and the learning rate; the rest are the selfstudy defaults.
+RECALL_PRESETS: dict[str, dict] = {
+    "safe": {"tau_scale": 1.0, "silence_weight": 0.0, "lr": 0.1},
+    "balanced": {"tau_scale": 16.0, "silence_weight": 1000.0, "lr": 0.1},
+    "strong": {"tau_scale": 64.0, "silence_weight": 1000.0, "lr": 0.03},
+}
+RECALL_PRESET_HELP = {
+    "safe": "the memorize defaults: the paper's output scale, no silence term (least forgetting)",
+    "balanced": "16x the output scale, kept quiet off the text (--silence-weight 1000): more recall, the same "
+                "forgetting",
+    "strong": "64x the output scale, --silence-weight 1000, lr 0.03: the most recall, about 5x the forgetting",
+}
+
+
 # packaged model -> preset or window objective -> the fields that differ there. gemma3-270m: on the first 6,144
 # tokens of PG-19 10146 (truncation 19.68), 4 lrs per recipe (benchmarks/results/pg19-gemma3-270m-sweep-*.json):
 # the paper recipe is best at 1e-2 (19.09; SmolLM2's 3e-2 gives 23.79), sqrt-tail at 1e-3 (19.01; its 1e-2 is
@@ -47,11 +64,12 @@ for _name in PRESET_HELP:  # say where a model changes a preset
 
 
 def preset_settings(name: str, model: str | None = None) -> dict:
-    """The ``TrainConfig`` fields preset ``name`` sets on ``model`` (a packaged model's name, alias or hub id; any
-    other model gets the preset as written)."""
-    if name not in PRESETS:
-        raise LocasError(f"unknown preset '{name}'; choose one of {', '.join(PRESETS)}")
-    return {**PRESETS[name], **model_settings(model, name)}
+    """The fields preset ``name`` sets on ``model`` (a packaged model's name, alias or hub id; any other model gets
+    the preset as written): ``TrainConfig`` fields, and for a recall preset also ``SelfStudyConfig`` ones."""
+    table = RECALL_PRESETS if name in RECALL_PRESETS else PRESETS
+    if name not in table:
+        raise LocasError(f"unknown preset '{name}'; choose one of {', '.join([*PRESETS, *RECALL_PRESETS])}")
+    return {**table[name], **model_settings(model, name)}
 
 
 def model_settings(model: str | None, key: str) -> dict:

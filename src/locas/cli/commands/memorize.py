@@ -30,6 +30,7 @@ from ..flags import (
     add_memory_arg,
     add_model_args,
     add_output_arg,
+    add_recall_preset_arg,
     add_settings,
 )
 
@@ -64,7 +65,7 @@ def add_arguments(p):
                                        f"takes one per step (default: {OBJECTIVE_DEFAULTS['selfstudy']['window_size']} "
                                        f"for selfstudy, else {TrainConfig.window_size})"})
     g = add_settings(p, ProbeConfig, title="self-study probes (--objective selfstudy, and --recall)")
-    add_settings(p, SelfStudyConfig, title="self-study training (--objective selfstudy)")
+    add_recall_preset_arg(add_settings(p, SelfStudyConfig, title="self-study training (--objective selfstudy)"))
     g.add_argument("--heldout-per-chunk", type=Number(int, minimum=0), default=4,
                    help="held-out probes per chunk for the recall report (default: 4)")
     g.add_argument("--heldout-families", default="question",
@@ -98,6 +99,9 @@ def run(args):
     settings = ObjectiveSettings(selfstudy=settings_from(args, SelfStudyConfig), grpo=settings_from(args, GRPOConfig),
                                  probes=settings_from(args, ProbeConfig, seed=cfg.seed))
     selfstudy = cfg.objective == "selfstudy"
+    if args.preset and not selfstudy:
+        raise LocasError(f"--preset {args.preset} is a recall preset of --objective selfstudy; drop it, or train "
+                         "with --objective selfstudy")
     recall = bool(args.recall)
     heldout_families = tuple(f.strip() for f in args.heldout_families.split(",") if f.strip())
     if recall and (not heldout_families or any(f not in FAMILIES for f in heldout_families)):

@@ -32,6 +32,7 @@ from ...probes.families import make_probes
 from ...probes.teacher import Example, label_examples, teacher_examples
 from ...settings import setting, validate
 from ...text.sentences import split_chunks
+from ..silence import LayerInputs, off_text, relative_energy
 from ..step import backward_step
 from .base import Objective
 from .window import TeacherTargets, distill_kl
@@ -51,6 +52,9 @@ class SelfStudyConfig:
     batch: int = setting(8, "self-study: probes per optimiser step", flag="--probe-batch", minimum=1)
     student_window: int = setting(0, "self-study: tokens of the chunk's end the student also sees (0 = only the probe)",
                                   minimum=0)
+    silence_weight: float = setting(0.0, "self-study: weight of the silence term in every step, the memory's output "
+                                         "energy relative to the MLP's on the model's own samples (keeps a Locas "
+                                         "memory quiet off its text; 0 = off)", minimum=0)
 
     def __post_init__(self):
         validate(self)
@@ -135,6 +139,7 @@ class SelfStudy(Objective):
         super().__init__(cfg, settings)
         self.study = getattr(settings, "selfstudy", None) or SelfStudyConfig()
         self.probes = getattr(settings, "probes", None) or ProbeConfig()
+        self._off: dict[tuple, LayerInputs] = {}  # the off-text's MLP inputs, per (model, layers, seed)
 
     def prepare(self, learner, segment) -> list[Example]:
         """Probes made from the segment's text (seeded by ``segment.seed``) and the teacher's answers; the
@@ -164,7 +169,8 @@ class SelfStudy(Objective):
             examples = [e for e in examples if e.reference is not None]  # model-written probes have no reference
             if not examples:
                 raise LocasError("--probe-loss label needs probes with known answers: add the fact or cloze family")
-        probe_sum, steps, skipped = 0.0, 0, 0
+        off = self.off_text(learner) if study.silence_weight else None
+        probe_sum, silence_sum, steps, skipped = 0.0, 0.0, 0, 0
         for pick in plan.batches(list(examples), batch=study.batch, shuffle=True):
             optimizer.zero_grad(set_to_none=True)
             probe = probe_loss(learner.logits, pick, study.loss, study.student_window, lm.device)
@@ -173,7 +179,24 @@ class SelfStudy(Objective):
                 s, e = segment.spans[steps % len(segment.spans)]
                 window = segment.tokens[s:e][None].to(lm.device)
                 loss = probe + study.ntp_weight * token_nll(learner.logits(window), window).mean()
+            if off is not None:
+                silence = relative_energy(learner.model_memory(), learner.layers, off, lm).mean()
+                loss = loss + study.silence_weight * silence
+                silence_sum += float(silence.detach())
             skipped += int(backward_step(learner, optimizer, loss))
             probe_sum, steps = probe_sum + float(probe.detach()), steps + 1
-        return {"probes": len(examples), study.loss: probe_sum / max(steps, 1), "steps": steps, "skipped": skipped,
-                "prep_cpu_s": prep_cpu_s}
+        stats = {"probes": len(examples), study.loss: probe_sum / max(steps, 1), "steps": steps, "skipped": skipped,
+                 "prep_cpu_s": prep_cpu_s}
+        if off is not None:
+            stats["silence"] = silence_sum / max(steps, 1)
+        return stats
+
+    def off_text(self, learner) -> LayerInputs:
+        """The frozen model's MLP inputs on its own samples at the learner's memory layers (made once)."""
+        if not hasattr(learner, "model_memory"):
+            raise LocasError("--silence-weight quiets a Locas memory; this learner has none (use --method locas, or "
+                             "drop --silence-weight)")
+        key = (id(learner.lm), tuple(learner.layers), self.cfg.seed)
+        if key not in self._off:
+            self._off[key] = off_text(learner.lm, learner.layers, seed=self.cfg.seed)
+        return self._off[key]
