@@ -48,6 +48,7 @@ from locas.eval.retention import base_variant, heldout_metrics, lora_variant, me
 from locas.learn.config import TrainConfig
 from locas.learn.memorize import objective_defaults
 from locas.learn.objectives import ObjectiveSettings, SelfStudyConfig, make_objective
+from locas.learn.presets import RECALL_PRESETS
 from locas.learn.segments import Segment, train_segments
 from locas.learn.silence import firing
 from locas.probes.config import ProbeConfig
@@ -70,8 +71,14 @@ SYSTEMS = {
     "recall-tau2": ("locas", "selfstudy", {"tau_scale": 2.0}),
     "recall-tau4": ("locas", "selfstudy", {"tau_scale": 4.0}),
     "lora-recall-r64": ("lora", "selfstudy", {"lora_rank": 64}),
+    # the `locas memorize --preset strong` recipe (RECALL_PRESETS) for 4x recall's CPU-seconds (its 4 passes), and
+    # TempLoRA with the same objective and the same compute
+    "recall-strong": ("locas", "selfstudy", {**{k: v for k, v in RECALL_PRESETS["strong"].items()
+                                                  if k not in ("lr", "epochs")}, "budget_x": 4}),
+    "lora-recall-x4": ("lora", "selfstudy", {"budget_x": 4}),
 }
-LRS = {"recall": 0.1, "ntp": 0.1, "lora": 3e-3}  # chosen on the tune split (docs/RECALL.md); lora: every lora-*
+# chosen on the tune split (docs/RECALL.md); lora: every other lora-*
+LRS = {"recall": 0.1, "ntp": 0.1, "lora": 3e-3, "recall-strong": RECALL_PRESETS["strong"]["lr"], "lora-recall-x4": 1e-3}
 
 
 def parse_args():
@@ -84,7 +91,9 @@ def parse_args():
                    help='learning rates to sweep, per system: "recall=0.1,0.3 lora-recall=1e-3,3e-3" (default: LRS)')
     p.add_argument("--define", action="append", default=[], metavar="NAME:KEY=V,...",
                    help="a lever of recall to run as system NAME, e.g. quiet:silence_weight=1,tau_scale=4 (keys: "
-                        "ntp_weight, loss, silence_weight, wordings, memory_width, memory_layers, tau_scale, tau_law)")
+                        "ntp_weight, loss, silence_weight, silence_tokens, wordings, memory_width, memory_layers, "
+                        "tau_scale, tau_law, lora_rank; method=lora for TempLoRA; budget_x=N: N x recall's "
+                        "CPU-seconds)")
     p.add_argument("--lora-rank", type=int, default=11, help="TempLoRA rank (11: Locas r64's parameter count)")
     p.add_argument("--ntp-window", type=int, default=1024, help="text window of the ntp systems")
     p.add_argument("--heldout-book", default="10321", help="PG-19 book whose first window measures forgetting")
@@ -96,16 +105,17 @@ def parse_args():
 
 
 def define_system(spec: str) -> None:
-    """``NAME:key=value,...`` -> a Locas selfstudy system in SYSTEMS (numbers parsed, the rest kept as text)."""
+    """``NAME:key=value,...`` -> a self-study system in SYSTEMS: ``method=lora`` makes it TempLoRA (default Locas),
+    ``budget_x=N`` trains it for N x recall's CPU-seconds; the rest are the settings it changes (numbers parsed)."""
     name, _, body = spec.partition(":")
-    over = {}
+    over: dict = {}
     for part in filter(None, body.split(",")):
         key, _, value = part.partition("=")
         try:
             over[key] = int(value) if value.isdigit() else float(value)
         except ValueError:
             over[key] = value
-    SYSTEMS[name] = ("locas", "selfstudy", over)
+    SYSTEMS[name] = (over.pop("method", "locas"), "selfstudy", over)
 
 
 def load_docs(split: str, ids: str | None) -> list[dict]:
@@ -126,19 +136,21 @@ def system_lrs(name: str, spec: str) -> list[float]:
         key, _, values = part.partition("=")
         if key == name:
             return [float(v) for v in values.split(",")]
-    return [LRS["lora" if name.startswith("lora") else name if name in LRS else "recall"]]
+    return [LRS[name if name in LRS else "lora" if name.startswith("lora") else "recall"]]
 
 
 def run_system(lm, name: str, lr: float, doc: dict, tokens: torch.Tensor, args, questions, base_rows, kl_tokens,
                budget: float | None):
     """Train ``name`` on the document (``budget`` CPU-seconds, or the recall defaults' one pass) and measure it."""
     method, objective, over = SYSTEMS[name]
-    study = SelfStudyConfig(**{k: v for k, v in over.items() if k in ("ntp_weight", "loss", "silence_weight")})
+    study = SelfStudyConfig(**{k: v for k, v in over.items() if k in ("ntp_weight", "loss", "silence_weight",
+                                                                  "silence_tokens")})
     probes = ProbeConfig(**{k: v for k, v in over.items() if k in ("wordings",)})
     defaults = objective_defaults(objective) if objective == "selfstudy" else {"window_size": args.ntp_window}
     shape = {k: v for k, v in over.items() if k in ("memory_width", "memory_layers", "tau_scale", "tau_law",
                                                      "lora_rank")}
     cfg = TrainConfig(**{**defaults, "lr": lr, "lora_rank": args.lora_rank, **shape}, objective=objective, seed=0)
+    budget = None if budget is None else budget * over.get("budget_x", 1)
     c0 = time.process_time()
     segment = Segment.from_text(lm.tokenizer, doc["text"], cfg.window_size, tokens=tokens)
     # selfstudy makes its probes itself (SelfStudy.prepare), inside the budget, as `locas memorize` does

@@ -265,17 +265,19 @@ def test_memorize_recall_presets_set_scale_silence_and_lr_and_flags_still_win(tm
         args = parser.parse_args(argv)
         apply_preset(args._parser, args, argv)
         return (setting_value(args, TrainConfig, "tau_scale"), setting_value(args, SelfStudyConfig, "silence_weight"),
-                setting_value(args, TrainConfig, "lr"))
+                setting_value(args, TrainConfig, "lr"), setting_value(args, TrainConfig, "epochs"))
 
     base = ["memorize", "f.txt", "-o", "m.locas"]
     for name, fields in RECALL_PRESETS.items():
-        assert parsed(base + ["--preset", name]) == (fields["tau_scale"], fields["silence_weight"], fields["lr"])
-    assert RECALL_PRESETS["balanced"]["silence_weight"] > 0 and RECALL_PRESETS["strong"]["tau_scale"] > 1
-    assert parsed(base + ["--preset", "strong", "--silence-weight", "5", "--lr", "0.2"])[1:] == (5.0, 0.2)
-    assert parsed(base) == (TrainConfig().tau_scale, SelfStudyConfig().silence_weight, None)
+        assert parsed(base + ["--preset", name]) == tuple(fields[k] for k in ("tau_scale", "silence_weight", "lr",
+                                                                               "epochs"))
+    assert RECALL_PRESETS["strong"]["silence_weight"] > 0 and RECALL_PRESETS["strong"]["tau_scale"] > 1
+    assert parsed(base + ["--preset", "strong", "--silence-weight", "5", "--lr", "0.2"])[1:3] == (5.0, 0.2)
+    assert parsed(base) == (TrainConfig().tau_scale, SelfStudyConfig().silence_weight, None, None)
     text = tmp_path / "t.txt"
     text.write_text("Ada Voss built the mill in 1871.")
-    code = cli.main(["memorize", str(text), "-o", str(tmp_path / "m.locas"), "--objective", "ntp", "--preset", "strong"])
+    out = tmp_path / "m.locas"
+    code = cli.main(["memorize", str(text), "-o", str(out), "--objective", "ntp", "--preset", "strong"])
     err = capsys.readouterr().err
     assert code == 2 and "recall preset of --objective selfstudy" in err and err.count("\n") == 1
-    assert not (tmp_path / "m.locas").exists()
+    assert not out.exists()

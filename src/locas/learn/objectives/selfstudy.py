@@ -38,6 +38,7 @@ from .base import Objective
 from .window import TeacherTargets, distill_kl
 
 LOSSES = ("label", "kl")
+OFF_ROW = 128  # tokens per sample of the silence term's off-text
 
 
 @dataclass
@@ -55,6 +56,8 @@ class SelfStudyConfig:
     silence_weight: float = setting(0.0, "self-study: weight of the silence term in every step, the memory's output "
                                          "energy relative to the MLP's on the model's own samples (keeps a Locas "
                                          "memory quiet off its text; 0 = off)", minimum=0)
+    silence_tokens: int = setting(512, "self-study: tokens of the model's own samples the silence term is measured on "
+                                       "(rows of 128, drawn once)", minimum=1)
 
     def __post_init__(self):
         validate(self)
@@ -196,7 +199,8 @@ class SelfStudy(Objective):
         if not hasattr(learner, "model_memory"):
             raise LocasError("--silence-weight quiets a Locas memory; this learner has none (use --method locas, or "
                              "drop --silence-weight)")
-        key = (id(learner.lm), tuple(learner.layers), self.cfg.seed)
+        rows = -(-self.study.silence_tokens // OFF_ROW)
+        key = (id(learner.lm), tuple(learner.layers), self.cfg.seed, rows)
         if key not in self._off:
-            self._off[key] = off_text(learner.lm, learner.layers, seed=self.cfg.seed)
+            self._off[key] = off_text(learner.lm, learner.layers, rows=rows, tokens=OFF_ROW, seed=self.cfg.seed)
         return self._off[key]
