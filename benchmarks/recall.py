@@ -12,7 +12,9 @@ then asked the document's written questions with *no text in the prompt*, in the
                next-token loss on a 256-token window per step), one pass, lr 0.1
   ntp          Locas-GLU r64, next-token prediction on the text (passes until the budget)
   lora-recall  TempLoRA r11 (the same number of parameters) with the recall objective
-  ...          levers of ``recall`` (``--systems``, e.g. recall-nontp, recall-1wording, recall-kl)
+  recall-strong   ``locas memorize --preset strong`` (256x output scale, silence term), 4x recall's CPU-seconds
+  lora-recall-x4  TempLoRA r11, the recall objective, the same 4x
+  ...          levers of ``recall`` (``--systems``, e.g. recall-nontp, recall-1wording, recall-kl; ``--define``)
 
 Every system but ``recall`` trains under the CPU-seconds that ``recall`` took on the same document
 (``time.process_time`` of this process, probe making included): equal compute. ``--lrs`` sweeps
@@ -22,7 +24,8 @@ Metrics per document and their mean: answer NLL with memory / without (``ratio``
 with-context ratio (the ceiling: the document in the prompt), the share of questions whose answer
 NLL improved, greedy "answer contained" and exact-match rates with memory, without and with the
 document in context, CPU-seconds (and per 1,000 tokens), and KL(base || memory) on a held-out PG-19
-window, so recall is not bought with forgetting.
+window, so recall is not bought with forgetting; greedy accuracy on 60 of the memory's own training probes, and
+how strongly a Locas memory fires on the document and on that window (``locas.learn.silence.firing``).
 
     flock /tmp/locas-cpu.lock python benchmarks/recall.py --split tune --lrs "recall=0.1,0.3 ntp=0.03,0.1"
     flock /tmp/locas-cpu.lock python benchmarks/recall.py --split heldout        # ~15 min: the reported table
@@ -71,8 +74,8 @@ SYSTEMS = {
     "recall-tau2": ("locas", "selfstudy", {"tau_scale": 2.0}),
     "recall-tau4": ("locas", "selfstudy", {"tau_scale": 4.0}),
     "lora-recall-r64": ("lora", "selfstudy", {"lora_rank": 64}),
-    # the `locas memorize --preset strong` recipe (RECALL_PRESETS) for 4x recall's CPU-seconds (its 4 passes), and
-    # TempLoRA with the same objective and the same compute
+    # the `locas memorize --preset strong` recipe (RECALL_PRESETS) for 4x recall's CPU-seconds (about its 3 passes),
+    # and TempLoRA with the same objective and the same compute
     "recall-strong": ("locas", "selfstudy", {**{k: v for k, v in RECALL_PRESETS["strong"].items()
                                                   if k not in ("lr", "epochs")}, "budget_x": 4}),
     "lora-recall-x4": ("lora", "selfstudy", {"budget_x": 4}),
