@@ -15,6 +15,7 @@ import time
 from dataclasses import dataclass, field
 
 import torch
+from tqdm.auto import tqdm
 
 from ..errors import LocasError
 from ..text.tokens import tokenize_text
@@ -86,14 +87,20 @@ def memorize_text(lm, text: str, cfg, settings: ObjectiveSettings | None = None,
         streamed = stream(learner, tokens, cfg, desc="memorize", progress=progress, on_window=window)
         return MemorizeResult(learner, cfg.objective, len(tokens), streamed=streamed, train_s=time.perf_counter() - t0)
     c0 = time.process_time()
+    bar = tqdm(total=None, desc=f"memorize ({cfg.objective})", unit="step", disable=not progress, dynamic_ncols=True)
 
     def step(done, total):
+        if total and bar.total != total:
+            bar.total = total
+        bar.update(done - bar.n)
         if on_progress is not None:
             fraction = done / total if total else min((time.process_time() - c0) / budget_s, 1.0) if budget_s else None
             on_progress(fraction, {"tokens_done": len(tokens), "steps": done})
 
     segment = Segment.from_text(lm.tokenizer, text, cfg.window_size, tokens=tokens, seed=cfg.seed)
-    learner, stats = train_segments(lm, [segment], objective, cfg, passes=cfg.epochs, epochs=1, budget_s=budget_s,
-                                    start_memory=start_memory, examples=examples, progress=progress,
-                                    desc=f"memorize ({cfg.objective})", on_step=step)
+    try:  # one segment: a bar of steps (with their total when it is known), not of the single segment
+        learner, stats = train_segments(lm, [segment], objective, cfg, passes=cfg.epochs, epochs=1, budget_s=budget_s,
+                                        start_memory=start_memory, examples=examples, progress=False, on_step=step)
+    finally:
+        bar.close()
     return MemorizeResult(learner, cfg.objective, len(tokens), stats=stats, train_s=time.perf_counter() - t0)
