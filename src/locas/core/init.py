@@ -36,29 +36,33 @@ def unit_importance(lm, input_ids: torch.Tensor, attention_mask: torch.Tensor | 
 
         return hook
 
-    _base_forward_with_hooks(lm, [lm.spec.down_module(w.base_mlp) for w in lm.wrappers], make_hook,
+    base_forward_with_hooks(lm, [lm.spec.down_module(w.base_mlp) for w in lm.wrappers], make_hook,
                              input_ids, attention_mask)
     counts = mask.sum(dim=1, keepdim=True).clamp(min=1)  # (B, 1)
     return torch.stack([s.to(counts.device) / counts for s in sums])  # (L, B, I)
 
 
-def _base_forward_with_hooks(lm, modules, make_hook, input_ids, attention_mask) -> None:
-    """One no-grad forward of the base model with ``make_hook(i)`` as forward-pre-hook on ``modules[i]``; a
-    window without a mask is read from the model's BOS (``lm.with_bos``), which the hooks never see."""
+def base_forward_with_hooks(lm, modules, make_hook, input_ids, attention_mask=None, output: bool = False) -> None:
+    """One no-grad forward of the base model with ``make_hook(i)`` on ``modules[i]``: a forward-pre-hook
+    ``hook(module, args)``, or with ``output`` a forward hook ``hook(module, args, out)``. A window without a mask is
+    read from the model's BOS (``lm.with_bos``), which the hooks never see (in ``args[0]`` nor in ``out``)."""
     read, k = lm.with_bos(input_ids) if attention_mask is None else (input_ids, 0)
 
+    def drop_bos(x):
+        if not k:
+            return x
+        if x.dim() == 3:  # (B, k + T, X)
+            return x[:, k:]
+        return x.reshape(*read.shape, -1)[:, k:].reshape(-1, x.shape[-1])  # flattened (B * (k + T), X), as OPT
+
     def without_bos(hook):
-        def inner(module, args):
-            x = args[0]
-            if k and x.dim() == 3:  # (B, k + T, X)
-                x = x[:, k:]
-            elif k:  # flattened (B * (k + T), X), as OPT passes it
-                x = x.reshape(*read.shape, -1)[:, k:].reshape(-1, x.shape[-1])
-            return hook(module, (x, *args[1:]))
+        def inner(module, args, *out):
+            return hook(module, (drop_bos(args[0]), *args[1:]), *(drop_bos(o) for o in out))
 
         return inner
 
-    handles = [m.register_forward_pre_hook(without_bos(make_hook(i))) for i, m in enumerate(modules)]
+    handles = [(m.register_forward_hook if output else m.register_forward_pre_hook)(without_bos(make_hook(i)))
+               for i, m in enumerate(modules)]
     try:
         with torch.no_grad(), lm.disabled():
             lm.model(input_ids=read, attention_mask=attention_mask, use_cache=False)
@@ -91,7 +95,7 @@ def _activation_keys(lm, input_ids, attention_mask, width: int) -> torch.Tensor:
 
         return hook
 
-    _base_forward_with_hooks(lm, [w.base_mlp for w in lm.wrappers], make_hook, input_ids, attention_mask)
+    base_forward_with_hooks(lm, [w.base_mlp for w in lm.wrappers], make_hook, input_ids, attention_mask)
     return F.normalize(torch.stack(keys), dim=-1)
 
 

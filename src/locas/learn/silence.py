@@ -21,6 +21,7 @@ from dataclasses import dataclass
 
 import torch
 
+from ..core.init import base_forward_with_hooks
 from ..core.memory import memory_output
 from ..text.decoding import Decoder, Sampling
 
@@ -57,35 +58,28 @@ def own_samples(lm, rows: int = 4, tokens: int = 128, seed: int = 0) -> torch.Te
 
 @torch.no_grad()
 def off_text(lm, layers: list[int], rows: int = 4, tokens: int = 128, seed: int = 0) -> LayerInputs:
-    """The frozen model's MLP inputs on its own samples (``own_samples``), start token left out."""
-    ids = own_samples(lm, rows, tokens, seed)
-    return layer_inputs(lm, ids, layers, skip=len(lm.bos_ids) or 1)
+    """The frozen model's MLP inputs on its own samples (``own_samples``), their start token left out."""
+    return layer_inputs(lm, own_samples(lm, rows, tokens, seed), layers, skip=1)
 
 
 @torch.no_grad()
 def layer_inputs(lm, ids: torch.Tensor, layers: list[int], skip: int = 0) -> LayerInputs:
-    """The frozen model's MLP inputs at ``layers`` for the tokens of ``ids`` (B, T), read from their first
-    position, after the first ``skip`` of each row (a BOS: an attention sink, whose states are outliers), and the
-    frozen MLP's output energy on them."""
+    """The frozen model's MLP inputs at ``layers`` for the tokens of ``ids`` (B, T), read from the model's BOS
+    (``core.init.base_forward_with_hooks``), after the first ``skip`` of each row (a start token: an attention sink,
+    whose states are outliers), and the frozen MLP's output energy on them."""
     inputs: dict[int, torch.Tensor] = {}
     energy: dict[int, torch.Tensor] = {}
 
-    def make_hook(i):
+    def make_hook(j):
         def hook(_module, args, out):
-            x = args[0].detach().float().reshape(*ids.shape, -1)[:, skip:]  # (B, T - skip, d); OPT passes (B*T, d)
-            inputs[i] = x.reshape(-1, x.shape[-1])  # (N, d)
-            energy[i] = out.detach().float().reshape(*ids.shape, -1)[:, skip:].pow(2).sum(-1).mean()
+            x = args[0].detach().float().reshape(ids.shape[0], -1, args[0].shape[-1])[:, skip:]  # (B, T', d); OPT: flat
+            inputs[j] = x.reshape(-1, x.shape[-1])  # (N, d)
+            energy[j] = out.detach().float().reshape(ids.shape[0], -1, out.shape[-1])[:, skip:].pow(2).sum(-1).mean()
 
         return hook
 
-    handles = [lm.wrappers[i].base_mlp.register_forward_hook(make_hook(i)) for i in layers]
-    try:
-        with lm.disabled():
-            lm.model(input_ids=ids.to(lm.device), use_cache=False)
-    finally:
-        for h in handles:
-            h.remove()
-    return LayerInputs([inputs[i] for i in layers], torch.stack([energy[i] for i in layers]))
+    base_forward_with_hooks(lm, [lm.wrappers[i].base_mlp for i in layers], make_hook, ids.to(lm.device), output=True)
+    return LayerInputs([inputs[j] for j in range(len(layers))], torch.stack([energy[j] for j in range(len(layers))]))
 
 
 def relative_energy(memory: torch.Tensor, layers: list[int], cached: LayerInputs, lm) -> torch.Tensor:
@@ -109,5 +103,4 @@ def firing(lm, memory: torch.Tensor, layers: list[int] | None, ids: torch.Tensor
     if memory.shape[0] != len(layers):  # a full (L, ...) memory: keep the given layers
         memory = memory[layers]
     ids = ids if ids.dim() == 2 else ids[None]
-    ids, k = lm.with_bos(ids)
-    return relative_energy(memory, layers, layer_inputs(lm, ids, layers, skip=k), lm).sqrt()
+    return relative_energy(memory, layers, layer_inputs(lm, ids, layers), lm).sqrt()
