@@ -363,6 +363,39 @@ def test_a_job_preset_sets_its_fields_and_settings_still_win():
     assert MemoryJobRequest(text="Ann.", settings={"lr": 0.2}).train_config(1024, "gemma3-270m").lr == 0.2
 
 
+def test_a_selfstudy_job_takes_a_recall_preset_and_trains_as_memorize_does(server, client, lm):
+    """`strong` on the server is `locas memorize --preset strong`: its silence term reaches the job (the record says
+    so) and the job's memory is the one memorize_text makes with the same settings."""
+    from locas import load_memory
+    from locas.learn.config import TrainConfig
+    from locas.learn.memorize import memorize_text, objective_defaults
+    from locas.learn.objectives import ObjectiveSettings, SelfStudyConfig
+    from locas.learn.presets import preset_settings
+
+    text = "Ann adopted a cat named Tom in May. Bob bought a red bike from Carl. Tom likes fish."
+    settings = {"memory_width": 6, "epochs": 1, "silence_tokens": 128}
+    r = client.post("/v1/memories", json={"text": text, "id": "strong-notes", "objective": "selfstudy",
+                                          "preset": "strong", "settings": settings})
+    assert r.status_code == 202, r.text
+    job = r.json()
+    assert job["study"]["silence_weight"] == preset_settings("strong")["silence_weight"] > 0  # the preset's
+    assert job["study"]["silence_tokens"] == 128  # the request's own setting wins
+    assert job["config"]["tau_scale"] == preset_settings("strong")["tau_scale"] and job["config"]["epochs"] == 1
+    while job["state"] in ("queued", "running"):
+        time.sleep(0.2)
+        job = client.get(f"/v1/jobs/{job['id']}").json()
+    assert job["state"] == "succeeded", job
+    fields = {**preset_settings("strong"), **settings}
+    study = {k: fields.pop(k) for k in ("silence_weight", "silence_tokens")}
+    cfg = TrainConfig(objective="selfstudy", **{**objective_defaults("selfstudy"), **fields})
+    want = memorize_text(copy.deepcopy(lm), text, cfg, ObjectiveSettings(selfstudy=SelfStudyConfig(**study)),
+                         progress=False)
+    got = load_memory(server[1].store._path("public", "strong-notes"), model=lm)
+    torch.testing.assert_close(got, want.learner.full_memory(), rtol=0, atol=0)
+    assert "strong" in client.get("/v1/server").json()["presets"]
+    assert client.delete("/v1/memories/strong-notes").status_code == 200
+
+
 def test_a_jobs_default_width_fits_a_narrow_model(lm):
     """Left unset, memory_width (64) is the FFN width of a model narrower than that; set, it is checked."""
     from locas.serve.protocol import ApiError, MemoryJobRequest
@@ -498,6 +531,13 @@ BAD = [  # (method, path, body or raw bytes, content type, status, code or a wor
     ("POST", "/v1/memories", {"text": "Ann.", "settings": {"colour": 1}}, None, 400, "unknown setting"),
     ("POST", "/v1/memories", {"text": "Ann.", "preset": "fast"}, None, 400, "unknown preset"),
     ("POST", "/v1/memories", {"text": "Ann.", "settings": {"lr": "fast"}}, None, 400, "expected float"),
+    ("POST", "/v1/memories", {"text": "Ann.", "preset": "strong"}, None, 400, "recall preset of the selfstudy"),
+    ("POST", "/v1/memories", {"text": "Ann.", "settings": {"silence_weight": 1.0}}, None, 400,
+     "settings.silence_weight: a setting of the selfstudy objective"),
+    ("POST", "/v1/memories", {"text": "Ann.", "objective": "selfstudy", "settings": {"silence_weight": -1.0}}, None,
+     400, "settings.silence_weight"),
+    ("POST", "/v1/memories", {"text": "Ann.", "objective": "selfstudy", "settings": {"loss": "nope"}}, None, 400,
+     "settings.loss must be one of"),
     ("POST", "/v1/memories", {"text": "Ann.", "settings": {"lr": -1.0}}, None, 400, "settings.lr"),
     ("POST", "/v1/memories", {"text": "Ann.", "settings": {"memory_width": 9999}}, None, 400, "FFN width"),
     ("POST", "/v1/memories", {"text": "Ann.", "settings": {"window_size": 4096, "memory_width": 4}}, None, 400,

@@ -478,13 +478,15 @@ def create_app(server: Server) -> FastAPI:
     async def server_info():
         """What the playground (and any client) needs to know to build prompts and jobs; no key needed."""
         from ..learn.objectives import OBJECTIVE_NAMES
-        from ..learn.presets import PRESET_HELP
+        from ..learn.presets import PRESET_HELP, RECALL_PRESET_HELP
         from ..text.prompts import ANSWER_CUE, DOCUMENT_INSTRUCTION
+
+        recall = {name: f"objective selfstudy: {help}" for name, help in RECALL_PRESET_HELP.items()}
 
         return {"object": "server", "version": __version__, "model": server.model_id,
                 "context_length": lm.max_length, "chat_template": bool(getattr(tok, "chat_template", None)),
                 "api_keys": server.keys.enabled, "objectives": list(OBJECTIVE_NAMES), "default_objective": "ntp",
-                "presets": PRESET_HELP, "instruction": DOCUMENT_INSTRUCTION, "answer_cue": ANSWER_CUE,
+                "presets": {**PRESET_HELP, **recall}, "instruction": DOCUMENT_INSTRUCTION, "answer_cue": ANSWER_CUE,
                 "max_job_text_chars": limits.max_job_text_chars}
 
     @app.get("/", include_in_schema=False)
@@ -629,13 +631,14 @@ def create_app(server: Server) -> FastAPI:
             raise ApiError(413, f"text too long for one job (limit {limits.max_job_text_chars} characters)")
         memory_id = _new_id(owner, req.id)
         cfg = req.train_config(lm.intermediate_size, lm.name)
+        settings = req.objective_settings(lm.name)
         if "window_size" not in req.settings and cfg.window_size > lm.max_length:  # the default, on a short model
             cfg = dataclasses.replace(cfg, window_size=lm.max_length)
         if cfg.window_size > lm.max_length:  # refused now, not as a failed job later
             raise ApiError(400, f"settings.window_size: at most the model's context of {lm.max_length} tokens, got "
                                 f"{cfg.window_size}", param="settings.window_size")
         try:
-            record = jobs.submit(owner, memory_id, req.text, cfg, budget_s=req.budget, preset=req.preset)
+            record = jobs.submit(owner, memory_id, req.text, cfg, settings, budget_s=req.budget, preset=req.preset)
         except FileExistsError:
             raise ApiError(409, f"a memory '{memory_id}' already exists or is being made", code="memory_exists") \
                 from None

@@ -104,7 +104,8 @@ class Jobs:
             record = {"id": job_id, "object": "job", "memory": memory_id, "state": "queued", "progress": 0.0,
                       "tokens_done": 0, "tokens_total": None, "steps": 0, "eta_s": None, "error": None,
                       "created": time.time(), "started": None, "finished": None, "objective": cfg.objective,
-                      "preset": preset, "config": cfg.to_dict(), "curve": {"tokens": [], "ppl": []}}
+                      "preset": preset, "config": cfg.to_dict(), "study": _study(cfg, settings),
+                      "curve": {"tokens": [], "ppl": []}}
             self.records[(owner, job_id)] = record
             self._write(owner, record)
         self.queue.put((owner, job_id, text, cfg, settings, budget_s))
@@ -188,3 +189,12 @@ class Jobs:
     def _interrupt(self, owner: str, job_id: str, why: str) -> None:
         """A job that will not finish: failed with ``why``, on disk too (its memory is never written)."""
         self._update(owner, job_id, state="failed", error=why, finished=time.time())
+
+
+def _study(cfg, settings) -> dict | None:
+    """What a selfstudy job's record shows of its objective's own settings (its recall preset's silence term, ...)."""
+    if str(cfg.objective).lower() != "selfstudy":
+        return None
+    from ..learn.objectives import ObjectiveSettings
+
+    return (settings or ObjectiveSettings()).selfstudy.to_dict()

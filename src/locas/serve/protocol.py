@@ -41,6 +41,8 @@ JOB_SETTINGS = ("window_size", "steps_per_window", "lr", "weight_decay", "adam_b
                 "warmup_windows", "schedule", "mix_weight", "sd_context", "sd_topk", "memory_width", "memory_init",
                 "memory_layers", "tau_scale", "tau_law", "value_init", "value_radius", "key_lr_scale", "gain_lr",
                 "epochs", "seed")
+# the SelfStudyConfig fields a job of the selfstudy objective takes (its recall presets set some of them)
+JOB_STUDY_SETTINGS = ("loss", "ntp_weight", "batch", "silence_weight", "silence_tokens")
 
 
 class ApiError(Exception):
@@ -107,9 +109,11 @@ class MemoryJobRequest(BaseModel):
     text: str = Field(min_length=1)
     id: NewMemoryId | None = None
     objective: str = "ntp"
-    preset: str | None = Field(None, description="a named recipe (locas.learn.presets); settings given win")
+    preset: str | None = Field(None, description="a named recipe (locas.learn.presets: a window recipe, or a recall "
+                                                 "preset of the selfstudy objective); settings given win")
     budget: float | None = Field(None, gt=0, description="CPU-seconds of training instead of a number of passes")
-    settings: dict = Field(default_factory=dict, description="TrainConfig fields, e.g. window_size, lr, epochs")
+    settings: dict = Field(default_factory=dict, description="TrainConfig fields, e.g. window_size, lr, epochs; with "
+                                                             "the selfstudy objective also silence_weight, ...")
 
     def train_config(self, ffn_width: int, model: str | None = None):
         """The job's ``TrainConfig`` on ``model`` (its name: a packaged model has its own defaults): every setting
@@ -117,36 +121,70 @@ class MemoryJobRequest(BaseModel):
         from ..learn.config import TrainConfig
         from ..learn.memorize import objective_defaults
         from ..learn.objectives import objective_class
-        from ..learn.presets import PRESETS, preset_settings
 
-        hints = typing.get_type_hints(TrainConfig)
-        for key, value in self.settings.items():
-            where = f"settings.{key}"
-            if key not in JOB_SETTINGS:
-                raise ApiError(400, f"{where}: unknown setting; a job takes {', '.join(JOB_SETTINGS)}", param=where)
-            want = hints[key]
-            fits = isinstance(value, want) or (want is float and isinstance(value, int))
-            if not fits or isinstance(value, bool):
-                raise ApiError(400, f"{where}: expected {want.__name__}, got {type(value).__name__}", param=where)
-        if self.preset is not None and self.preset not in PRESETS:
-            raise ApiError(400, f"preset: unknown preset '{self.preset}'; choose one of {', '.join(PRESETS)}",
-                           param="preset")
-        preset = preset_settings(self.preset, model) if self.preset else {}
-        settings = {**objective_defaults(self.objective, model), **preset, **self.settings}
+        fields = {k: v for k, v in self._fields(model).items() if k not in JOB_STUDY_SETTINGS}
+        settings = {**objective_defaults(self.objective, model), **fields}
         try:
             objective_class(self.objective)
             cfg = TrainConfig(objective=self.objective, **settings)
         except LocasError as exc:
-            message = str(exc)
-            for key in settings:
-                message = message.replace("--" + key.replace("_", "-"), f"settings.{key}")
-            raise ApiError(400, message) from None
+            raise ApiError(400, _as_settings(str(exc), TrainConfig, settings)) from None
         if cfg.memory_width > ffn_width and "memory_width" not in self.settings:  # the default, on a narrow model
             cfg = dataclasses.replace(cfg, memory_width=ffn_width)
         if cfg.memory_width > ffn_width:
             raise ApiError(400, f"settings.memory_width: at most the model's FFN width {ffn_width}, got "
                                 f"{cfg.memory_width}", param="settings.memory_width")
         return cfg
+
+    def objective_settings(self, model: str | None = None):
+        """The job's ``ObjectiveSettings``: the self-study fields its recall preset and settings give (e.g. the
+        silence term of ``strong``), else an ``ApiError``."""
+        from ..learn.objectives import ObjectiveSettings, SelfStudyConfig
+
+        study = {k: v for k, v in self._fields(model).items() if k in JOB_STUDY_SETTINGS}
+        try:
+            return ObjectiveSettings(selfstudy=SelfStudyConfig(**study))
+        except LocasError as exc:
+            raise ApiError(400, _as_settings(str(exc), SelfStudyConfig, study)) from None
+
+    def _fields(self, model: str | None) -> dict:
+        """The preset's fields on ``model`` with the request's settings over them, each setting checked: known, of
+        its type, and (a self-study field or a recall preset) for the selfstudy objective only."""
+        from ..learn.config import TrainConfig
+        from ..learn.objectives import SelfStudyConfig
+        from ..learn.presets import PRESETS, RECALL_PRESETS, preset_settings
+
+        selfstudy = str(self.objective).lower() == "selfstudy"
+        for key, value in self.settings.items():
+            where = f"settings.{key}"
+            if key not in JOB_SETTINGS + JOB_STUDY_SETTINGS:
+                raise ApiError(400, f"{where}: unknown setting; a job takes {', '.join(JOB_SETTINGS)}, and with the "
+                                    f"selfstudy objective {', '.join(JOB_STUDY_SETTINGS)}", param=where)
+            if key in JOB_STUDY_SETTINGS and not selfstudy:
+                raise ApiError(400, f"{where}: a setting of the selfstudy objective; set objective to selfstudy or "
+                                    "drop it", param=where)
+            want = typing.get_type_hints(SelfStudyConfig if key in JOB_STUDY_SETTINGS else TrainConfig)[key]
+            fits = isinstance(value, want) or (want is float and isinstance(value, int))
+            if not fits or isinstance(value, bool):
+                raise ApiError(400, f"{where}: expected {want.__name__}, got {type(value).__name__}", param=where)
+        if self.preset is not None and self.preset not in (*PRESETS, *RECALL_PRESETS):
+            raise ApiError(400, f"preset: unknown preset '{self.preset}'; choose one of "
+                                f"{', '.join([*PRESETS, *RECALL_PRESETS])}", param="preset")
+        if self.preset in RECALL_PRESETS and not selfstudy:
+            raise ApiError(400, f"preset: '{self.preset}' is a recall preset of the selfstudy objective; set objective "
+                                f"to selfstudy, or choose one of {', '.join(PRESETS)}", param="preset")
+        return {**(preset_settings(self.preset, model) if self.preset else {}), **self.settings}
+
+
+def _as_settings(message: str, cls, settings: dict) -> str:
+    """An error of config ``cls`` in the request's words: ``--lr`` is ``settings.lr``, ``--probe-loss``
+    ``settings.loss``."""
+    from ..settings import flag_name
+
+    for f in dataclasses.fields(cls):
+        if f.name in settings:
+            message = message.replace(flag_name(f), f"settings.{f.name}")
+    return message
 
 
 # ---- responses: what each endpoint answers (the OpenAPI schema at /openapi.json and /docs; tests validate real
@@ -294,6 +332,7 @@ class Job(_Answer):
     objective: str
     preset: str | None = None
     config: dict
+    study: dict | None = None  # the self-study settings of a selfstudy job (its recall preset's silence term, ...)
     curve: Curve
 
 

@@ -325,6 +325,10 @@ async function start() {
     $("doc").value = await file.text();
     countDoc();
   }));
+  $("preset").addEventListener("change", () => {  // a recall preset (`strong`, `safe`) trains the selfstudy objective
+    const help = (state.server && state.server.presets[$("preset").value]) || "";
+    if (help.startsWith("objective selfstudy")) $("objective").value = "selfstudy";
+  });
   $("memorize").addEventListener("click", guarded(memorize));
   $("refresh").addEventListener("click", guarded(() => refreshMemories()));
   $("ask").addEventListener("click", guarded(ask));
