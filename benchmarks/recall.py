@@ -44,6 +44,7 @@ from pathlib import Path
 import torch
 
 from locas import LocasForCausalLM
+from locas.core.hub import model_key
 from locas.data.pg19 import load_book
 from locas.eval.recall import question_examples, recall_report, student_answers
 from locas.eval.report import bar_plot, format_table, markdown_table, scatter_plot, write_json
@@ -95,8 +96,8 @@ def parse_args():
     p.add_argument("--define", action="append", default=[], metavar="NAME:KEY=V,...",
                    help="a lever of recall to run as system NAME, e.g. quiet:silence_weight=1,tau_scale=4 (keys: "
                         "ntp_weight, loss, silence_weight, silence_tokens, wordings, memory_width, memory_layers, "
-                        "tau_scale, tau_law, lora_rank; method=lora for TempLoRA; budget_x=N: N x recall's "
-                        "CPU-seconds)")
+                        "tau_scale, tau_law, lora_rank, lora_targets; method=lora for TempLoRA; budget_x=N: N x "
+                        "recall's CPU-seconds)")
     p.add_argument("--lora-rank", type=int, default=11, help="TempLoRA rank (11: Locas r64's parameter count)")
     p.add_argument("--ntp-window", type=int, default=1024, help="text window of the ntp systems")
     p.add_argument("--heldout-book", default="10321", help="PG-19 book whose first window measures forgetting")
@@ -151,7 +152,7 @@ def run_system(lm, name: str, lr: float, doc: dict, tokens: torch.Tensor, args, 
     probes = ProbeConfig(**{k: v for k, v in over.items() if k in ("wordings",)})
     defaults = objective_defaults(objective) if objective == "selfstudy" else {"window_size": args.ntp_window}
     shape = {k: v for k, v in over.items() if k in ("memory_width", "memory_layers", "tau_scale", "tau_law",
-                                                     "lora_rank")}
+                                                     "lora_rank", "lora_targets")}
     cfg = TrainConfig(**{**defaults, "lr": lr, "lora_rank": args.lora_rank, **shape}, objective=objective, seed=0)
     budget = None if budget is None else budget * over.get("budget_x", 1)
     c0 = time.process_time()
@@ -240,7 +241,8 @@ def write_results(args, docs: list[dict], runs: list[dict], t_start: float, fina
     """The JSON record, the markdown table and the plot so far (after every run: an interrupted sweep keeps them)."""
     means = summarise(runs)
     rows = [row(r, r["doc"]) for r in runs] + [row(m, "mean") for m in means]
-    model = "" if args.model == "smollm2-135m" else f"-{Path(args.model).name}"
+    key = model_key(args.model) or Path(args.model).name  # a packaged model by any of its names, or the folder
+    model = "" if key == "smollm2-135m" else f"-{key}"
     stem = f"recall{model}-{args.split}{'-quick' if args.quick else ''}{'-' + args.name if args.name else ''}"
     payload = {"args": vars(args), "runs": runs, "means": means, "wall_s": time.perf_counter() - t_start,
                "complete": final}

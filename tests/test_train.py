@@ -149,6 +149,29 @@ def test_lora_trains_only_lora_weights_and_unloads():
     assert set(after) == set(before) and all(torch.equal(after[k], before[k]) for k in before)
 
 
+@pytest.mark.parametrize("arch", ["llama", "gpt2", "opt"])
+def test_lora_targets_split_a_layer_into_its_attention_and_its_feed_forward_projections(arch):
+    """--lora-targets attn / mlp adapt the projections outside / inside each feed-forward block, together every one
+    that `all` adapts (GPT-2's attention and MLP both have a ``c_proj``: only full names tell them apart)."""
+    from locas.learn.learners import linear_target_names
+
+    lm = tiny_lm(arch)
+    attn, mlp = linear_target_names(lm, "attn"), linear_target_names(lm, "mlp")
+    mlp_ids = {id(m) for layer in lm.spec.layers(lm.model) for m in lm.spec.mlp(layer).modules()}
+    modules = dict(lm.model.named_modules())
+    assert attn and mlp and not set(attn) & set(mlp)
+    assert all(id(modules[n]) in mlp_ids for n in mlp) and not any(id(modules[n]) in mlp_ids for n in attn)
+    assert {n.rsplit(".", 1)[-1] for n in attn + mlp} == set(linear_target_names(lm, "all"))
+    assert len(mlp) == lm.num_layers * (2 if lm.memory_kind == "mlp" else 3)
+    cfg = TrainConfig(window_size=12, lr=1e-2, lora_rank=2, lora_targets="mlp")
+    learner = LoraLearner(lm, cfg)
+    stream(learner, _tokens(30), cfg, progress=False)
+    adapted = {n.split(".lora_")[0].replace("base_model.model.", "", 1) for n, p in
+               learner.peft_model.named_parameters() if p.requires_grad}
+    assert adapted == set(mlp)  # only the feed-forward projections got adapters
+    learner.finish()
+
+
 def test_full_attention_scores_same_tokens_with_more_context():
     lm = tiny_lm("llama")
     cfg = TrainConfig(window_size=8, full_context=64)

@@ -30,7 +30,7 @@ OPTIMISER = ("lr", "weight_decay", "adam_beta1", "adam_beta2", "adam_eps", "warm
 OBJECTIVE = ("objective", "mix_weight", "sd_context", "sd_topk")
 MEMORY = ("memory_width", "memory_init", "memory_layers", "tau_scale", "tau_law", "value_init", "value_radius",
           "key_lr_scale", "gain_lr")
-LORA = ("lora_rank", "lora_alpha")
+LORA = ("lora_rank", "lora_alpha", "lora_targets")
 FULL = ("full_context",)
 
 

@@ -71,6 +71,8 @@ class TrainConfig:
                                    "current state without an update (cheaper)", minimum=1)
     lora_rank: int = setting(16, "TempLoRA rank", minimum=1)
     lora_alpha: float = setting(0.0, "TempLoRA alpha (0 = the rank, i.e. scale 1)", minimum=0)
+    lora_targets: str = setting("all", "TempLoRA: the projections it adapts: all of a layer's, attn (attention's "
+                                       "only) or mlp (the feed-forward block's only)", choices=("all", "attn", "mlp"))
     full_context: int = setting(0, "context of the full-attention baseline in tokens (0 = the model maximum)",
                                 minimum=0)
     epochs: int = setting(1, "passes over the text", minimum=1)

@@ -22,7 +22,6 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import torch
-from torch import nn
 
 from ..core.model import ModelState
 from ..errors import LocasError
@@ -80,15 +79,25 @@ class FullAttentionLearner(Learner):
             return self.nll(ids)[0, start - lo:]  # (end-start-1,): the window's tokens
 
 
-def linear_target_names(model: nn.Module) -> list[str]:
-    """Leaf names of every Linear/Conv1D inside the decoder layers (not the LM head)."""
-    names = set()
-    for full, module in model.named_modules():
-        if type(module).__name__ in ("Linear", "Conv1D") and (".layers." in full or ".h." in full):
-            names.add(full.rsplit(".", 1)[-1])
+def linear_target_names(lm, which: str = "all") -> list[str]:
+    """The Linear/Conv1D projections inside the decoder layers that TempLoRA adapts (never the LM head): ``all``
+    their leaf names (``q_proj``, ..., ``down_proj``); ``attn`` / ``mlp`` the full names of those outside / inside
+    each layer's feed-forward block (full names: GPT-2's ``c_proj`` is in both).
+
+        >>> linear_target_names(lm, "mlp")[:1]
+        ['model.layers.0.mlp.base_mlp.down_proj']
+    """
+    in_mlp = {id(m) for layer in lm.spec.layers(lm.model) for m in lm.spec.mlp(layer).modules()}
+    found = [(full, id(module) in in_mlp) for full, module in lm.model.named_modules()
+             if type(module).__name__ in ("Linear", "Conv1D") and (".layers." in full or ".h." in full)]
+    if which == "all":
+        names = sorted({full.rsplit(".", 1)[-1] for full, _ in found})
+    else:
+        names = [full for full, mlp in found if mlp == (which == "mlp")]
     if not names:
-        raise LocasError("found no linear projections inside the decoder layers for LoRA")
-    return sorted(names)
+        raise LocasError(f"found no {'' if which == 'all' else which + ' '}linear projections inside the decoder "
+                         "layers for LoRA")
+    return names
 
 
 class LoraLearner(Learner):
@@ -104,8 +113,9 @@ class LoraLearner(Learner):
         from peft import LoraConfig, get_peft_model
 
         torch.manual_seed(self.cfg.seed)
+        targets = linear_target_names(self.lm, self.cfg.lora_targets)
         config = LoraConfig(r=self.cfg.lora_rank, lora_alpha=self.cfg.lora_alpha or self.cfg.lora_rank,
-                            lora_dropout=0.0, target_modules=linear_target_names(self.lm.model), bias="none")
+                            lora_dropout=0.0, target_modules=targets, bias="none")
         self.peft_model = get_peft_model(self.lm.model, config)
         self.params = [p for n, p in self.peft_model.named_parameters() if p.requires_grad]
         for p in self.params:  # adapters in float32 whatever the model dtype
