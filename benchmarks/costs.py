@@ -8,8 +8,10 @@ the ratios within one run are the result).
            log-softmax and their gradients) and ``chunked`` (``core.head``).
 * stream   the PG-19 protocol itself (``eval.pg19.run_method``) on the first 4,096 tokens: truncation and Locas
            (paper recipe, every layer) under each head path, twice, alternating; ratio of the best times.
-* serving  one decoding step of 16 rows (64-token prompts): no memory, 16 different memories, one memory shared by
-           all 16; and the cost of laying out a new batch of 16 memories (``core.memory.batch_serving``).
+* serving  one decoding step of 16 rows (64-token prompts): no memory, 16 different memories (float32, and their
+           bfloat16 serving copies), one memory shared by all 16; the cost of laying out a new batch of 16 memories
+           (``core.memory.batch_serving``); how far bfloat16 copies move greedy continuations of PG-19 passages
+           (``--memory FILE``: a trained memory in every row instead of the random ones).
 * startup  `locas ask --memory m.locas "..." --max-new-tokens 16` as a user runs it (disk cache warm), with the
            import floor (importing torch and transformers' Llama modules, then ``os._exit`` as ``locas`` does).
 
@@ -32,7 +34,7 @@ from pathlib import Path
 
 import torch
 
-from locas import LocasForCausalLM, save_memory
+from locas import LocasForCausalLM, load_memory, save_memory
 from locas.core import head
 from locas.core.kvcache import cache_arg, new_cache
 from locas.core.memory import ServingMemory, batch_serving
@@ -130,12 +132,14 @@ def streamed(lm, repeats: int) -> dict:
     return out
 
 
-def serving(lm, repeats: int) -> dict:
+def serving(lm, repeats: int, memory_file: str | None = None) -> dict:
     B, P, steps = 16, 64, 8
     g = torch.Generator().manual_seed(0)
     ids = torch.randint(100, 40000, (B, P), generator=g)
     shape = (lm.num_layers, 1, 64, lm.hidden_size, 3)
-    ready = [ServingMemory.of(torch.randn(shape, generator=g) * 0.05) for _ in range(B)]
+    memories = [torch.randn(shape, generator=g) * 0.05 for _ in range(B)]
+    ready = [ServingMemory.of(m) for m in memories]
+    halves = [ServingMemory.of(m, torch.bfloat16) for m in memories]
 
     def decode(rows):
         lm.set_memory_channels(batch_serving(rows) if rows else None)
@@ -150,11 +154,43 @@ def serving(lm, repeats: int) -> dict:
         return (time.perf_counter() - t) / steps
 
     out = {name: min(decode(rows) for _ in range(repeats))
-           for name, rows in (("none", None), ("own", ready), ("shared", [ready[0]] * B))}
+           for name, rows in (("none", None), ("own", ready), ("shared", [ready[0]] * B), ("own_bf16", halves))}
     out["layout_s"] = best(lambda: batch_serving(ready), repeats)
     out["own_over_none"] = out["none"] / out["own"]
     out["shared_over_none"] = out["none"] / out["shared"]
+    out["own_bf16_over_none"] = out["none"] / out["own_bf16"]
+    if memory_file:  # a trained memory in every row instead of the random ones
+        memories = [load_memory(memory_file, model=lm)[:, :1]] * B
+    out["bf16_exactness"] = bf16_exactness(lm, memories)
     return out
+
+
+def bf16_exactness(lm, memories: list[torch.Tensor], prompt: int = 64, steps: int = 32) -> dict:
+    """Row b continues a 64-token PG-19 passage (book 10146, one every 1,000 tokens) greedily under memory b, from
+    float32 and from bfloat16 serving copies: how many continuations are identical, the share of positions whose
+    tokens agree, and the largest difference of the first position's logits (the memory's own effect beside it)."""
+    text = tokenize_text(lm.tokenizer, load_book("10146"), 1000 * len(memories))
+    ids = torch.stack([text[i * 1000:i * 1000 + prompt] for i in range(len(memories))])  # (B, P)
+
+    def greedy(dtype):
+        lm.set_memory_channels(None if dtype is None else batch_serving([ServingMemory.of(m, dtype) for m in memories]))
+        with torch.no_grad():
+            cache = new_cache(lm.model)
+            logits = lm.model(input_ids=ids, use_cache=True, **cache_arg(cache)).logits[:, -1]  # (B, V)
+            first, tokens = logits, [logits.argmax(-1, keepdim=True)]
+            for _ in range(steps - 1):
+                tokens.append(lm.model(input_ids=tokens[-1], use_cache=True,
+                                       **cache_arg(cache)).logits[:, -1:].argmax(-1))
+        lm.set_memory(None)
+        return first, torch.cat(tokens, dim=1)  # (B, V), (B, steps)
+
+    base, _ = greedy(None)
+    full, full_tokens = greedy(torch.float32)
+    half, half_tokens = greedy(torch.bfloat16)
+    same = half_tokens == full_tokens
+    return {"rows": len(memories), "steps": steps, "identical_rows": int(same.all(1).sum()),
+            "tokens_agree": same.float().mean().item(), "max_logit_diff": (half - full).abs().max().item(),
+            "memory_effect": (full - base).abs().max().item()}
 
 
 def startup(lm, repeats: int) -> dict:
@@ -175,6 +211,8 @@ def main() -> int:
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--profile", action="store_true", help="print torch.profiler's op table of one chunked step")
+    p.add_argument("--memory", default=None, help="serving: a trained memory file whose bfloat16 serving copy is "
+                                                  "compared with float32 (default: the 16 random memories)")
     p.add_argument("--out", default=str(ROOT / "benchmarks/results/costs.json"))
     args = p.parse_args()
     torch.set_num_threads(args.threads)
@@ -192,10 +230,15 @@ def main() -> int:
                 for name, r in record["stream"].items()]
         print(format_table(["head", "truncate s", "Locas s", "ratio", "truncate ppl", "Locas ppl"], rows))
     if "serving" in parts:
-        record["serving"] = s = serving(lm, args.repeats)
+        record["serving"] = s = serving(lm, args.repeats, args.memory)
+        e = s["bf16_exactness"]
         print(f"decoding step, 16 rows: none {s['none'] * 1e3:.1f} ms, 16 memories {s['own'] * 1e3:.1f} ms "
-              f"({s['own_over_none']:.3f}), shared {s['shared'] * 1e3:.1f} ms ({s['shared_over_none']:.3f}); "
-              f"laying out 16 memories {s['layout_s'] * 1e3:.1f} ms")
+              f"({s['own_over_none']:.3f}), shared {s['shared'] * 1e3:.1f} ms ({s['shared_over_none']:.3f}), 16 in "
+              f"bfloat16 {s['own_bf16'] * 1e3:.1f} ms ({s['own_bf16_over_none']:.3f}); laying out 16 memories "
+              f"{s['layout_s'] * 1e3:.1f} ms\nbfloat16 copies against float32: {e['identical_rows']} of {e['rows']} "
+              f"greedy continuations of {e['steps']} tokens identical, {e['tokens_agree']:.3f} of the tokens agree; "
+              f"first logits differ by at most {e['max_logit_diff']:.4f} (the memory moves them by up to "
+              f"{e['memory_effect']:.3f})")
     if "startup" in parts:
         record["startup"] = s = startup(lm, args.repeats)
         print(f"locas ask {s['ask_s']:.2f} s (import floor {s['import_floor_s']:.2f} s)")

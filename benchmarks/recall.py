@@ -52,7 +52,7 @@ from locas.eval.retention import base_variant, heldout_metrics, lora_variant, me
 from locas.learn.config import TrainConfig
 from locas.learn.memorize import objective_defaults
 from locas.learn.objectives import ObjectiveSettings, SelfStudyConfig, make_objective
-from locas.learn.presets import RECALL_PRESETS
+from locas.learn.presets import preset_settings
 from locas.learn.segments import Segment, train_segments
 from locas.learn.silence import firing
 from locas.probes.config import ProbeConfig
@@ -75,14 +75,14 @@ SYSTEMS = {
     "recall-tau2": ("locas", "selfstudy", {"tau_scale": 2.0}),
     "recall-tau4": ("locas", "selfstudy", {"tau_scale": 4.0}),
     "lora-recall-r64": ("lora", "selfstudy", {"lora_rank": 64}),
-    # the `locas memorize --preset strong` recipe (RECALL_PRESETS) for 4x recall's CPU-seconds (about its 3 passes),
-    # and TempLoRA with the same objective and the same compute
-    "recall-strong": ("locas", "selfstudy", {**{k: v for k, v in RECALL_PRESETS["strong"].items()
-                                                  if k not in ("lr", "epochs")}, "budget_x": 4}),
+    # the `locas memorize --preset strong` recipe (RECALL_PRESETS, as the model wants it: MODEL_SETTINGS) for 4x
+    # recall's CPU-seconds (about its 3 passes), and TempLoRA with the same objective and the same compute
+    "recall-strong": ("locas", "selfstudy", {"preset": "strong", "budget_x": 4}),
     "lora-recall-x4": ("lora", "selfstudy", {"budget_x": 4}),
 }
 # chosen on the tune split (docs/RECALL.md); lora: every other lora-*
-LRS = {"recall": 0.1, "ntp": 0.1, "lora": 3e-3, "recall-strong": RECALL_PRESETS["strong"]["lr"], "lora-recall-x4": 1e-3}
+# (a system with a preset: the preset's lr on the model)
+LRS = {"recall": 0.1, "ntp": 0.1, "lora": 3e-3, "lora-recall-x4": 1e-3}
 
 
 def parse_args():
@@ -134,19 +134,34 @@ def load_docs(split: str, ids: str | None) -> list[dict]:
     return docs
 
 
-def system_lrs(name: str, spec: str) -> list[float]:
-    """The learning rates ``--lrs`` gives ``name``, else its LRS default."""
+def system_lrs(name: str, spec: str, model: str) -> list[float]:
+    """The learning rates ``--lrs`` gives ``name``, else its preset's on ``model``, else its LRS default."""
     for part in spec.split():
         key, _, values = part.partition("=")
         if key == name:
             return [float(v) for v in values.split(",")]
+    preset = SYSTEMS[name][2].get("preset")
+    if preset:
+        return [preset_settings(preset, model)["lr"]]
     return [LRS[name if name in LRS else "lora" if name.startswith("lora") else "recall"]]
+
+
+def system_settings(name: str, model: str) -> dict:
+    """What system ``name`` changes from the recall defaults on ``model``: a ``preset`` key expands to that recall
+    preset's fields as the model wants them (its lr and passes aside: ``--lrs`` and ``budget_x`` set those)."""
+    over = dict(SYSTEMS[name][2])
+    preset = over.pop("preset", None)
+    if preset is None:
+        return over
+    fields = {k: v for k, v in preset_settings(preset, model).items() if k not in ("lr", "epochs")}
+    return {**fields, **over}
 
 
 def run_system(lm, name: str, lr: float, doc: dict, tokens: torch.Tensor, args, questions, base_rows, kl_tokens,
                budget: float | None):
     """Train ``name`` on the document (``budget`` CPU-seconds, or the recall defaults' one pass) and measure it."""
-    method, objective, over = SYSTEMS[name]
+    method, objective, _ = SYSTEMS[name]
+    over = system_settings(name, args.model)
     study = SelfStudyConfig(**{k: v for k, v in over.items() if k in ("ntp_weight", "loss", "silence_weight",
                                                                   "silence_tokens")})
     probes = ProbeConfig(**{k: v for k, v in over.items() if k in ("wordings",)})
@@ -298,7 +313,7 @@ def main():
               f"{base['summary']['all']['teacher_nll_ratio']:.3f}", flush=True)
         reference = None  # the CPU-seconds of `recall` at its default lr: every other system's budget
         for name in ["recall"] + [s for s in systems if s != "recall"]:
-            lrs = system_lrs(name, args.lrs)
+            lrs = system_lrs(name, args.lrs, args.model)
             if name == "recall" and LRS["recall"] not in lrs:
                 lrs = [LRS["recall"], *lrs]
             for lr in lrs:

@@ -396,6 +396,50 @@ def test_a_selfstudy_job_takes_a_recall_preset_and_trains_as_memorize_does(serve
     assert client.delete("/v1/memories/strong-notes").status_code == 200
 
 
+@pytest.mark.parametrize("arch", ["served", "llama", "gpt2"])
+def test_bfloat16_serving_copies_move_the_logits_a_little_of_what_the_memory_moves(lm, arch):
+    """`--memory-dtype bfloat16` is not exact, and not far off: the largest logit difference from float32 copies was
+    at most 3.1 % of the memory's own largest effect on these models (3 memories each), so 10 % is the bound. Float32
+    copies give what the memory gives (the tensor path)."""
+    from conftest import tiny_lm
+    from locas.core.memory import ServingMemory, batch_serving
+
+    model = lm if arch == "served" else tiny_lm(arch)
+    for seed in (2, 3, 4):
+        mem = random_memory(model, width=8, seed=seed)
+        ids = torch.randint(3, 60, (2, 24), generator=torch.Generator().manual_seed(seed))
+        with torch.no_grad():
+            with model.disabled():
+                base = model.model(input_ids=ids).logits
+            want = model(ids, memory=mem).logits
+            got = {}
+            for dtype in (torch.float32, torch.bfloat16):
+                ready = ServingMemory.of(mem, dtype)
+                assert all(c.dtype == dtype for c in ready.channels) and mem.dtype == torch.float32
+                model.set_memory_channels(batch_serving([ready, None]))  # row 1: the base model, exactly
+                got[dtype] = model.model(input_ids=ids).logits
+                model.set_memory_channels(None)
+        torch.testing.assert_close(got[torch.float32][:1], want[:1], rtol=0, atol=1e-5)
+        torch.testing.assert_close(got[torch.bfloat16][1:], base[1:], rtol=0, atol=1e-5)
+        diff = (got[torch.bfloat16][:1] - want[:1]).abs().max().item()
+        effect = (want[:1] - base[:1]).abs().max().item()
+        assert 0 < diff <= 0.1 * effect, (diff, effect)  # rounded (so not float32), and by little
+
+
+def test_a_server_serves_bfloat16_copies_of_its_float32_files(lm, files, tmp_path):
+    from locas import load_memory
+
+    srv = Server(lm, tmp_path, memory_dtype=torch.bfloat16)
+    with serving(srv) as url, httpx.Client(base_url=url, timeout=60) as c:
+        assert upload(c, files["a"], "a").status_code == 201 and upload(c, files["b"], "b").status_code == 201
+        assert all(ch.dtype == torch.bfloat16 for ch in srv.store.get("public", "a").channels)
+        assert load_memory(srv.store._path("public", "a"), model=lm).dtype == torch.float32  # the file: float32
+        for memory in ("a", ["a", "b"]):  # one memory, and two stacked
+            r = c.post("/v1/completions", json={"model": srv.model_id, "memory": memory, "prompt": "Ann",
+                                                "max_tokens": 4})
+            assert r.status_code == 200 and r.json()["choices"][0]["text"], r.text
+
+
 def test_a_jobs_default_width_fits_a_narrow_model(lm):
     """Left unset, memory_width (64) is the FFN width of a model narrower than that; set, it is checked."""
     from locas.serve.protocol import ApiError, MemoryJobRequest
@@ -975,6 +1019,10 @@ def test_locas_serve_command_starts_answers_and_stops(lm, tmp_path):
             second = subprocess.run(cmd(memory_dir, port) + extra, capture_output=True, text=True, timeout=120)
             lines = second.stderr.strip().splitlines()
             assert second.returncode == 2 and len(lines) == 1 and message in lines[0], second.stderr
+        checked = subprocess.run(cmd("mem4", 0) + ["--memory-dtype", "bfloat16", "--check"], capture_output=True,
+                                 text=True, timeout=120)
+        assert checked.returncode == 0 and "memories served in torch.bfloat16 (not exact)" in checked.stdout, \
+            checked.stderr
         proc.send_signal(signal.SIGTERM)
         out, err = proc.communicate(timeout=60)
     finally:

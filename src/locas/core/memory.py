@@ -30,7 +30,8 @@ def memory_output(x: torch.Tensor, mem: torch.Tensor | tuple, act, kind: str = G
     """Side-FFN output for hidden states ``x`` (B, T, d) and one layer's memory (B|1, r, d, C), or that memory's
     channels already split (``C`` tensors (B|1, r, d), see ``MemoryMLP``).
 
-    Returns float32 (B, T, d); the caller applies ``tau`` and casts back.
+    Returns (B, T, d) in the memory's dtype (float32; bfloat16 for a serving copy made so, ``ServingMemory.of``);
+    the caller applies ``tau`` and casts back.
     """
     channels = mem.unbind(-1) if isinstance(mem, torch.Tensor) else mem
     xf = x.to(channels[0].dtype)  # (B, T, d)
@@ -192,16 +193,20 @@ class ServingMemory:
     live: tuple[bool, ...]  # (L,): layers where some value is non-zero (the others are skipped, exactly)
 
     @classmethod
-    def of(cls, memory: torch.Tensor) -> ServingMemory:
-        channels = tuple(c.contiguous() for c in memory[:, 0].unbind(-1))  # (L, r, d, C) -> C x (L, r, d)
-        return cls(channels, tuple(bool(v) for v in channels[-1].flatten(1).any(1)))
+    def of(cls, memory: torch.Tensor, dtype: torch.dtype | None = None) -> ServingMemory:
+        """``memory`` (L, 1, r, d, C) laid out; ``dtype`` (default: its own, float32) is the serving copy's: bfloat16
+        halves the bytes a decoding step reads but is not exact (``locas serve --memory-dtype``, docs/PERFORMANCE.md);
+        the stored memory stays float32."""
+        live = tuple(bool(v) for v in memory[:, 0, ..., -1].flatten(1).any(1))  # read before any rounding
+        channels = tuple(c.to(dtype or c.dtype).contiguous() for c in memory[:, 0].unbind(-1))  # C x (L, r, d)
+        return cls(channels, live)
 
     @property
     def width(self) -> int:
         return self.channels[0].shape[-2]
 
     def tensor(self) -> torch.Tensor:
-        """The memory as (L, 1, r, d, C) again."""
+        """The memory as (L, 1, r, d, C) again (in the serving copy's dtype)."""
         return torch.stack(self.channels, dim=-1)[:, None]
 
 

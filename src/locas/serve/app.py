@@ -85,12 +85,15 @@ class Server:
     def __init__(self, lm, memory_dir, *, model_id: str | None = None, keys: ApiKeys | None = None,
                  max_batch: int = 16, max_wait_ms: float = 10.0, max_queue: int | None = None,
                  max_memories: int = 1000, memory_cache: int = 64, max_jobs: int = 4, load_job_model=None,
-                 limits: Limits | None = None):
+                 limits: Limits | None = None, memory_dtype: torch.dtype | None = None):
         self.lm = lm
         self.model_id = model_id or str(lm.name)
         self.keys = keys or ApiKeys()
-        self.store = MemoryStore(memory_dir, lm, max_per_owner=max_memories, cache_size=memory_cache)
-        self.batcher = Batcher(lm, max_batch=max_batch, max_wait_ms=max_wait_ms, max_queue=max_queue)
+        # memory_dtype: the serving copies' (None: float32, exact; bfloat16 reads half the bytes, not exact)
+        self.store = MemoryStore(memory_dir, lm, max_per_owner=max_memories, cache_size=memory_cache,
+                                 dtype=memory_dtype)
+        self.batcher = Batcher(lm, max_batch=max_batch, max_wait_ms=max_wait_ms, max_queue=max_queue,
+                               memory_dtype=memory_dtype)
         # jobs train on their own copy of the model: training never touches the one that serves
         self.jobs = Jobs(self.store, load_job_model or (lambda: copy.deepcopy(lm)), max_pending=max_jobs)
         self.limits = limits or Limits()
@@ -341,7 +344,9 @@ def create_app(server: Server) -> FastAPI:
             except (NotFound, LocasError):
                 raise ApiError(404, f"the memory '{memory_id}' does not exist", code="memory_not_found",
                                param="memory") from None
-        return found[0] if len(found) == 1 else ServingMemory.of(stack_memories([m.tensor() for m in found]))
+        if len(found) == 1:
+            return found[0]
+        return ServingMemory.of(stack_memories([m.tensor().float() for m in found]), store.dtype)
 
     def _is_memory(owner: str, name: str) -> bool:
         try:

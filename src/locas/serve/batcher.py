@@ -151,8 +151,10 @@ class Batcher:
     rows wait for a place in the batch (default: one batch, so an admitted row waits at most about one request's
     time; benchmarks/soak.py measured 3.8x the knee's p99 at twice the knee with four batches)."""
 
-    def __init__(self, lm, max_batch: int = 16, max_wait_ms: float = 10.0, max_queue: int | None = None):
+    def __init__(self, lm, max_batch: int = 16, max_wait_ms: float = 10.0, max_queue: int | None = None,
+                 memory_dtype: torch.dtype | None = None):
         self.lm, self.max_batch, self.max_wait = lm, max_batch, max_wait_ms / 1000
+        self.memory_dtype = memory_dtype  # a row's memory tensor is laid out in this dtype (None: its own, float32)
         self.max_queue = max_batch if max_queue is None else max_queue
         self.queue: queue.Queue[Generation | None] = queue.Queue()
         self.steps = 0  # decoding steps (one token for every running row)
@@ -248,7 +250,7 @@ class Batcher:
         """Prefill the newcomers together (with their memories) and add those still going to the batch."""
         lm = self.lm
         ids, mask, pos = self.padder.left_pad([g.prompt_ids for g in rows])  # (N, W) each
-        lm.set_memory_channels(batch_serving([_serving(g) for g in rows]))
+        lm.set_memory_channels(batch_serving([_serving(g, self.memory_dtype) for g in rows]))
         cache = new_cache(lm.model)
         logits = lm.model(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=True,
                           **cache_arg(cache)).logits[:, -1]  # (N, V)
@@ -284,7 +286,7 @@ class Batcher:
         if ended:
             run.keep(keep)
         if ended or changed:  # row b: row b's memory; no rows (or no memories): the plain base model
-            self.lm.set_memory_channels(batch_serving([_serving(g) for g in run.rows]))
+            self.lm.set_memory_channels(batch_serving([_serving(g, self.memory_dtype) for g in run.rows]))
         for g in ended:
             self._end(g)
 
@@ -296,8 +298,9 @@ class Batcher:
         g.finish()
 
 
-def _serving(g: Generation) -> ServingMemory | None:
-    """The row's memory laid out for decoding (once per request: a tensor is converted where it is first met)."""
+def _serving(g: Generation, dtype: torch.dtype | None = None) -> ServingMemory | None:
+    """The row's memory laid out for decoding in ``dtype`` (once per request: a tensor is converted where it is first
+    met)."""
     if isinstance(g.memory, torch.Tensor):
-        g.memory = ServingMemory.of(g.memory)
+        g.memory = ServingMemory.of(g.memory, dtype)
     return g.memory

@@ -48,8 +48,10 @@ def check_id(memory_id: str) -> str:
 
 
 class MemoryStore:
-    def __init__(self, root, lm, max_per_owner: int = 1000, cache_size: int = 64):
+    def __init__(self, root, lm, max_per_owner: int = 1000, cache_size: int = 64, dtype: torch.dtype | None = None):
+        """``dtype``: the serving copies' (None: the files' float32; ``ServingMemory.of``)."""
         self.root = Path(root)
+        self.dtype = dtype
         self.root.mkdir(parents=True, exist_ok=True)
         self.lm = lm
         self.max_per_owner = max_per_owner
@@ -114,7 +116,7 @@ class MemoryStore:
             path = self._path(owner, memory_id)
             if not path.is_file():
                 raise NotFound(memory_id)
-            memory = ServingMemory.of(self._load(path)[:, :1])
+            memory = ServingMemory.of(self._load(path)[:, :1], self.dtype)
             self.cache[key] = memory
             while len(self.cache) > self.cache_size:
                 self.cache.popitem(last=False)

@@ -49,6 +49,10 @@ def add_arguments(p):
     g.add_argument("--memory-cache", type=Number(int, minimum=1, maximum=100_000), default=64,
                    help="memories kept laid out on the device; the least recently used beyond this are dropped and "
                         "loaded again from disk when asked for (default: 64)")
+    g.add_argument("--memory-dtype", choices=("float32", "bfloat16", "model"), default="float32",
+                   help="dtype of the memories' serving copies (files stay float32): float32 is exact; bfloat16 reads "
+                        "half the bytes per decoding step, where memory bandwidth bounds it (a GPU), at a measured "
+                        "cost in exactness (docs/PERFORMANCE.md); model: the model's dtype (default: float32)")
     g.add_argument("--max-jobs", type=Number(int, minimum=1, maximum=1024), default=4,
                    help="memorisation jobs queued or running at once (default: 4)")
     g.add_argument("--max-upload-mb", type=Number(float, positive=True, maximum=1_000_000), default=512.0,
@@ -85,6 +89,8 @@ def _bind(host: str, port: int):
 def run(args):
     import warnings
 
+    import torch
+
     from ...errors import LocasError, LocasWarning
     from ...serve.app import Limits, Server
     from ...serve.auth import ApiKeys
@@ -103,6 +109,7 @@ def run(args):
         server = Server(lm, args.memory_dir, model_id=args.served_model_name, keys=keys, max_batch=args.max_batch,
                         max_wait_ms=args.max_wait_ms, max_queue=args.max_queue, max_memories=args.max_memories,
                         memory_cache=args.memory_cache, max_jobs=args.max_jobs,
+                        memory_dtype=serving_dtype(args.memory_dtype, lm),
                         load_job_model=lambda: load_lm(args),
                         limits=Limits(max_upload_bytes=int(args.max_upload_mb * (1 << 20))))
         host, port = sock.getsockname()[:2]
@@ -110,6 +117,8 @@ def run(args):
         print(f"locas serve: {server.model_id} on http://{host}:{port}/v1 ({lm.device}, {lm.dtype}); "
               f"{counts['memories']} memories of {counts['owners']} owner(s) in {args.memory_dir}"
               + ("; API keys required" if keys.enabled else "")
+              + (f"; memories served in {server.store.dtype} (not exact)"
+                 if server.store.dtype not in (None, torch.float32) else "")
               + (f"; removed {server.store.swept} temporary file(s) a killed server left" if server.store.swept
                  else ""), flush=True)
         if args.check:
@@ -154,3 +163,10 @@ def _serve(server, sock, drain_timeout: float) -> None:
         pass  # uvicorn re-raises the signal it stopped on once it has stopped: the stop is already clean
     finally:
         server.close()
+
+
+def serving_dtype(name: str, lm):
+    """``--memory-dtype`` as a torch dtype on ``lm`` (``model``: the model's own)."""
+    import torch
+
+    return lm.dtype if name == "model" else getattr(torch, name)
