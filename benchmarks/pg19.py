@@ -15,6 +15,9 @@ Suites (combine with --suite, repeatable):
   combos      the levers that helped, combined on the sqrt output scale law (the best one), same grids
   heldout     books 10321, 10356, 10762 (never tuned on): truncation, the tuned preset, the paper recipe, TempLoRA
               r11 (Locas r64's parameter count) and r64 at their sweep lrs; KL(base || each) on 10146's start
+  lora-paths  TempLoRA at Locas r=64's parameter count on a layer's attention only, its feed-forward block only, and
+              both (--lora-targets attn / mlp / all, the rank set to match), each with the ranks suite's lr grid:
+              where TempLoRA's edge over an FFN-only memory lives, before an attention-path memory is built
   timing      time per window of each method on a short prefix (run it alone, e.g. under a CPU lock: the
               quality suites may run beside other work, since their perplexities are deterministic)
 
@@ -48,7 +51,7 @@ from locas.data.pg19 import load_book
 from locas.eval.pg19 import run_method
 from locas.eval.report import format_table, line_plot, markdown_table, write_json
 from locas.learn.config import TrainConfig
-from locas.learn.learners import LocasLearner
+from locas.learn.learners import LocasLearner, linear_target_names
 from locas.learn.presets import TUNED, preset_settings
 from locas.text.tokens import tokenize_text
 
@@ -122,7 +125,7 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--suite", action="append",
                     choices=["main", "sweep", "levers", "combos", "heldout", "objectives", "init", "ranks", "layers",
-                             "full", "timing"])
+                             "full", "timing", "lora-paths"])
     ap.add_argument("--quick", action="store_true", help="main rows on the first 16K tokens (< 15 min)")
     ap.add_argument("--book", default="10146")
     ap.add_argument("--window-size", type=int, default=1024)
@@ -217,6 +220,13 @@ def main():
                 for lr in LORA_LRS:
                     run(lm, tokens, f"lora-r{rank}-lr{lr:g}", "lora",
                         TrainConfig(window_size=W, lr=lr, lora_rank=rank), rows, curves)
+        elif suite == "lora-paths":  # equal parameters: Locas r=64's count, split by where the adapters sit
+            params = lm.memory_parameters(64)
+            for targets in ("all", "attn", "mlp"):
+                rank = max(1, round(params / lora_params_per_rank(lm, targets)))
+                for lr in LORA_LRS:
+                    run(lm, tokens, f"lora-{targets}-r{rank}-lr{lr:g}", "lora",
+                        TrainConfig(window_size=W, lr=lr, lora_rank=rank, lora_targets=targets), rows, curves)
         elif suite == "layers":
             for layers in ("all", "top:20", "top:15", "top:10", "top:5"):
                 run(lm, tokens, f"locas-r64-{layers}", "locas",
@@ -247,6 +257,15 @@ def main():
         write_json(RESULTS / f"{tag}.json", out)
         line_plot(RESULTS / f"{tag}.png", curves, "tokens read", "cumulative perplexity", title=tag)
         print(f"suite {suite} took {time.perf_counter() - t0:.0f} s -> {RESULTS / (tag + '.json')}")
+
+
+def lora_params_per_rank(lm, targets: str) -> int:
+    """TempLoRA's parameters per unit of rank with ``--lora-targets targets``: the in + out features of every
+    projection it adapts."""
+    names = set(linear_target_names(lm, targets))
+    picked = [m for n, m in lm.model.named_modules() if type(m).__name__ in ("Linear", "Conv1D")
+              and (".layers." in n or ".h." in n) and (n in names or n.rsplit(".", 1)[-1] in names)]
+    return sum(sum(m.weight.shape) for m in picked)
 
 
 LORA_SWEEPS = {"smollm2-135m": {11: (("pg19-ranks-r11",), "--suite ranks --only lora-r11"),
