@@ -120,9 +120,9 @@ class MemoryJobRequest(BaseModel):
         known, of its type and within its bounds, else an ``ApiError``."""
         from ..learn.config import TrainConfig
         from ..learn.memorize import objective_defaults
-        from ..learn.objectives import objective_class
+        from ..learn.objectives import SelfStudyConfig, objective_class
 
-        fields = {k: v for k, v in self._fields(model).items() if k not in JOB_STUDY_SETTINGS}
+        fields = {k: v for k, v in self._fields(model).items() if k not in SelfStudyConfig.__dataclass_fields__}
         settings = {**objective_defaults(self.objective, model), **fields}
         try:
             objective_class(self.objective)
@@ -141,7 +141,7 @@ class MemoryJobRequest(BaseModel):
         silence term of ``strong``), else an ``ApiError``."""
         from ..learn.objectives import ObjectiveSettings, SelfStudyConfig
 
-        study = {k: v for k, v in self._fields(model).items() if k in JOB_STUDY_SETTINGS}
+        study = {k: v for k, v in self._fields(model).items() if k in SelfStudyConfig.__dataclass_fields__}
         try:
             return ObjectiveSettings(selfstudy=SelfStudyConfig(**study))
         except LocasError as exc:
