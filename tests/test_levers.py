@@ -250,6 +250,13 @@ def test_a_model_changes_its_presets_and_window_defaults_and_flags_still_win():
     assert lr(["pg19", "--model", "gemma3-270m", "--preset", TUNED]) == MODEL_SETTINGS["gemma3-270m"][TUNED]["lr"]
     assert lr(["memorize", "f.txt", "-o", "m.locas", "--model", "gemma3-270m"]) is None  # selfstudy: its own default
     assert lr(["memorize", "f.txt", "-o", "m.locas", "--model", "gemma3-270m", "--objective", "ntp"]) == 1e-2
+    # the recall preset `strong`: its own lr on Gemma, the rest as written; a flag still wins
+    strong = ["memorize", "f.txt", "-o", "m.locas", "--preset", "strong"]
+    assert lr(strong + ["--model", "gemma3-270m"]) == MODEL_SETTINGS["gemma3-270m"]["strong"]["lr"] == 1e-3
+    assert lr(strong + ["--model", "smollm2-135m"]) == preset_settings("strong")["lr"] == 3e-3
+    assert lr(strong + ["--model", "gemma3-270m", "--lr", "0.02"]) == 0.02
+    assert {k: v for k, v in preset_settings("strong", "gemma3-270m").items() if k != "lr"} == \
+        {k: v for k, v in preset_settings("strong").items() if k != "lr"}
 
 
 def test_memorize_recall_presets_set_scale_silence_and_lr_and_flags_still_win(tmp_path, capsys):
