@@ -51,7 +51,7 @@ from locas.data.pg19 import load_book
 from locas.eval.pg19 import run_method
 from locas.eval.report import format_table, line_plot, markdown_table, write_json
 from locas.learn.config import TrainConfig
-from locas.learn.learners import LocasLearner, linear_target_names
+from locas.learn.learners import LocasLearner, lora_projections
 from locas.learn.presets import TUNED, preset_settings
 from locas.text.tokens import tokenize_text
 
@@ -262,10 +262,7 @@ def main():
 def lora_params_per_rank(lm, targets: str) -> int:
     """TempLoRA's parameters per unit of rank with ``--lora-targets targets``: the in + out features of every
     projection it adapts."""
-    names = set(linear_target_names(lm, targets))
-    picked = [m for n, m in lm.model.named_modules() if type(m).__name__ in ("Linear", "Conv1D")
-              and (".layers." in n or ".h." in n) and (n in names or n.rsplit(".", 1)[-1] in names)]
-    return sum(sum(m.weight.shape) for m in picked)
+    return sum(sum(m.weight.shape) for m in lora_projections(lm, targets).values())
 
 
 LORA_SWEEPS = {"smollm2-135m": {11: (("pg19-ranks-r11",), "--suite ranks --only lora-r11"),

@@ -79,25 +79,31 @@ class FullAttentionLearner(Learner):
             return self.nll(ids)[0, start - lo:]  # (end-start-1,): the window's tokens
 
 
+def lora_projections(lm, which: str = "all") -> dict:
+    """The Linear/Conv1D projections inside the decoder layers that TempLoRA adapts (never the LM head), by full
+    name: all of them, or with ``attn`` / ``mlp`` those outside / inside each layer's feed-forward block.
+
+        >>> sum(sum(m.weight.shape) for m in lora_projections(lm, "mlp").values())   # parameters per unit of rank
+    """
+    in_mlp = {id(m) for layer in lm.spec.layers(lm.model) for m in lm.spec.mlp(layer).modules()}
+    found = {full: module for full, module in lm.model.named_modules()
+             if type(module).__name__ in ("Linear", "Conv1D") and (".layers." in full or ".h." in full)
+             and (which == "all" or (id(module) in in_mlp) == (which == "mlp"))}
+    if not found:
+        raise LocasError(f"found no {'' if which == 'all' else which + ' '}linear projections inside the decoder "
+                         "layers for LoRA")
+    return found
+
+
 def linear_target_names(lm, which: str = "all") -> list[str]:
-    """The Linear/Conv1D projections inside the decoder layers that TempLoRA adapts (never the LM head): ``all``
-    their leaf names (``q_proj``, ..., ``down_proj``); ``attn`` / ``mlp`` the full names of those outside / inside
-    each layer's feed-forward block (full names: GPT-2's ``c_proj`` is in both).
+    """peft's ``target_modules`` for ``lora_projections(lm, which)``: ``all`` as leaf names (``q_proj``, ...,
+    ``down_proj``), ``attn`` / ``mlp`` as full names (GPT-2's ``c_proj`` is in both).
 
         >>> linear_target_names(lm, "mlp")[:1]
         ['model.layers.0.mlp.base_mlp.down_proj']
     """
-    in_mlp = {id(m) for layer in lm.spec.layers(lm.model) for m in lm.spec.mlp(layer).modules()}
-    found = [(full, id(module) in in_mlp) for full, module in lm.model.named_modules()
-             if type(module).__name__ in ("Linear", "Conv1D") and (".layers." in full or ".h." in full)]
-    if which == "all":
-        names = sorted({full.rsplit(".", 1)[-1] for full, _ in found})
-    else:
-        names = [full for full, mlp in found if mlp == (which == "mlp")]
-    if not names:
-        raise LocasError(f"found no {'' if which == 'all' else which + ' '}linear projections inside the decoder "
-                         "layers for LoRA")
-    return names
+    found = lora_projections(lm, which)
+    return sorted({full.rsplit(".", 1)[-1] for full in found}) if which == "all" else list(found)
 
 
 class LoraLearner(Learner):
