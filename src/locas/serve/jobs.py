@@ -193,7 +193,7 @@ class Jobs:
 
 def _study(cfg, settings) -> dict | None:
     """What a selfstudy job's record shows of its objective's own settings (its recall preset's silence term, ...)."""
-    if str(cfg.objective).lower() != "selfstudy":
+    if cfg.objective != "selfstudy":  # TrainConfig keeps it lower-case
         return None
     from ..learn.objectives import ObjectiveSettings
 
