@@ -12,11 +12,17 @@ the ratios within one run are the result).
            bfloat16 serving copies), one memory shared by all 16; the cost of laying out a new batch of 16 memories
            (``core.memory.batch_serving``); how far bfloat16 copies move greedy continuations of PG-19 passages
            (``--memory FILE``: a trained memory in every row instead of the random ones).
-* startup  `locas ask --memory m.locas "..." --max-new-tokens 16` as a user runs it (disk cache warm), with the
-           import floor (importing torch and transformers' Llama modules, then ``os._exit`` as ``locas`` does).
+* compile  ``torch.compile`` of the decoder (in place, ``dynamic=False``) on the window above: how long compiling
+           takes (the scoring graph and the training graph), truncation's pass and a Locas step eager and compiled
+           (medians, eager first, same process), and how far the compiled NLL and memory gradient are from eager's.
+* startup  `locas ask --memory m.locas "..." --max-new-tokens 16` as a user runs it, disk cache warm and cold (the
+           page cache of the venv, the Python library, the model and the memory dropped first with
+           ``posix_fadvise(DONTNEED)``, no root needed), with the import floor (importing torch and transformers'
+           Llama modules, then ``os._exit`` as ``locas`` does).
 
     flock /tmp/locas-cpu.lock python benchmarks/costs.py           # about 6 min
     python benchmarks/costs.py --only window --profile             # + torch.profiler's op table of a step
+    python benchmarks/costs.py --only compile                      # about 4 min with a cold compiler cache
 
 Writes benchmarks/results/costs.json.
 """
@@ -36,6 +42,7 @@ import torch
 
 from locas import LocasForCausalLM, load_memory, save_memory
 from locas.core import head
+from locas.core.hub import default_model_dir
 from locas.core.kvcache import cache_arg, new_cache
 from locas.core.memory import ServingMemory, batch_serving
 from locas.data.pg19 import load_book
@@ -132,6 +139,75 @@ def streamed(lm, repeats: int) -> dict:
     return out
 
 
+def compiled(lm, repeats: int) -> dict:
+    """Eager, then the decoder compiled in place: compile seconds, medians of truncation's pass and of a Locas step,
+    and the compiled NLL and memory gradient against eager's at the same memory (no step taken between them)."""
+    tokens = tokenize_text(lm.tokenizer, load_book("10146"), 1024)
+    ids = tokens[None]
+    cfg = TrainConfig(window_size=1024, lr=3e-2, memory_width=64)
+    truncate, locas = make_learner("truncate", lm, cfg), make_learner("locas", lm, cfg)
+    locas.begin(tokens, (0, 1024))
+    optimizer = make_optimizer(locas.parameters(), cfg)
+    with torch.no_grad():  # values away from zero, so the memory changes the NLL and every channel has a gradient
+        locas.memory[..., -1].normal_(0, 0.05, generator=torch.Generator().manual_seed(0))
+
+    def score():
+        with torch.no_grad():
+            return truncate.nll(ids)
+
+    def gradient():
+        optimizer.zero_grad(set_to_none=True)
+        nll = locas.nll(ids)
+        nll.mean().backward()
+        return nll.detach(), locas.memory.grad.clone()
+
+    def step():
+        gradient()
+        guarded_step(locas, optimizer)
+
+    def medians():
+        return {"truncate_s": statistics.median(timed(score) for _ in range(repeats)),
+                "locas_step_s": statistics.median(timed(step) for _ in range(repeats))}
+
+    start = locas.memory.detach().clone()
+    eager_score, (eager_nll, eager_grad) = score(), gradient()
+    out = {"eager": medians()}
+    with torch.no_grad():
+        locas.memory.copy_(start)
+    body = lm.model.get_decoder()
+    body.compile(dynamic=False)
+    out["compile_score_s"], out["compile_step_s"] = timed(score), timed(gradient)
+    comp_score, (comp_nll, comp_grad) = score(), gradient()
+    out["compiled"] = medians()
+    body._compiled_call_impl = None  # back to eager for the other parts
+    for name in ("eager", "compiled"):
+        out[name]["ratio"] = out[name]["locas_step_s"] / out[name]["truncate_s"]
+    out["max_score_diff"] = (comp_score - eager_score).abs().max().item()
+    out["max_nll_diff"] = (comp_nll - eager_nll).abs().max().item()
+    out["grad_rel_diff"] = ((comp_grad - eager_grad).norm() / eager_grad.norm()).item()
+    return out
+
+
+def timed(fn) -> float:
+    t = time.perf_counter()
+    fn()
+    return time.perf_counter() - t
+
+
+def evict_page_cache(paths) -> None:
+    """Drop these files (directories walked) from the page cache: ``posix_fadvise(DONTNEED)`` on each, no root."""
+    for root in map(Path, paths):
+        for path in [root] if root.is_file() else (p for p in root.rglob("*") if p.is_file()):
+            try:
+                fd = os.open(path, os.O_RDONLY)
+            except OSError:
+                continue
+            try:
+                os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+            finally:
+                os.close(fd)
+
+
 def serving(lm, repeats: int, memory_file: str | None = None) -> dict:
     B, P, steps = 16, 64, 8
     g = torch.Generator().manual_seed(0)
@@ -202,12 +278,18 @@ def startup(lm, repeats: int) -> dict:
                 "--max-new-tokens", "16"]
         floor = [sys.executable, "-c", "import os, torch, transformers.models.llama.modeling_llama; os._exit(0)"]
         run = lambda cmd: subprocess.run(cmd, env=env, capture_output=True, check=True)  # noqa: E731
-        return {"ask_s": best(lambda: run(argv), repeats), "import_floor_s": best(lambda: run(floor), repeats)}
+        cached = [sys.prefix, Path(os.__file__).parent, default_model_dir(), path, ROOT / "src"]
+        cold = []
+        for _ in range(repeats):
+            evict_page_cache(cached)
+            cold.append(timed(lambda: run(argv)))
+        return {"ask_s": best(lambda: run(argv), repeats), "ask_cold_s": min(cold),
+                "import_floor_s": best(lambda: run(floor), repeats)}
 
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--only", choices=("window", "stream", "serving", "startup"), action="append")
+    p.add_argument("--only", choices=("window", "stream", "compile", "serving", "startup"), action="append")
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--profile", action="store_true", help="print torch.profiler's op table of one chunked step")
@@ -217,7 +299,7 @@ def main() -> int:
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     lm = LocasForCausalLM.from_pretrained("smollm2-135m")
-    parts = args.only or ["window", "stream", "serving", "startup"]
+    parts = args.only or ["window", "stream", "compile", "serving", "startup"]
     record = {"threads": args.threads, "repeats": args.repeats}
     if "window" in parts:
         record["window"] = window(lm, args.repeats, args.profile)
@@ -229,6 +311,14 @@ def main() -> int:
         rows = [[name, r["truncate_s"], r["locas_s"], r["ratio"], r["truncate_ppl"], r["locas_ppl"]]
                 for name, r in record["stream"].items()]
         print(format_table(["head", "truncate s", "Locas s", "ratio", "truncate ppl", "Locas ppl"], rows))
+    if "compile" in parts:
+        record["compile"] = c = compiled(lm, args.repeats)
+        print(format_table(["decoder", "truncate s", "Locas step s", "Locas / truncate"],
+                           [[name, c[name]["truncate_s"], c[name]["locas_step_s"], c[name]["ratio"]]
+                            for name in ("eager", "compiled")]))
+        print(f"compiling: scoring graph {c['compile_score_s']:.1f} s, training graph {c['compile_step_s']:.1f} s; "
+              f"compiled vs eager: NLL within {c['max_nll_diff']:.2e} (scoring {c['max_score_diff']:.2e}), memory "
+              f"gradient {c['grad_rel_diff']:.2e} relative")
     if "serving" in parts:
         record["serving"] = s = serving(lm, args.repeats, args.memory)
         e = s["bf16_exactness"]
@@ -241,7 +331,8 @@ def main() -> int:
               f"{e['memory_effect']:.3f})")
     if "startup" in parts:
         record["startup"] = s = startup(lm, args.repeats)
-        print(f"locas ask {s['ask_s']:.2f} s (import floor {s['import_floor_s']:.2f} s)")
+        print(f"locas ask {s['ask_s']:.2f} s warm, {s['ask_cold_s']:.2f} s cold "
+              f"(import floor {s['import_floor_s']:.2f} s)")
     write_json(args.out, record)
     print(f"wrote {args.out}")
     return 0

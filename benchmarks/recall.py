@@ -13,6 +13,7 @@ then asked the document's written questions with *no text in the prompt*, in the
   ntp          Locas-GLU r64, next-token prediction on the text (passes until the budget)
   lora-recall  TempLoRA r11 (the same number of parameters) with the recall objective
   recall-strong   ``locas memorize --preset strong`` (256x output scale, silence term), 4x recall's CPU-seconds
+  recall-balanced ``locas memorize --preset balanced`` (the same, silence 10x stronger), 4x recall's CPU-seconds
   lora-recall-x4  TempLoRA r11, the recall objective, the same 4x
   ...          levers of ``recall`` (``--systems``, e.g. recall-nontp, recall-1wording, recall-kl; ``--define``)
 
@@ -78,6 +79,7 @@ SYSTEMS = {
     # the `locas memorize --preset strong` recipe (RECALL_PRESETS, as the model wants it: MODEL_SETTINGS) for 4x
     # recall's CPU-seconds (about its 3 passes), and TempLoRA with the same objective and the same compute
     "recall-strong": ("locas", "selfstudy", {"preset": "strong", "budget_x": 4}),
+    "recall-balanced": ("locas", "selfstudy", {"preset": "balanced", "budget_x": 4}),
     "lora-recall-x4": ("lora", "selfstudy", {"budget_x": 4}),
 }
 # chosen on the tune split (docs/RECALL.md); lora: every other lora-*

@@ -279,6 +279,10 @@ def test_memorize_recall_presets_set_scale_silence_and_lr_and_flags_still_win(tm
         assert parsed(base + ["--preset", name]) == tuple(fields[k] for k in ("tau_scale", "silence_weight", "lr",
                                                                                "epochs"))
     assert RECALL_PRESETS["strong"]["silence_weight"] > 0 and RECALL_PRESETS["strong"]["tau_scale"] > 1
+    # balanced: strong's reach and cost, held quieter off the text
+    balanced = {k: v for k, v in RECALL_PRESETS["balanced"].items() if k != "silence_weight"}
+    assert balanced == {k: v for k, v in RECALL_PRESETS["strong"].items() if k != "silence_weight"}
+    assert RECALL_PRESETS["balanced"]["silence_weight"] > RECALL_PRESETS["strong"]["silence_weight"]
     assert parsed(base + ["--preset", "strong", "--silence-weight", "5", "--lr", "0.2"])[1:3] == (5.0, 0.2)
     assert parsed(base) == (TrainConfig().tau_scale, SelfStudyConfig().silence_weight, None, None)
     text = tmp_path / "t.txt"

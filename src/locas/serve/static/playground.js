@@ -325,7 +325,8 @@ async function start() {
     $("doc").value = await file.text();
     countDoc();
   }));
-  $("preset").addEventListener("change", () => {  // a recall preset (`strong`, `safe`) trains the selfstudy objective
+  // a recall preset (`safe`, `balanced`, `strong`) trains the selfstudy objective
+  $("preset").addEventListener("change", () => {
     const help = (state.server && state.server.presets[$("preset").value]) || "";
     if (help.startsWith("objective selfstudy")) $("objective").value = "selfstudy";
   });
