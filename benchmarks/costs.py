@@ -57,12 +57,13 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def best(fn, repeats: int) -> float:
     fn()  # warm-up
-    times = []
-    for _ in range(repeats):
-        t = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t)
-    return min(times)
+    return min(timed(fn) for _ in range(repeats))
+
+
+def timed(fn) -> float:
+    t = time.perf_counter()
+    fn()
+    return time.perf_counter() - t
 
 
 def window(lm, repeats: int, profile: bool) -> dict:
@@ -186,12 +187,6 @@ def compiled(lm, repeats: int) -> dict:
     out["max_nll_diff"] = (comp_nll - eager_nll).abs().max().item()
     out["grad_rel_diff"] = ((comp_grad - eager_grad).norm() / eager_grad.norm()).item()
     return out
-
-
-def timed(fn) -> float:
-    t = time.perf_counter()
-    fn()
-    return time.perf_counter() - t
 
 
 def evict_page_cache(paths) -> None:
