@@ -66,15 +66,19 @@ def timed(fn) -> float:
     return time.perf_counter() - t
 
 
+def one_window(lm):
+    """The first 1,024 tokens of PG-19 book 10146 (1, T), truncation, a Locas learner (r = 64 on every layer, the
+    paper's recipe) initialised on them, and its optimiser."""
+    tokens = tokenize_text(lm.tokenizer, load_book("10146"), 1024)
+    cfg = TrainConfig(window_size=1024, lr=3e-2, memory_width=64)
+    truncate, locas = make_learner("truncate", lm, cfg), make_learner("locas", lm, cfg)
+    locas.begin(tokens, (0, 1024))
+    return tokens[None], truncate, locas, make_optimizer(locas.parameters(), cfg)
+
+
 def window(lm, repeats: int, profile: bool) -> dict:
     """Each phase timed inside the same iteration (the medians over ``repeats`` + 1 iterations add up)."""
-    tokens = tokenize_text(lm.tokenizer, load_book("10146"), 1024)
-    ids = tokens[None]
-    cfg = TrainConfig(window_size=1024, lr=3e-2, memory_width=64)
-    truncate = make_learner("truncate", lm, cfg)
-    locas = make_learner("locas", lm, cfg)
-    locas.begin(tokens, (0, 1024))
-    optimizer = make_optimizer(locas.parameters(), cfg)
+    ids, truncate, locas, optimizer = one_window(lm)
 
     def iteration() -> dict:
         laps, t = {}, time.perf_counter()
@@ -143,12 +147,7 @@ def streamed(lm, repeats: int) -> dict:
 def compiled(lm, repeats: int) -> dict:
     """Eager, then the decoder compiled in place: compile seconds, medians of truncation's pass and of a Locas step,
     and the compiled NLL and memory gradient against eager's at the same memory (no step taken between them)."""
-    tokens = tokenize_text(lm.tokenizer, load_book("10146"), 1024)
-    ids = tokens[None]
-    cfg = TrainConfig(window_size=1024, lr=3e-2, memory_width=64)
-    truncate, locas = make_learner("truncate", lm, cfg), make_learner("locas", lm, cfg)
-    locas.begin(tokens, (0, 1024))
-    optimizer = make_optimizer(locas.parameters(), cfg)
+    ids, truncate, locas, optimizer = one_window(lm)
     with torch.no_grad():  # values away from zero, so the memory changes the NLL and every channel has a gradient
         locas.memory[..., -1].normal_(0, 0.05, generator=torch.Generator().manual_seed(0))
 

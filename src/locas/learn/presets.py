@@ -37,10 +37,11 @@ PRESET_HELP = {
 # recall benchmark's tuning documents and measured on its held-out ones (docs/RECALL.md "Selectivity"). Each sets
 # the output scale (--tau-scale), the silence term (--silence-weight: the memory's output energy on the model's own
 # samples, relative to the MLP's) and the learning rate; the rest are the selfstudy defaults.
+_STRONG = {"tau_scale": 256.0, "silence_weight": 1e4, "silence_tokens": 2048, "lr": 3e-3, "epochs": 3}
 RECALL_PRESETS: dict[str, dict] = {
     "safe": {"tau_scale": 1.0, "silence_weight": 0.0, "lr": 0.1, "epochs": 1},
-    "balanced": {"tau_scale": 256.0, "silence_weight": 1e5, "silence_tokens": 2048, "lr": 3e-3, "epochs": 3},
-    "strong": {"tau_scale": 256.0, "silence_weight": 1e4, "silence_tokens": 2048, "lr": 3e-3, "epochs": 3},
+    "balanced": {**_STRONG, "silence_weight": 1e5},  # strong, held 10x quieter off the text
+    "strong": _STRONG,
 }
 RECALL_PRESET_HELP = {
     "safe": "the memorize defaults: the paper's output scale, no silence term, one pass (least forgetting)",
