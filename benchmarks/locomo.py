@@ -35,6 +35,7 @@ from locas import LocasForCausalLM
 from locas.data.locomo import get_conversation, load_locomo
 from locas.eval.locomo import (
     CONTEXT_MODES,
+    LOCOMO_PROBES,
     LocomoSettings,
     collect,
     paired_f1_difference,
@@ -46,7 +47,8 @@ from locas.eval.locomo import (
 )
 from locas.learn.config import TrainConfig
 from locas.learn.memorize import objective_defaults
-from locas.learn.presets import preset_settings
+from locas.learn.objectives import ObjectiveSettings, SelfStudyConfig
+from locas.learn.presets import RECALL_PRESETS, preset_settings
 
 RESULTS = Path(__file__).parent / "results" / "locomo"
 QUICK_SESSIONS = 6  # conv-30: 6 of 19 sessions (~4.6K tokens), 44 of 105 questions
@@ -129,15 +131,20 @@ def main():
     # no-memory rows with a short prompt first (the controls of every memory row); the full context last
     controls(contexts)
     for label in args.methods:
-        mtype, loss, lr = parse_method(label)
-        lr = lr or (args.locas_lr if mtype == "locas" else args.lora_lr)
+        mtype, loss, preset, lr = parse_method(label)
+        fields = preset_settings(preset, args.model) if preset else {}  # a recall preset's fields on the model
+        lr = lr or fields.get("lr") or (args.locas_lr if mtype == "locas" else args.lora_lr)
         window = objective_defaults(loss).get("window_size", args.window_size)  # selfstudy: its 256-token NTP term
+        shape = {k: v for k, v in fields.items() if k in TrainConfig.__dataclass_fields__ and k not in ("lr", "epochs")}
         cfg = TrainConfig(window_size=window, lr=lr, objective=loss, memory_width=args.memory_width,
-                          lora_rank=args.lora_rank, sd_context=args.sd_context)
+                          lora_rank=args.lora_rank, sd_context=args.sd_context, **shape)
+        study = {k: v for k, v in fields.items() if k in SelfStudyConfig.__dataclass_fields__}
+        objectives = ObjectiveSettings(selfstudy=SelfStudyConfig(**study), probes=LOCOMO_PROBES) if study else None
         settings = LocomoSettings(method=mtype, context_mode=contexts[0], extra_contexts=tuple(contexts[1:]),
                                   control=False, session_budget=args.session_budget, **common)
         t0 = time.perf_counter()
-        runs = run_conversations(lm, chosen, settings, cfg, out / "runs" / label, resume=args.resume)
+        runs = run_conversations(lm, chosen, settings, cfg, out / "runs" / label, objectives=objectives,
+                                 resume=args.resume)
         train = train_totals(runs)
         print(f"{label}: {time.perf_counter() - t0:.0f} s (train {train['train_s']:.0f} s, "
               f"{train['train_cpu_s']:.0f} CPU-s)", flush=True)
@@ -155,14 +162,20 @@ def main():
     print(f"\nwall time {payload['wall_s'] / 60:.1f} min; wrote {out}/results.json, results.md, f1_by_category.png")
 
 
-def parse_method(label: str) -> tuple[str, str, float | None]:
-    """``locas-SD`` -> (locas, SD, None); ``lora-SD@3e-4`` -> (lora, SD, 3e-4): a learning-rate override.
+def parse_method(label: str) -> tuple[str, str, str | None, float | None]:
+    """``locas-SD`` -> (locas, SD, None, None); ``lora-SD@3e-4`` -> (lora, SD, None, 3e-4): a learning-rate
+    override; ``locas-SELFSTUDY:strong`` -> (locas, SELFSTUDY, strong, None): a recall preset of ``locas memorize
+    --preset`` (its output scale, silence term and lr on --model; ``--session-budget`` still sets the compute).
     The objective is any name of the objective registry (``locas info`` lists them), in any case."""
     name, _, lr = label.partition("@")
+    name, _, preset = name.partition(":")
     mtype, _, loss = name.partition("-")
     if mtype not in ("locas", "lora") or not loss:
-        raise SystemExit(f"method '{label}' is not <locas|lora>-<LOSS>[@lr], e.g. locas-SD or lora-SD@3e-4")
-    return mtype, loss, float(lr) if lr else None
+        raise SystemExit(f"method '{label}' is not <locas|lora>-<LOSS>[:preset][@lr], e.g. locas-SD, lora-SD@3e-4 "
+                         f"or locas-SELFSTUDY:strong")
+    if preset and (preset not in RECALL_PRESETS or loss.lower() != "selfstudy"):
+        raise SystemExit(f"method '{label}': a preset is one of {', '.join(RECALL_PRESETS)}, for SELFSTUDY only")
+    return mtype, loss, preset or None, float(lr) if lr else None
 
 
 def checks(methods: dict[str, dict], runs: dict[str, list]) -> dict[str, tuple[bool, str]]:

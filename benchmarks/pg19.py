@@ -49,7 +49,7 @@ from locas import LocasForCausalLM
 from locas.core.hub import DEFAULT_MODEL, model_key
 from locas.data.pg19 import load_book
 from locas.eval.pg19 import run_method
-from locas.eval.report import format_table, line_plot, markdown_table, write_json
+from locas.eval.report import format_table, line_plot, markdown_table, scatter_plot, write_json
 from locas.learn.config import TrainConfig
 from locas.learn.learners import LocasLearner, lora_projections
 from locas.learn.presets import TUNED, preset_settings
@@ -146,9 +146,14 @@ def main():
     ap.add_argument("--threads", type=int, default=None, help="torch threads (1 when sharing the CPU)")
     ap.add_argument("--lever-report", action="store_true",
                     help="only tabulate and plot the levers and combos grids already run (no model)")
+    ap.add_argument("--heldout-report", action="store_true",
+                    help="only tabulate and plot the held-out parts already run (results/pg19-heldout<tag>/, no model)")
     args = ap.parse_args()
     if args.lever_report:
         return lever_report()
+    if args.heldout_report:
+        return heldout_report(RESULTS / f"pg19-heldout{args.tag}", list(heldout_systems(args.window_size, args.model)),
+                              args.heldout_books)
     global ONLY
     ONLY = args.only
     if args.threads:
@@ -396,6 +401,18 @@ def heldout_report(parts: Path, systems: list[str], books: list[str]) -> None:
     (RESULTS / f"{parts.name}.md").write_text(markdown_table(header, table) + "\n")
     line_plot(RESULTS / f"{parts.name}.png", curves, "tokens read", "cumulative perplexity / truncation's",
               title=f"{parts.name}: held-out books, never tuned on")
+    frontier_plot(RESULTS / f"{parts.name}-frontier.png", table, f"{parts.name}: held-out books, never tuned on")
+
+
+def frontier_plot(path: Path, table: list[list], title: str) -> None:
+    """Memory against forgetting: perplexity / truncation's over KL(base || method) on the KL book, one colour per
+    trained system, a point per book and its mean (the rows of ``heldout_report``'s table)."""
+    systems: dict[str, list] = {}
+    for book, name, _, ratio, kl, *_ in table:
+        if name != "truncate":
+            systems.setdefault(name, []).append((kl, ratio, book))
+    scatter_plot(path, systems, "KL(base || method) on held-out PG-19 text (log)", "perplexity / truncation's",
+                 title, logx=True)
 
 
 def lever_report() -> None:

@@ -273,3 +273,60 @@ def test_the_silence_term_quiets_the_memory_off_its_text_and_it_still_learns_the
         closed[weight] = (base - _answer_nll(lm, learner.full_memory(), [Q], key)) / (base - teacher["nll"])
     assert fires[10.0] < 0.5 * fires[0.0], fires  # quiet on text it never saw
     assert closed[10.0] > 0.5, closed  # and still answers
+
+
+@pytest.mark.parametrize("method", ["locas", "lora"])
+def test_the_locality_term_keeps_the_model_on_unseen_text_and_it_still_learns_the_answer(method):
+    from locas.learn.objectives.selfstudy import locality_kl
+
+    lm = _copy_model()
+    key = [17, 31, 22]
+    document = [BOS, KEY, *key, SEP]
+    teacher = answer_with_teacher(lm, document, [[Q]], 3, 40)[0]
+    ex = Example("question", document, [Q], teacher["answer"], teacher["values"], teacher["index"], reference="key")
+    segment = Segment(torch.tensor(document), (0, len(document)), window=len(document))
+    off_ids = own_samples(lm, rows=4, tokens=32, seed=1)  # another draw than the one trained against (seed 0)
+    base = _answer_nll(lm, None, [Q], key)  # before any adapter is injected into the model
+    moved, closed = {}, {}
+    for weight in (0.0, 3.0):
+        cfg = TrainConfig(window_size=len(document), lr=3e-2, memory_width=8, seed=0, objective="selfstudy",
+                          tau_scale=4.0, lora_rank=2)
+        study = SelfStudyConfig(ntp_weight=0.0, locality_weight=weight, silence_tokens=256)
+        objective = make_objective(cfg, ObjectiveSettings(selfstudy=study))
+        learner, stats = train_segments(lm, [segment], objective, cfg, method=method, passes=40, examples=[ex],
+                                        progress=False)
+        assert ("locality" in stats["segments"][0]) == (weight > 0)
+        with torch.no_grad():
+            moved[weight] = sum(float(locality_kl(learner, row[None])) for row in off_ids) / len(off_ids)
+        with torch.no_grad():
+            answered = float(learner.nll(torch.tensor([[Q, *key]]))[0].mean())
+        closed[weight] = (base - answered) / (base - teacher["nll"])
+        learner.finish()
+    assert moved[3.0] < 0.5 * moved[0.0], moved  # the model moves less on text it never saw
+    assert closed[3.0] > 0.5, closed  # and still answers
+
+
+def test_the_decoy_term_leaves_questions_the_text_does_not_answer_as_the_base_model_answers_them():
+    from locas.learn.learners import make_learner
+    from locas.learn.objectives.selfstudy import SelfStudy, decoy_kl, probe_loss
+
+    lm = _word_lm()
+    segment = Segment.from_text(lm.tokenizer, DOC, 64)
+    probes = ProbeConfig(families=("fact",), chunk_tokens=64)
+    unseen = SelfStudy(TrainConfig(objective="selfstudy", seed=1), ObjectiveSettings(
+        selfstudy=SelfStudyConfig(silence_tokens=256), probes=probes))  # decoys of another draw than trained on
+    moved, fitted = {}, {}
+    for weight in (0.0, 100.0):
+        cfg = TrainConfig(window_size=64, lr=1e-1, memory_width=16, seed=0, objective="selfstudy", tau_scale=64.0)
+        study = SelfStudyConfig(ntp_weight=0.0, decoy_weight=weight, silence_tokens=256)
+        objective = make_objective(cfg, ObjectiveSettings(selfstudy=study, probes=probes))
+        examples = objective.prepare(make_learner("locas", lm, cfg), segment)
+        learner, stats = train_segments(lm, [segment], objective, cfg, passes=16, examples=examples, progress=False)
+        assert ("decoy" in stats["segments"][0]) == (weight > 0)
+        with torch.no_grad():
+            moved[weight] = float(decoy_kl(learner, unseen.decoys(learner)))
+            fitted[weight] = float(probe_loss(learner.logits, examples, "label"))
+    with torch.no_grad(), lm.disabled():
+        start = float(probe_loss(lambda ids, **kw: lm.model(input_ids=ids, **kw).logits, examples, "label"))
+    assert moved[100.0] < 0.6 * moved[0.0], moved  # questions about other text: nearer the base model's answers
+    assert start - fitted[100.0] > 0.4 * (start - fitted[0.0]), (start, fitted)  # and the text's own still learned

@@ -7,8 +7,10 @@ and number of every sentence hidden in turn, asked in three wordings, in the pro
 ``locas ask``), cross-entropy on the answer and its stop token; with ``loss="kl"`` it distils the
 frozen model *with the text in context* instead (KL(teacher || student) over the teacher's own
 answer tokens, top-k). Each step is a batch of left-padded probes (logits only at the answer
-positions) plus ``ntp_weight`` x next-token loss on one of the segment's windows. docs/RECALL.md
-measures the levers.
+positions) plus ``ntp_weight`` x next-token loss on one of the segment's windows, and, to keep the model
+itself elsewhere, ``silence_weight`` x the memory's output energy (``learn/silence.py``), ``locality_weight``
+x KL(base || model) on the model's own samples (``locality_kl``) and ``decoy_weight`` x the same KL at the
+answers of questions about them (``decoy_kl``). docs/RECALL.md measures the levers.
 
     >>> objective = make_objective(TrainConfig(objective="selfstudy"))        # fact probes, hard labels
     >>> objective = make_objective(TrainConfig(objective="selfstudy"), ObjectiveSettings(
@@ -32,7 +34,7 @@ from ...probes.families import make_probes
 from ...probes.teacher import Example, label_examples, teacher_examples
 from ...settings import setting, validate
 from ...text.sentences import split_chunks
-from ..silence import LayerInputs, off_text, relative_energy
+from ..silence import LayerInputs, layer_inputs, own_samples, relative_energy
 from ..step import backward_step
 from .base import Objective
 from .window import TeacherTargets, distill_kl
@@ -56,8 +58,15 @@ class SelfStudyConfig:
     silence_weight: float = setting(0.0, "self-study: weight of the silence term in every step, the memory's output "
                                          "energy relative to the MLP's on the model's own samples (keeps a Locas "
                                          "memory quiet off its text; 0 = off)", minimum=0)
-    silence_tokens: int = setting(512, "self-study: tokens of the model's own samples the silence term is measured on "
-                                       "(rows of 128, drawn once)", minimum=1)
+    silence_tokens: int = setting(512, "self-study: tokens of the model's own samples the silence and locality terms "
+                                       "are measured on (rows of 128, drawn once)", minimum=1)
+    locality_weight: float = setting(0.0, "self-study: weight of the locality term in every step, KL(base || memory "
+                                          "model) on one 128-token row of the model's own samples, the rows in turn "
+                                          "(any learner, TempLoRA too; 0 = off)", minimum=0)
+    decoy_weight: float = setting(0.0, "self-study: weight of the decoy term in every step, KL(base || model) at the "
+                                       "answers of a batch of fact probes about the model's own samples: questions in "
+                                       "the probes' prompt that the text does not answer (any learner; 0 = off)",
+                                  minimum=0)
 
     def __post_init__(self):
         validate(self)
@@ -134,6 +143,24 @@ def distillation_loss(lm, memory, examples: list[Example], student_window: int =
     return probe_loss(student, examples, loss, student_window, lm.device)
 
 
+def locality_kl(learner, ids: torch.Tensor) -> torch.Tensor:
+    """KL(base || learner) per position, averaged, on ``ids`` (1, T): how far the learner's state moves the model's
+    next-token distributions on a text it was not trained on (the frozen model's, as every teacher reads it)."""
+    with torch.no_grad(), learner.frozen():
+        base = learner.logits(ids)[0].float()  # (T, V)
+    return distill_kl(learner.logits(ids)[0], TeacherTargets(torch.log_softmax(base, -1), None))
+
+
+def decoy_kl(learner, examples: list[Example], student_window: int = 0, device="cpu") -> torch.Tensor:
+    """KL(base || learner) over the answer tokens of ``examples`` (questions the memory should leave as the frozen
+    model answers them), each read as the student reads a probe."""
+    batch = student_batch(examples, student_window, device)
+    with torch.no_grad(), learner.frozen():
+        base = batch.answer_logits(learner.logits(batch.ids, **batch.inputs())).float()  # (sum A, V)
+    return distill_kl(batch.answer_logits(learner.logits(batch.ids, **batch.inputs())),
+                      TeacherTargets(torch.log_softmax(base, -1), None))
+
+
 class SelfStudy(Objective):
     name = "selfstudy"
     summary = "answer probes about the text without it: distil the model-with-the-text (--probe-* settings)"
@@ -142,7 +169,9 @@ class SelfStudy(Objective):
         super().__init__(cfg, settings)
         self.study = getattr(settings, "selfstudy", None) or SelfStudyConfig()
         self.probes = getattr(settings, "probes", None) or ProbeConfig()
-        self._off: dict[tuple, LayerInputs] = {}  # the off-text's MLP inputs, per (model, layers, seed)
+        self._own: dict[tuple, torch.Tensor] = {}  # the model's own samples, per (model, seed, rows)
+        self._off: dict[tuple, LayerInputs] = {}  # their MLP inputs, per (model, layers, seed, rows)
+        self._decoys: dict[tuple, list[Example]] = {}  # fact probes about them, per (model, seed, rows)
 
     def prepare(self, learner, segment) -> list[Example]:
         """Probes made from the segment's text (seeded by ``segment.seed``) and the teacher's answers; the
@@ -173,7 +202,9 @@ class SelfStudy(Objective):
             if not examples:
                 raise LocasError("--probe-loss label needs probes with known answers: add the fact or cloze family")
         off = self.off_text(learner) if study.silence_weight else None
-        probe_sum, silence_sum, steps, skipped = 0.0, 0.0, 0, 0
+        own = self.own_samples(learner.lm) if study.locality_weight else None
+        decoys = self.decoys(learner) if study.decoy_weight else None
+        probe_sum, silence_sum, locality_sum, decoy_sum, steps, skipped = 0.0, 0.0, 0.0, 0.0, 0, 0
         for pick in plan.batches(list(examples), batch=study.batch, shuffle=True):
             optimizer.zero_grad(set_to_none=True)
             probe = probe_loss(learner.logits, pick, study.loss, study.student_window, lm.device)
@@ -186,21 +217,62 @@ class SelfStudy(Objective):
                 silence = relative_energy(learner.model_memory(), learner.layers, off, lm).mean()
                 loss = loss + study.silence_weight * silence
                 silence_sum += float(silence.detach())
+            if own is not None:
+                locality = locality_kl(learner, own[steps % len(own)][None])
+                loss = loss + study.locality_weight * locality
+                locality_sum += float(locality.detach())
+            if decoys is not None:
+                first = steps * study.batch
+                pick_decoys = [decoys[(first + i) % len(decoys)] for i in range(min(study.batch, len(decoys)))]
+                decoy = decoy_kl(learner, pick_decoys, study.student_window, lm.device)
+                loss = loss + study.decoy_weight * decoy
+                decoy_sum += float(decoy.detach())
             skipped += int(backward_step(learner, optimizer, loss))
             probe_sum, steps = probe_sum + float(probe.detach()), steps + 1
         stats = {"probes": len(examples), study.loss: probe_sum / max(steps, 1), "steps": steps, "skipped": skipped,
                  "prep_cpu_s": prep_cpu_s}
         if off is not None:
             stats["silence"] = silence_sum / max(steps, 1)
+        if own is not None:
+            stats["locality"] = locality_sum / max(steps, 1)
+        if decoys is not None:
+            stats["decoy"] = decoy_sum / max(steps, 1)
         return stats
+
+    def decoys(self, learner) -> list[Example]:
+        """Fact probes about the model's own samples (``own_samples``), in the probes' prompt, with their reference
+        answers as the teacher-forced continuation (made once per model, seed and size)."""
+        lm = learner.lm
+        ids = self.own_samples(lm)
+        key = (id(lm), self.cfg.seed, len(ids))
+        if key not in self._decoys:
+            text = "\n\n".join(lm.tokenizer.decode(row[1:], skip_special_tokens=True) for row in ids)
+            pcfg = ProbeConfig(**{**self.probes.to_dict(), "seed": self.cfg.seed})
+            chunks = split_chunks(lm.tokenizer, text, pcfg.chunk_tokens)
+            with learner.frozen():
+                made = label_examples(lm, chunks, make_probes(lm, chunks, pcfg, progress=False), pcfg)
+            if not made:
+                raise LocasError("--decoy-weight found no fact to ask about in the model's own samples; raise "
+                                 "--silence-tokens, or drop --decoy-weight")
+            self._decoys[key] = made
+        return self._decoys[key]
+
+    def own_samples(self, lm) -> torch.Tensor:
+        """(rows, 1 + 128) the frozen model's own samples (``silence.own_samples``): the off-text of the silence
+        and locality terms, drawn once per model, seed and size."""
+        rows = -(-self.study.silence_tokens // OFF_ROW)
+        key = (id(lm), self.cfg.seed, rows)
+        if key not in self._own:
+            self._own[key] = own_samples(lm, rows=rows, tokens=OFF_ROW, seed=self.cfg.seed)
+        return self._own[key]
 
     def off_text(self, learner) -> LayerInputs:
         """The frozen model's MLP inputs on its own samples at the learner's memory layers (made once)."""
         if not hasattr(learner, "model_memory"):
             raise LocasError("--silence-weight quiets a Locas memory; this learner has none (use --method locas, or "
                              "drop --silence-weight)")
-        rows = -(-self.study.silence_tokens // OFF_ROW)
-        key = (id(learner.lm), tuple(learner.layers), self.cfg.seed, rows)
+        ids = self.own_samples(learner.lm)
+        key = (id(learner.lm), tuple(learner.layers), self.cfg.seed, len(ids))
         if key not in self._off:
-            self._off[key] = off_text(learner.lm, learner.layers, rows=rows, tokens=OFF_ROW, seed=self.cfg.seed)
+            self._off[key] = layer_inputs(learner.lm, ids, learner.layers, skip=1)  # the start token left out
         return self._off[key]
