@@ -143,8 +143,8 @@ def main():
         settings = LocomoSettings(method=mtype, context_mode=contexts[0], extra_contexts=tuple(contexts[1:]),
                                   control=False, session_budget=args.session_budget, **common)
         t0 = time.perf_counter()
-        runs = run_conversations(lm, chosen, settings, cfg, out / "runs" / label, objectives=objectives,
-                                 resume=args.resume)
+        runs = run_conversations(lm, chosen, settings, cfg, out / "runs" / label.replace(":", "+"),  # a file name
+                                 objectives=objectives, resume=args.resume)
         train = train_totals(runs)
         print(f"{label}: {time.perf_counter() - t0:.0f} s (train {train['train_s']:.0f} s, "
               f"{train['train_cpu_s']:.0f} CPU-s)", flush=True)
