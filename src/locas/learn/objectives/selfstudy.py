@@ -58,8 +58,8 @@ class SelfStudyConfig:
     silence_weight: float = setting(0.0, "self-study: weight of the silence term in every step, the memory's output "
                                          "energy relative to the MLP's on the model's own samples (keeps a Locas "
                                          "memory quiet off its text; 0 = off)", minimum=0)
-    silence_tokens: int = setting(512, "self-study: tokens of the model's own samples the silence and locality terms "
-                                       "are measured on (rows of 128, drawn once)", minimum=1)
+    silence_tokens: int = setting(512, "self-study: tokens of the model's own samples the silence, locality and decoy "
+                                       "terms are measured on (rows of 128, drawn once)", minimum=1)
     locality_weight: float = setting(0.0, "self-study: weight of the locality term in every step, KL(base || memory "
                                           "model) on one 128-token row of the model's own samples, the rows in turn "
                                           "(any learner, TempLoRA too; 0 = off)", minimum=0)
