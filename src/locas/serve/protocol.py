@@ -42,7 +42,8 @@ JOB_SETTINGS = ("window_size", "steps_per_window", "lr", "weight_decay", "adam_b
                 "memory_layers", "tau_scale", "tau_law", "value_init", "value_radius", "key_lr_scale", "gain_lr",
                 "epochs", "seed")
 # the SelfStudyConfig fields a job of the selfstudy objective takes (its recall presets set some of them)
-JOB_STUDY_SETTINGS = ("loss", "ntp_weight", "batch", "silence_weight", "silence_tokens", "locality_weight")
+JOB_STUDY_SETTINGS = ("loss", "ntp_weight", "batch", "silence_weight", "silence_tokens", "locality_weight",
+                      "decoy_weight")
 
 
 class ApiError(Exception):
