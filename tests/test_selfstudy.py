@@ -141,6 +141,17 @@ def _copy_model() -> LocasForCausalLM:
     return LocasForCausalLM(model.eval(), name="copy")
 
 
+def _copy_task():
+    """The copy model and one key to memorise: (lm, key, document, the teacher's answer with the document in
+    context, a hard-label probe example asking for the key, the document as a segment)."""
+    lm = _copy_model()
+    key = [17, 31, 22]
+    document = [BOS, KEY, *key, SEP]
+    teacher = answer_with_teacher(lm, document, [[Q]], 3, 40)[0]
+    ex = Example("question", document, [Q], teacher["answer"], teacher["values"], teacher["index"], reference="key")
+    return lm, key, document, teacher, ex, Segment(torch.tensor(document), (0, len(document)), window=len(document))
+
+
 def _answer_nll(lm, memory, prompt, answer) -> float:
     ids = torch.tensor([prompt + answer])
     with torch.no_grad():
@@ -253,12 +264,7 @@ def test_locomo_harness_runs_the_selfstudy_objective(method, tmp_path):
 
 
 def test_the_silence_term_quiets_the_memory_off_its_text_and_it_still_learns_the_answer():
-    lm = _copy_model()
-    key = [17, 31, 22]
-    document = [BOS, KEY, *key, SEP]
-    teacher = answer_with_teacher(lm, document, [[Q]], 3, 40)[0]
-    ex = Example("question", document, [Q], teacher["answer"], teacher["values"], teacher["index"], reference="key")
-    segment = Segment(torch.tensor(document), (0, len(document)), window=len(document))
+    lm, key, document, teacher, ex, segment = _copy_task()
     off_ids = own_samples(lm, rows=4, tokens=32, seed=1)  # another draw than the one trained against (seed 0)
     fires, closed = {}, {}
     for weight in (0.0, 10.0):
@@ -279,12 +285,7 @@ def test_the_silence_term_quiets_the_memory_off_its_text_and_it_still_learns_the
 def test_the_locality_term_keeps_the_model_on_unseen_text_and_it_still_learns_the_answer(method):
     from locas.learn.objectives.selfstudy import locality_kl
 
-    lm = _copy_model()
-    key = [17, 31, 22]
-    document = [BOS, KEY, *key, SEP]
-    teacher = answer_with_teacher(lm, document, [[Q]], 3, 40)[0]
-    ex = Example("question", document, [Q], teacher["answer"], teacher["values"], teacher["index"], reference="key")
-    segment = Segment(torch.tensor(document), (0, len(document)), window=len(document))
+    lm, key, document, teacher, ex, segment = _copy_task()
     off_ids = own_samples(lm, rows=4, tokens=32, seed=1)  # another draw than the one trained against (seed 0)
     base = _answer_nll(lm, None, [Q], key)  # before any adapter is injected into the model
     moved, closed = {}, {}
