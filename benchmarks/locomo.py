@@ -135,7 +135,8 @@ def main():
         fields = preset_settings(preset, args.model) if preset else {}  # a recall preset's fields on the model
         lr = lr or fields.get("lr") or (args.locas_lr if mtype == "locas" else args.lora_lr)
         window = objective_defaults(loss).get("window_size", args.window_size)  # selfstudy: its 256-token NTP term
-        shape = {k: v for k, v in fields.items() if k in TrainConfig.__dataclass_fields__ and k not in ("lr", "epochs")}
+        skip = ("lr", "epochs") if args.session_budget else ("lr",)  # the budget, else the preset's passes
+        shape = {k: v for k, v in fields.items() if k in TrainConfig.__dataclass_fields__ and k not in skip}
         cfg = TrainConfig(window_size=window, lr=lr, objective=loss, memory_width=args.memory_width,
                           lora_rank=args.lora_rank, sd_context=args.sd_context, **shape)
         study = {k: v for k, v in fields.items() if k in SelfStudyConfig.__dataclass_fields__}
@@ -165,7 +166,8 @@ def main():
 def parse_method(label: str) -> tuple[str, str, str | None, float | None]:
     """``locas-SD`` -> (locas, SD, None, None); ``lora-SD@3e-4`` -> (lora, SD, None, 3e-4): a learning-rate
     override; ``locas-SELFSTUDY:strong`` -> (locas, SELFSTUDY, strong, None): a recall preset of ``locas memorize
-    --preset`` (its output scale, silence term and lr on --model; ``--session-budget`` still sets the compute).
+    --preset`` (its output scale, silence term and lr on --model, and its passes unless ``--session-budget`` sets
+    the compute).
     The objective is any name of the objective registry (``locas info`` lists them), in any case."""
     name, _, lr = label.partition("@")
     name, _, preset = name.partition(":")
