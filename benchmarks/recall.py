@@ -97,9 +97,9 @@ def parse_args():
                    help='learning rates to sweep, per system: "recall=0.1,0.3 lora-recall=1e-3,3e-3" (default: LRS)')
     p.add_argument("--define", action="append", default=[], metavar="NAME:KEY=V,...",
                    help="a lever of recall to run as system NAME, e.g. quiet:silence_weight=1,tau_scale=4 (keys: "
-                        "ntp_weight, loss, silence_weight, silence_tokens, locality_weight, wordings, memory_width, "
-                        "memory_layers, tau_scale, tau_law, lora_rank, lora_targets; method=lora for TempLoRA; "
-                        "budget_x=N: N x recall's CPU-seconds)")
+                        "ntp_weight, loss, silence_weight, silence_tokens, locality_weight, decoy_weight, wordings, "
+                        "memory_width, memory_layers, tau_scale, tau_law, lora_rank, lora_targets; method=lora for "
+                        "TempLoRA; budget_x=N: N x recall's CPU-seconds)")
     p.add_argument("--lora-rank", type=int, default=11, help="TempLoRA rank (11: Locas r64's parameter count)")
     p.add_argument("--ntp-window", type=int, default=1024, help="text window of the ntp systems")
     p.add_argument("--heldout-book", default="10321", help="PG-19 book whose first window measures forgetting")

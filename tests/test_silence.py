@@ -57,7 +57,7 @@ def test_own_samples_fit_the_context_and_the_off_text_leaves_out_the_start():
     assert ids.shape == (3, 256) and bool((ids[:, 0] == lm.config.eos_token_id).all())
     assert torch.equal(ids, own_samples(lm, rows=3, tokens=500, seed=0))  # seeded
     assert not torch.equal(ids, own_samples(lm, rows=3, tokens=500, seed=1))
-    off = off_text(lm, [0, 1], rows=2, tokens=20, seed=0)
+    off = off_text(lm, [0, 1], own_samples(lm, rows=2, tokens=20, seed=0))
     assert off.tokens == 2 * 20 and off.energy.shape == (2,)
 
 

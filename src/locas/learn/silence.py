@@ -10,7 +10,7 @@ only the memory's own matmuls on them (no extra pass through the network). A mem
 fire where its facts are and to keep its gates shut elsewhere; the architecture is unchanged, so it fuses,
 serves and exports as any memory.
 
-    >>> off = off_text(lm, layers, seed=0)                                             # cached once
+    >>> off = off_text(lm, layers, own_samples(lm, seed=0))                            # cached once
     >>> loss = task_loss + weight * relative_energy(learner.model_memory(), layers, off, lm).mean()
     >>> firing(lm, memory, layers, text_ids)                                           # (L',) relative output norm
 """
@@ -57,9 +57,10 @@ def own_samples(lm, rows: int = 4, tokens: int = 128, seed: int = 0) -> torch.Te
 
 
 @torch.no_grad()
-def off_text(lm, layers: list[int], rows: int = 4, tokens: int = 128, seed: int = 0) -> LayerInputs:
-    """The frozen model's MLP inputs on its own samples (``own_samples``), their start token left out."""
-    return layer_inputs(lm, own_samples(lm, rows, tokens, seed), layers, skip=1)
+def off_text(lm, layers: list[int], samples: torch.Tensor) -> LayerInputs:
+    """The frozen model's MLP inputs on its own ``samples`` (``own_samples``: (rows, 1 + tokens)), their start token
+    left out."""
+    return layer_inputs(lm, samples, layers, skip=1)
 
 
 @torch.no_grad()

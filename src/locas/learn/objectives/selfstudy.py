@@ -34,7 +34,7 @@ from ...probes.families import make_probes
 from ...probes.teacher import Example, label_examples, teacher_examples
 from ...settings import setting, validate
 from ...text.sentences import split_chunks
-from ..silence import LayerInputs, layer_inputs, own_samples, relative_energy
+from ..silence import LayerInputs, off_text, own_samples, relative_energy
 from ..step import backward_step
 from .base import Objective
 from .window import TeacherTargets, distill_kl
@@ -143,22 +143,25 @@ def distillation_loss(lm, memory, examples: list[Example], student_window: int =
     return probe_loss(student, examples, loss, student_window, lm.device)
 
 
-def locality_kl(learner, ids: torch.Tensor) -> torch.Tensor:
-    """KL(base || learner) per position, averaged, on ``ids`` (1, T): how far the learner's state moves the model's
-    next-token distributions on a text it was not trained on (the frozen model's, as every teacher reads it)."""
+def kl_to_base(learner, ids: torch.Tensor, select, **inputs) -> torch.Tensor:
+    """KL(base || learner), averaged over the positions ``select`` keeps of the logits of ``ids`` (B, T) -> (N, V):
+    how far the learner's state moves the model's next-token distributions there from the frozen model's (as every
+    teacher reads it). ``inputs``: as ``learner.logits`` takes them."""
     with torch.no_grad(), learner.frozen():
-        base = learner.logits(ids)[0].float()  # (T, V)
-    return distill_kl(learner.logits(ids)[0], TeacherTargets(torch.log_softmax(base, -1), None))
+        base = select(learner.logits(ids, **inputs)).float()  # (N, V)
+    return distill_kl(select(learner.logits(ids, **inputs)), TeacherTargets(torch.log_softmax(base, -1), None))
+
+
+def locality_kl(learner, ids: torch.Tensor) -> torch.Tensor:
+    """``kl_to_base`` at every position of ``ids`` (1, T): a text the learner was not trained on."""
+    return kl_to_base(learner, ids, lambda logits: logits[0])
 
 
 def decoy_kl(learner, examples: list[Example], student_window: int = 0, device="cpu") -> torch.Tensor:
-    """KL(base || learner) over the answer tokens of ``examples`` (questions the memory should leave as the frozen
-    model answers them), each read as the student reads a probe."""
+    """``kl_to_base`` over the answer tokens of ``examples`` (questions the memory should leave as the frozen model
+    answers them), each read as the student reads a probe."""
     batch = student_batch(examples, student_window, device)
-    with torch.no_grad(), learner.frozen():
-        base = batch.answer_logits(learner.logits(batch.ids, **batch.inputs())).float()  # (sum A, V)
-    return distill_kl(batch.answer_logits(learner.logits(batch.ids, **batch.inputs())),
-                      TeacherTargets(torch.log_softmax(base, -1), None))
+    return kl_to_base(learner, batch.ids, batch.answer_logits, **batch.inputs())
 
 
 class SelfStudy(Objective):
@@ -274,5 +277,5 @@ class SelfStudy(Objective):
         ids = self.own_samples(learner.lm)
         key = (id(learner.lm), tuple(learner.layers), self.cfg.seed, len(ids))
         if key not in self._off:
-            self._off[key] = layer_inputs(learner.lm, ids, learner.layers, skip=1)  # the start token left out
+            self._off[key] = off_text(learner.lm, learner.layers, ids)
         return self._off[key]
