@@ -291,4 +291,5 @@ def load_lm(args: argparse.Namespace, ctx=None):
         device = ctx.device
     check_device(device)
     return LocasForCausalLM.from_pretrained(args.model, dtype=args.dtype, device=device,
-                                            device_map=getattr(args, "device_map", None))
+                                            device_map=getattr(args, "device_map", None),
+                                            memory_on=getattr(args, "memory_on", None) or "ffn")

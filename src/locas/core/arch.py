@@ -38,6 +38,8 @@ class ArchSpec:
     conv1d:      projections are GPT-2 ``Conv1D`` (weight stored input x output).
     ffn_on_layer: the projections and activation are attributes of the decoder layer itself (OPT);
                  ``mlp_attr`` is then unused and ``mlp()`` returns a ``LayerFFN`` adapter.
+    attn_out:    dotted path from a decoder layer to the attention's output projection (what the
+                 attention-path memory wraps, ``--memory-on attn``).
     """
 
     kind: str = "glu"
@@ -50,6 +52,7 @@ class ArchSpec:
     act_attr: str = "act_fn"
     conv1d: bool = False
     ffn_on_layer: bool = False
+    attn_out: str = "self_attn.o_proj"
 
     def layers(self, model: nn.Module) -> nn.ModuleList:
         obj = model
@@ -95,6 +98,25 @@ class ArchSpec:
             flat = f"{prefix}{name}."
             for key in [k for k in state_dict if k.startswith(flat) and k.count(".") == flat.count(".")]:
                 state_dict[f"{prefix}{self.up}.base_mlp.{name}.{key[len(flat):]}"] = state_dict.pop(key)
+
+    def attn_out_proj(self, layer: nn.Module) -> nn.Module:
+        """The layer's attention output projection (its memory wrapper once attached)."""
+        obj = layer
+        for part in self.attn_out.split("."):
+            obj = getattr(obj, part)
+        return obj
+
+    def set_attn_out(self, layer: nn.Module, module: nn.Module) -> None:
+        """Install ``module`` (a wrapper, or the plain projection to restore) as the attention output projection."""
+        *parents, name = self.attn_out.split(".")
+        obj = layer
+        for part in parents:
+            obj = getattr(obj, part)
+        setattr(obj, name, module)
+
+    def attn_out_weight(self, proj: nn.Module) -> torch.Tensor:
+        """(d, A) weight of an attention output projection, "out x in"; column j writes attention channel j."""
+        return proj.weight.t() if self.conv1d else proj.weight
 
     def activation(self, mlp: nn.Module):
         return getattr(mlp, self.act_attr)
@@ -157,13 +179,16 @@ _REGISTRY: dict[str, ArchSpec] = {
     "granite": _GLU,
     "phi3": ArchSpec(gate_up="gate_up_proj", act_attr="activation_fn"),
     # classic two-layer FFNs: out = down(act(up x))
-    "gpt2": ArchSpec(**_MLP, layers_path="transformer.h", up="c_fc", down="c_proj", conv1d=True),
-    "gpt_neox": ArchSpec(**_MLP, layers_path="gpt_neox.layers", up="dense_h_to_4h", down="dense_4h_to_h"),
-    "gptj": ArchSpec(**_MLP, layers_path="transformer.h", up="fc_in", down="fc_out"),
-    "falcon": ArchSpec(**_MLP, layers_path="transformer.h", up="dense_h_to_4h", down="dense_4h_to_h"),
-    "phi": ArchSpec(kind="mlp", act_attr="activation_fn", up="fc1", down="fc2"),
+    "gpt2": ArchSpec(**_MLP, layers_path="transformer.h", up="c_fc", down="c_proj", conv1d=True,
+                     attn_out="attn.c_proj"),
+    "gpt_neox": ArchSpec(**_MLP, layers_path="gpt_neox.layers", up="dense_h_to_4h", down="dense_4h_to_h",
+                         attn_out="attention.dense"),
+    "gptj": ArchSpec(**_MLP, layers_path="transformer.h", up="fc_in", down="fc_out", attn_out="attn.out_proj"),
+    "falcon": ArchSpec(**_MLP, layers_path="transformer.h", up="dense_h_to_4h", down="dense_4h_to_h",
+                       attn_out="self_attention.dense"),
+    "phi": ArchSpec(kind="mlp", act_attr="activation_fn", up="fc1", down="fc2", attn_out="self_attn.dense"),
     "opt": ArchSpec(kind="mlp", layers_path="model.decoder.layers", up="fc1", down="fc2",
-                    act_attr="activation_fn", ffn_on_layer=True),
+                    act_attr="activation_fn", ffn_on_layer=True, attn_out="self_attn.out_proj"),
 }
 
 

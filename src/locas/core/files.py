@@ -4,7 +4,9 @@ A ``.locas`` file holds one tensor ``memory`` (L, B, r, d, C) in float32 and a m
 ``locas`` (JSON) with the format version, base model name, ``model_type``, layer count, hidden
 size, width, init, per-layer tau, a fingerprint of the base weights and (format 2) a sha256
 ``checksum`` of the metadata and the tensor bytes, checked on every load: a changed byte anywhere
-is a one-line ``MemoryFileError``, never a silently different memory. Never pickled.
+is a one-line ``MemoryFileError``, never a silently different memory. Never pickled. An attention-path
+memory (``memory_on: "attn"``) is format 3, which a reader of format 2 refuses in one line ("upgrade locas");
+FFN memories are still written as format 2.
 
 Every file locas writes goes through ``atomic_write`` (a temporary sibling, fsync, rename: readers
 see the old file or the new one, never a partial one; the user's umask applies), every artefact
@@ -34,7 +36,9 @@ from safetensors.torch import save_file
 from ..errors import LocasError, LocasWarning, MemoryFileError
 
 FORMAT = "locas-memory"
-VERSION = 2  # 2: the metadata carries a sha256 checksum of itself and the tensor bytes
+VERSION = 3  # 2: the metadata carries a sha256 checksum of itself and the tensor bytes; 3: ``memory_on`` "attn"
+FFN_VERSION = 2  # what an FFN memory is still written as, so that locas 0.2 readers keep reading it
+SITES = ("ffn", "attn")
 SHAPE_KEYS = ("num_layers", "batch", "width", "hidden_size", "channels")
 
 
@@ -43,7 +47,7 @@ def model_fingerprint(lm) -> str:
     h = hashlib.sha256()
     picks = sorted({0, lm.num_layers // 2, lm.num_layers - 1})
     for i in picks:
-        w = lm.spec.down_weight(lm.wrappers[i].base_mlp).detach()
+        w = lm.spec.down_weight(lm.ffn_wrappers[i].base_mlp).detach()
         sample = w.flatten()[:4096].to("cpu", torch.float32).to(torch.bfloat16).view(torch.int16)
         h.update(str(tuple(w.shape)).encode())
         h.update(sample.numpy().tobytes())
@@ -183,9 +187,10 @@ def save_memory(memory: torch.Tensor, path, model=None, *, layers=None, init: st
         raise MemoryFileError(f"a memory must be 5-D (layers, batch, width, hidden, C); got {tuple(memory.shape)}")
     if not torch.isfinite(memory).all():
         raise MemoryFileError(f"memory contains NaN or inf values; not writing '{path}' (lower the learning rate)")
+    site = getattr(model, "site", "ffn") if model is not None else (extra or {}).get("memory_on", "ffn")
     meta = {
         "format": FORMAT,
-        "version": VERSION,
+        "version": FFN_VERSION if site == "ffn" else VERSION,
         "num_layers": memory.shape[0],
         "batch": memory.shape[1],
         "width": memory.shape[2],
@@ -199,7 +204,7 @@ def save_memory(memory: torch.Tensor, path, model=None, *, layers=None, init: st
         meta.update(base_model=str(model.name), model_type=model.config.model_type,
                     model_layers=model.num_layers, kind=model.memory_kind,
                     tau=model.taus(memory.shape[2]), fingerprint=model_fingerprint(model),
-                    mlp_activation=model.mlp_activation)
+                    mlp_activation=model.mlp_activation, memory_on=site)
     meta = json.loads(json.dumps(meta))  # the form it takes in the file (tuples -> lists)
     meta["checksum"] = _checksum(memory, meta)
     return atomic_write(Path(path), lambda tmp: save_file({"memory": memory}, tmp,
@@ -245,13 +250,16 @@ def read_memory_info(path) -> dict:
     if names != ["memory"] or not all(isinstance(meta.get(k), int) and meta[k] > 0 for k in SHAPE_KEYS) \
             or not isinstance(meta.get("layers"), list) or not all(isinstance(i, int) for i in meta["layers"]):
         raise _damaged(path, "its metadata is incomplete")
+    if meta.get("memory_on", "ffn") not in SITES or (meta["version"] >= 3 and "memory_on" not in meta):
+        raise _damaged(path, "its memory site (memory_on) is missing or unknown")
     return meta
 
 
 def load_memory(path, model=None, *, device=None, strict: bool = True) -> torch.Tensor:
     """Read a memory file; with ``model``, check it was made for that model (``strict`` = fingerprint too).
 
-    A Locas-MLP file also switches ``model`` to the memory activation it was trained with.
+    A Locas-MLP file also switches ``model`` to the memory activation it was trained with, an attention-path file
+    (``memory_on: "attn"``) to that site (``LocasForCausalLM.set_site``).
     """
     meta = read_memory_info(path)
     try:
@@ -290,6 +298,7 @@ def load_memory(path, model=None, *, device=None, strict: bool = True) -> torch.
                 "or pass strict=False (--no-strict) to load anyway")
         if meta.get("mlp_activation") and meta["mlp_activation"] != model.mlp_activation:
             model.set_mlp_activation(meta["mlp_activation"])  # the units must fire as they did in training
+        model.set_site(meta.get("memory_on", "ffn"))
         memory = _expand_layers(memory, meta["layers"], model.num_layers)
         memory = memory.to(device or model.device)
     elif device is not None:

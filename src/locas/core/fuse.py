@@ -10,6 +10,10 @@ The result is exact up to float rounding, loads with plain
 ``AutoModelForCausalLM.from_pretrained`` and needs no custom code. Layers without memory
 get zero units so every layer keeps the same width (vLLM rejects per-layer widths).
 
+An attention-path memory (``memory_on="attn"``, kind ``linear``) reads the projection's output ``y`` and adds
+``tau * V^T K y``: it fuses into the attention output projection itself, ``W <- W + tau V^T (K W)`` and
+``b <- b + tau V^T (K b)``, so the checkpoint keeps every shape and its config (``fuse_attn_layer``).
+
     >>> dense = to_dense(lm, mem)        # mem (L, B, r, d, C); row 0 is fused
     >>> dense.save_pretrained("fused/")
 """
@@ -22,7 +26,7 @@ import torch
 from torch import nn
 
 from ..errors import LocasError
-from .memory import GLU
+from .memory import GLU, MLP
 
 
 def _cat_rows(weight: torch.Tensor, rows: torch.Tensor) -> nn.Parameter:
@@ -73,9 +77,22 @@ def fuse_layer(spec, mlp: nn.Module, mem: torch.Tensor, tau: float) -> None:
     _grow_in(getattr(mlp, spec.down), value.t(), spec.conv1d)
 
 
+def fuse_attn_layer(spec, proj: nn.Module, mem: torch.Tensor, tau: float) -> None:
+    """Fold one layer's linear attention-path memory (r, d, 2) into its output projection in place (float32
+    arithmetic, stored in the projection's dtype)."""
+    key, value = mem[..., 0].float(), mem[..., 1].float() * tau  # (r, d) each
+    weight = spec.attn_out_weight(proj).detach().float()  # (d, A)
+    fused = weight + value.t() @ (key @ weight)  # (d, A)
+    proj.weight = nn.Parameter((fused.t() if spec.conv1d else fused).contiguous().to(proj.weight), requires_grad=False)
+    if getattr(proj, "bias", None) is not None:
+        bias = proj.bias.detach().float()  # (d,)
+        proj.bias = nn.Parameter((bias + (key @ bias) @ value).to(proj.bias), requires_grad=False)
+
+
 def check_fusable(lm) -> None:
-    """Fusion appends memory units to the backbone FFN, so the memory must use the FFN's activation."""
-    if lm.memory_kind == GLU:
+    """Fusion appends memory units to the backbone FFN, so the memory must use the FFN's activation (an
+    attention-path memory is linear: always exact)."""
+    if lm.memory_kind != MLP:
         return
     w = lm.wrappers[0]
     probe = torch.linspace(-6, 6, 97)
@@ -96,7 +113,8 @@ def _set_width(config, width: int) -> None:
 
 @torch.no_grad()
 def to_dense(lm, memory: torch.Tensor, row: int = 0, layers=None) -> nn.Module:
-    """A new plain transformers model with memory row ``row`` fused in (the wrapper is untouched)."""
+    """A new plain transformers model with memory row ``row`` fused in (the wrapper is untouched): FFN memories
+    widen the FFN (``intermediate_size + r``), attention-path ones change ``o_proj``'s values only."""
     layers = lm.check_memory(memory, layers)
     check_fusable(lm)
     if not 0 <= row < memory.shape[1]:
@@ -113,11 +131,16 @@ def to_dense(lm, memory: torch.Tensor, row: int = 0, layers=None) -> nn.Module:
     finally:
         for w, m in zip(lm.wrappers, saved):
             w.memory = m
-    for layer in lm.spec.layers(dense):
-        lm.spec.set_mlp(layer, lm.spec.mlp(layer).base_mlp)
-    for i, layer in enumerate(lm.spec.layers(dense)):
-        mlp = lm.spec.mlp(layer)
-        fuse_layer(lm.spec, mlp, full[i].to(lm.device), lm.wrappers[i].tau(width))
-    _set_width(dense.config, lm.intermediate_size + width)
+    spec, attn = lm.spec, lm.site != "ffn"
+    for i, layer in enumerate(spec.layers(dense)):
+        tau = lm.wrappers[i].tau(width)
+        if attn:
+            spec.set_attn_out(layer, spec.attn_out_proj(layer).base_mlp)
+            fuse_attn_layer(spec, spec.attn_out_proj(layer), full[i].to(lm.device), tau)
+        else:
+            spec.set_mlp(layer, spec.mlp(layer).base_mlp)
+            fuse_layer(spec, spec.mlp(layer), full[i].to(lm.device), tau)
+    if not attn:
+        _set_width(dense.config, lm.intermediate_size + width)
     dense.requires_grad_(False)
     return dense

@@ -1,6 +1,8 @@
 """Principled memory initialisers (PAPER.md section 3.1).
 
-* ``highest``      clone the ``r`` GLU units with the largest mean |intermediate| on the input (default)
+* ``highest``      clone the ``r`` GLU units with the largest mean |intermediate| on the input (default); on the
+                   attention path (``memory_on="attn"``) the keys are the write directions (columns of
+                   ``o_proj``) of the ``r`` attention output channels with the largest mean |activation|
 * ``lowest``       clone the ``r`` least active units (ablation)
 * ``random_index`` clone ``r`` random units (ablation)
 * ``random``       Gaussian unit-norm keys and gates (ablation)
@@ -25,7 +27,8 @@ INITS = ("highest", "lowest", "random_index", "random", "activation")
 
 
 def unit_importance(lm, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
-    """Mean |intermediate activation| per FFN unit: (L, B, I) float32, padding excluded."""
+    """Mean |activation| per unit of the memory's site (FFN units, or attention output channels): (L, B, I)
+    float32, padding excluded."""
     mask = _token_mask(input_ids, attention_mask)  # (B, T) float
     sums: list[torch.Tensor | None] = [None] * lm.num_layers
 
@@ -36,8 +39,8 @@ def unit_importance(lm, input_ids: torch.Tensor, attention_mask: torch.Tensor | 
 
         return hook
 
-    base_forward_with_hooks(lm, [lm.spec.down_module(w.base_mlp) for w in lm.wrappers], make_hook,
-                             input_ids, attention_mask)
+    base_forward_with_hooks(lm, [lm.unit_module(i) for i in range(lm.num_layers)], make_hook, input_ids,
+                            attention_mask)
     counts = mask.sum(dim=1, keepdim=True).clamp(min=1)  # (B, 1)
     return torch.stack([s.to(counts.device) / counts for s in sums])  # (L, B, I)
 
@@ -78,7 +81,8 @@ def _token_mask(input_ids, attention_mask):
 
 
 def _activation_keys(lm, input_ids, attention_mask, width: int) -> torch.Tensor:
-    """Normalised MLP inputs at ``width`` evenly spaced valid tokens: (L, B, r, d)."""
+    """Normalised inputs of the memory (the MLP's, or on the attention path the projection's output) at ``width``
+    evenly spaced valid tokens: (L, B, r, d)."""
     mask = _token_mask(input_ids, attention_mask)
     positions = []
     for row in mask:
@@ -89,13 +93,15 @@ def _activation_keys(lm, input_ids, attention_mask, width: int) -> torch.Tensor:
     keys: list[torch.Tensor | None] = [None] * lm.num_layers
 
     def make_hook(i):
-        def hook(_module, args):
-            x = args[0].detach().float().reshape(*input_ids.shape, -1)  # (B, T, d)
+        def hook(_module, args, *out):
+            x = (out[0] if out else args[0]).detach().float().reshape(*input_ids.shape, -1)  # (B, T, d)
             keys[i] = torch.gather(x, 1, pos.to(x.device)[..., None].expand(-1, -1, x.shape[-1]))
 
         return hook
 
-    base_forward_with_hooks(lm, [w.base_mlp for w in lm.wrappers], make_hook, input_ids, attention_mask)
+    reads_output = lm.wrappers[0].reads_output
+    base_forward_with_hooks(lm, [w.base_mlp for w in lm.wrappers], make_hook, input_ids, attention_mask,
+                            output=reads_output)
     return F.normalize(torch.stack(keys), dim=-1)
 
 
@@ -112,9 +118,10 @@ def build_memory(
         raise LocasError(f"unknown memory init '{memory_init}'; choose one of {', '.join(INITS)}")
     if input_ids.dim() == 1:
         input_ids = input_ids[None]
-    n_units = lm.intermediate_size
+    n_units = lm.num_units
     if not 1 <= keep_top <= n_units:
-        raise LocasError(f"memory width {keep_top} must be between 1 and the FFN width {n_units}")
+        what = "FFN width" if lm.site == "ffn" else "attention output width"
+        raise LocasError(f"memory width {keep_top} must be between 1 and the {what} {n_units}")
     L, B, d = lm.num_layers, input_ids.shape[0], lm.hidden_size
     kind = lm.memory_kind
     device = lm.device
@@ -138,9 +145,8 @@ def build_memory(
         importance = unit_importance(lm, input_ids, attention_mask)  # (L, B, I)
         index = importance.topk(keep_top, dim=-1, largest=memory_init == "highest").indices
     for i, w in enumerate(lm.wrappers):
-        mlp = w.base_mlp
         idx = index[i].to(device)  # (B, r)
-        mem[i, ..., 0] = F.normalize(lm.spec.up_weight(mlp).detach().float()[idx], dim=-1)
+        mem[i, ..., 0] = F.normalize(lm.unit_keys(i).detach().float()[idx], dim=-1)
         if kind == GLU:
-            mem[i, ..., 1] = F.normalize(lm.spec.gate_weight(mlp).detach().float()[idx], dim=-1)
+            mem[i, ..., 1] = F.normalize(lm.spec.gate_weight(w.base_mlp).detach().float()[idx], dim=-1)
     return mem

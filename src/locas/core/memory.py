@@ -5,6 +5,8 @@ vectors. Layout (the reference implementation's): ``(L, B, r, d, C)`` with
 
 * ``C = 3`` for Locas-GLU: (key/up, gate, value/down), ``out = V^T (act(G^T x) * (K^T x))``
 * ``C = 2`` for Locas-MLP: (key, value),              ``out = V^T act(K^T x)``
+* ``C = 2`` for a linear memory: (key, value),         ``out = V^T (K^T x)`` (the attention-path memory: it
+  reads what the attention block writes, ``x = o_proj(z)``, and fuses into ``o_proj``; ``core.fuse``)
 
 Memory weights are float32 whatever the model dtype; inputs are cast up at the boundary and
 the output is cast back. Row ``b`` of a batch uses memory row ``b`` (a memory with one row is
@@ -22,8 +24,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-GLU, MLP = "glu", "mlp"
-CHANNELS = {GLU: 3, MLP: 2}
+GLU, MLP, LINEAR = "glu", "mlp", "linear"
+CHANNELS = {GLU: 3, MLP: 2, LINEAR: 2}
 
 
 def memory_output(x: torch.Tensor, mem: torch.Tensor | tuple, act, kind: str = GLU) -> torch.Tensor:
@@ -38,6 +40,9 @@ def memory_output(x: torch.Tensor, mem: torch.Tensor | tuple, act, kind: str = G
     if kind == GLU:
         key, gate, value = channels  # each (B, r, d)
         h = act(xf @ gate.transpose(-1, -2)) * (xf @ key.transpose(-1, -2))  # (B, T, r)
+    elif kind == LINEAR:
+        key, value = channels
+        h = xf @ key.transpose(-1, -2)  # (B, T, r)
     else:
         key, value = channels
         h = act(xf @ key.transpose(-1, -2))  # (B, T, r)
@@ -48,7 +53,12 @@ class MemoryMLP(nn.Module):
     """Wraps a frozen feed-forward block: ``base_mlp(x) + tau * memory(x)``.
 
     ``act`` is the memory's activation: the backbone's own for GLU, ReLU (the paper's choice) or
-    the backbone's for two-layer "mlp" memories.
+    the backbone's for two-layer "mlp" memories, unused by a linear one.
+
+    With ``reads_output`` the memory reads the wrapped module's output instead of its input,
+    ``y + tau * memory(y)`` with ``y = base_mlp(x)``: the attention-path memory wraps the attention's output
+    projection this way (``base_mlp`` is then that projection), so it reads and writes in the residual stream's
+    ``d`` dimensions and its linear map fuses into the projection exactly.
 
     ``memory`` is a plain attribute (not a parameter or buffer) so it never enters the base
     model's state dict; ``None`` or ``enabled = False`` gives the base output bit-exactly.
@@ -58,7 +68,8 @@ class MemoryMLP(nn.Module):
     on the strided channel views of the (r, d, C) layout costs ~9x more per decoding step.
     """
 
-    def __init__(self, base_mlp: nn.Module, act, kind: str = GLU, value_norm: float = 1.0):
+    def __init__(self, base_mlp: nn.Module, act, kind: str = GLU, value_norm: float = 1.0,
+                 reads_output: bool = False):
         super().__init__()
         if kind not in CHANNELS:
             raise ValueError(f"unknown memory kind '{kind}' (expected one of {sorted(CHANNELS)})")
@@ -66,6 +77,7 @@ class MemoryMLP(nn.Module):
         self.act = act
         self.kind = kind
         self.value_norm = float(value_norm)  # mean |W_down[:, j]|_2 of the backbone
+        self.reads_output = bool(reads_output)
         self._memory: torch.Tensor | None = None
         self._split: tuple | None = None  # (memory, its version, its channels as contiguous (B|1, r, d) tensors)
         self.enabled = True
@@ -97,11 +109,12 @@ class MemoryMLP(nn.Module):
         channels = mem if isinstance(mem, tuple) else self._channels(mem)  # C x (B|1, r, d)
         if channels[0].device != x.device:  # layers spread over devices (device_map="auto"): memory follows
             channels = tuple(c.to(x.device) for c in channels)
-        flat = x.dim() == 2  # (B*T, d): OPT flattens the batch before its FFN
-        xb = x.view(channels[0].shape[0], -1, x.shape[-1]) if flat else x  # (B, T, d)
+        read = out if self.reads_output else x
+        flat = read.dim() == 2  # (B*T, d): OPT flattens the batch before its FFN
+        xb = read.view(channels[0].shape[0], -1, read.shape[-1]) if flat else read  # (B, T, d)
         extra = memory_output(xb, channels, self.act, self.kind) * self.tau(channels[0].shape[-2])
         if flat:
-            extra = extra.reshape(x.shape)
+            extra = extra.reshape(out.shape)
         return out + extra.to(out.dtype)
 
     def _channels(self, mem: torch.Tensor):
@@ -117,7 +130,7 @@ class MemoryMLP(nn.Module):
     def extra_repr(self) -> str:
         mem = self.memory
         width = None if mem is None else mem[0].shape[-2] if isinstance(mem, tuple) else mem.shape[-3]
-        return f"kind={self.kind}, width={width}, enabled={self.enabled}"
+        return f"kind={self.kind}, width={width}, enabled={self.enabled}, reads_output={self.reads_output}"
 
 
 _BASE = "base_mlp."

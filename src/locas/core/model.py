@@ -23,9 +23,11 @@ from torch import nn
 from ..errors import LocasError
 from .arch import get_arch
 from .head import next_token_nll
-from .memory import CHANNELS, MLP, MemoryMLP, value_norm_mean
+from .memory import CHANNELS, LINEAR, MLP, MemoryMLP, value_norm_mean
 
 MLP_ACTIVATIONS = ("relu", "backbone")
+FFN, ATTN = "ffn", "attn"
+SITES = (FFN, ATTN)  # where a memory sits: beside the feed-forward blocks, or on the attention output
 
 
 def bos_prefix(tokenizer) -> list[int]:
@@ -54,11 +56,15 @@ def prepend_bos(input_ids: torch.Tensor, bos_ids) -> tuple[torch.Tensor, int]:
 
 
 class LocasForCausalLM(nn.Module):
-    """Wraps an already-loaded transformers causal LM and attaches one ``MemoryMLP`` per layer."""
+    """Wraps an already-loaded transformers causal LM and attaches one memory wrapper per layer: beside every
+    feed-forward block (``memory_on="ffn"``, the paper's Locas) or on every attention output projection
+    (``memory_on="attn"``: a linear low-rank map of what the attention writes, fused into ``o_proj``)."""
 
-    def __init__(self, model: nn.Module, tokenizer=None, name: str | None = None, mlp_activation: str = "relu"):
+    def __init__(self, model: nn.Module, tokenizer=None, name: str | None = None, mlp_activation: str = "relu",
+                 memory_on: str = FFN):
         """``mlp_activation`` (two-layer "mlp" models only): ``relu`` (the paper's memory) or ``backbone``
-        (the FFN's own activation, e.g. GELU; needed to fuse exactly). GLU memories always use the backbone's."""
+        (the FFN's own activation, e.g. GELU; needed to fuse exactly). GLU memories always use the backbone's.
+        ``memory_on``: the site of the memory, ``ffn`` or ``attn`` (``set_site``)."""
         super().__init__()
         if mlp_activation not in MLP_ACTIVATIONS:
             raise LocasError(f"unknown mlp_activation '{mlp_activation}'; choose {' or '.join(MLP_ACTIVATIONS)}")
@@ -67,16 +73,49 @@ class LocasForCausalLM(nn.Module):
         self.tokenizer = tokenizer
         self.name = name or getattr(model.config, "_name_or_path", "") or model.config.model_type
         model.requires_grad_(False)
-        self.wrappers: list[MemoryMLP] = []
+        self.ffn_wrappers: list[MemoryMLP] = []
         for layer in self.spec.layers(model):
             mlp = self.spec.mlp(layer)
             if not isinstance(mlp, MemoryMLP):
                 mlp = MemoryMLP(mlp, act=self.spec.activation(mlp), kind=self.spec.kind,
                                 value_norm=value_norm_mean(self.spec.down_weight(mlp)))
                 self.spec.set_mlp(layer, mlp)
-            self.wrappers.append(mlp)
+            self.ffn_wrappers.append(mlp)
+        self._attn_wrappers: list[MemoryMLP] | None = None  # made on the first switch to "attn"
+        self.site = FFN
+        self.wrappers: list[MemoryMLP] = self.ffn_wrappers  # the installed site's wrappers
         self.mlp_activation = "backbone"
         self.set_mlp_activation(mlp_activation)
+        self.set_site(memory_on)
+
+    def set_site(self, site: str) -> None:
+        """Put the memory on the feed-forward blocks (``ffn``) or the attention output projections (``attn``);
+        the other site's modules are the plain backbone's again. A memory is always for one site (its file says
+        which; ``ModelState`` carries it).
+
+            >>> lm.set_site("attn")       # lm.memory_kind == "linear"; memories (L, B, r, d, 2)
+        """
+        if site not in SITES:
+            raise LocasError(f"unknown memory site '{site}'; choose {' or '.join(SITES)} (--memory-on)")
+        if site == self.site or not self.wrappers:
+            return
+        if site == ATTN and self._attn_wrappers is None:
+            projs = [self.spec.attn_out_proj(layer) for layer in self.spec.layers(self.model)]
+            self._attn_wrappers = [MemoryMLP(p, act=None, kind=LINEAR, reads_output=True,
+                                             value_norm=value_norm_mean(self.spec.attn_out_weight(p))) for p in projs]
+        new = self.ffn_wrappers if site == FFN else self._attn_wrappers
+        for layer, old, w in zip(self.spec.layers(self.model), self.wrappers, new):
+            old.memory = None
+            self._install(layer, old.base_mlp)
+            self._site_install(site, layer, w)
+        self.wrappers, self.site = new, site
+
+    def _install(self, layer, module) -> None:
+        """``module`` into the current site's slot of ``layer``."""
+        self._site_install(self.site, layer, module)
+
+    def _site_install(self, site: str, layer, module) -> None:
+        (self.spec.set_mlp if site == FFN else self.spec.set_attn_out)(layer, module)
 
     def set_mlp_activation(self, name: str) -> None:
         """Locas-MLP only: the memory units fire with ``relu`` (the paper) or the ``backbone``'s activation
@@ -88,19 +127,19 @@ class LocasForCausalLM(nn.Module):
             raise LocasError(f"unknown mlp_activation '{name}'; choose {' or '.join(MLP_ACTIVATIONS)}")
         if self.spec.kind != MLP:
             return
-        for w in self.wrappers:
+        for w in self.ffn_wrappers:
             w.act = nn.ReLU() if name == "relu" else self.spec.activation(w.base_mlp)
         self.mlp_activation = name
 
     # ---- construction --------------------------------------------------------------------
     @classmethod
     def from_pretrained(cls, name_or_path: str = "smollm2-135m", dtype=None, device=None,
-                        mlp_activation: str = "relu", **kwargs):
+                        mlp_activation: str = "relu", memory_on: str = FFN, **kwargs):
         """Load a model by hub id, local directory, or the alias ``smollm2-135m`` (embedded)."""
         from .hub import load_model
 
         model, tokenizer = load_model(name_or_path, dtype=dtype, device=device, **kwargs)
-        return cls(model, tokenizer=tokenizer, name=name_or_path, mlp_activation=mlp_activation)
+        return cls(model, tokenizer=tokenizer, name=name_or_path, mlp_activation=mlp_activation, memory_on=memory_on)
 
     # ---- facts about the backbone ----------------------------------------------------------
     @property
@@ -121,15 +160,39 @@ class LocasForCausalLM(nn.Module):
 
     @property
     def hidden_size(self) -> int:
-        return self.spec.down_weight(self.wrappers[0].base_mlp).shape[0]
+        return self.spec.down_weight(self.ffn_wrappers[0].base_mlp).shape[0]
 
     @property
     def intermediate_size(self) -> int:
-        return self.spec.down_weight(self.wrappers[0].base_mlp).shape[1]
+        """The feed-forward width (what a fused FFN memory grows)."""
+        return self.spec.down_weight(self.ffn_wrappers[0].base_mlp).shape[1]
 
     @property
     def memory_kind(self) -> str:
-        return self.spec.kind
+        """The installed site's memory kind: the FFN's ``glu`` / ``mlp``, or ``linear`` on the attention path."""
+        return self.spec.kind if self.site == FFN else LINEAR
+
+    # ---- the units a memory is initialised from (per layer, the installed site's) --------------------
+    @property
+    def num_units(self) -> int:
+        """Units of the site's block: FFN units, or attention output channels (``o_proj``'s input width)."""
+        return self.intermediate_size if self.site == FFN else self.value_weight(0).shape[1]
+
+    def value_weight(self, layer: int) -> torch.Tensor:
+        """(d, units): column j is what unit j writes (``down_proj``, or ``o_proj``)."""
+        base = self.wrappers[layer].base_mlp
+        return self.spec.down_weight(base) if self.site == FFN else self.spec.attn_out_weight(base)
+
+    def unit_keys(self, layer: int) -> torch.Tensor:
+        """(units, d) key rows: the FFN's up rows, or (attention path: the memory reads what attention writes)
+        each channel's write direction, a column of ``o_proj``."""
+        base = self.wrappers[layer].base_mlp
+        return self.spec.up_weight(base) if self.site == FFN else self.spec.attn_out_weight(base).t()
+
+    def unit_module(self, layer: int) -> nn.Module:
+        """The module whose input holds the units' activations (``down_proj``, or ``o_proj``)."""
+        base = self.wrappers[layer].base_mlp
+        return self.spec.down_module(base) if self.site == FFN else base
 
     @property
     def max_length(self) -> int:
@@ -217,9 +280,9 @@ class LocasForCausalLM(nn.Module):
         return [w.tau(width) for w in self.wrappers]
 
     def detach(self) -> nn.Module:
-        """Put the original MLP modules back and return the plain transformers model."""
+        """Put the original modules back and return the plain transformers model."""
         for layer, w in zip(self.spec.layers(self.model), self.wrappers):
-            self.spec.set_mlp(layer, w.base_mlp)
+            self._install(layer, w.base_mlp)
         self.wrappers = []
         return self.model
 
@@ -271,8 +334,9 @@ class LocasForCausalLM(nn.Module):
 
 @dataclass
 class ModelState:
-    """What the model carries while it is used: a Locas memory (L|len(layers), 1, r, d, C) on ``layers``,
-    a live adapter module (e.g. the peft model of a TempLoRA learner), or nothing (the exact base model).
+    """What the model carries while it is used: a Locas memory (L|len(layers), 1, r, d, C) on ``layers`` at
+    ``site`` (``ffn`` or ``attn``), a live adapter module (e.g. the peft model of a TempLoRA learner), or nothing
+    (the exact base model).
 
         >>> with ModelState(memory=mem).apply(lm) as model:      # model: the callable transformers model
         ...     logits = model(input_ids=ids).logits
@@ -281,13 +345,20 @@ class ModelState:
     memory: torch.Tensor | None = None
     layers: list[int] | None = None
     module: nn.Module | None = None  # called instead of ``lm.model`` (its adapters on, the Locas memory off)
+    site: str | None = None  # the memory's site; None: the model's current one
 
     @contextmanager
     def apply(self, lm: LocasForCausalLM):
-        """Install the state on ``lm`` (no gradients); yields the module to call."""
+        """Install the state on ``lm`` (no gradients; the memory's site, then the model's own again); yields the
+        module to call."""
         if self.memory is not None:
-            with lm.use_memory(self.memory.detach(), self.layers), torch.no_grad():
-                yield self.module or lm.model
+            before = lm.site
+            lm.set_site(self.site or before)
+            try:
+                with lm.use_memory(self.memory.detach(), self.layers), torch.no_grad():
+                    yield self.module or lm.model
+            finally:
+                lm.set_site(before)
         else:
             with lm.disabled(), torch.no_grad():
                 yield self.module or lm.model

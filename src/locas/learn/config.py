@@ -52,6 +52,9 @@ class TrainConfig:
     memory_width: int = setting(64, "Locas slots per layer (r)", minimum=1)
     memory_init: str = setting("highest", "memory initialiser", choices=INITS)
     memory_layers: str = setting("all", "layers with memory: all, top:N, bottom:N or a list like 20,25,29")
+    memory_on: str = setting("ffn", "where the Locas memory sits: ffn (beside every feed-forward block, the paper) "
+                                    "or attn (a linear low-rank map on every attention output projection, fused "
+                                    "into o_proj; docs/ATTENTION.md)", choices=("ffn", "attn"))
     tau_scale: float = setting(1.0, "multiplier on the output scale (see --tau-law)", positive=True)
     tau_law: str = setting("r", "output scale law: r = the paper's tau = mean|W_down| / r; sqrt = mean|W_down| / "
                                 "sqrt(r), so the memory's largest output grows with its width", choices=TAU_LAWS)

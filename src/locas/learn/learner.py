@@ -180,7 +180,7 @@ class MemoryLearner(Learner):
             clip_vectors_(self.memory, radius=self._channel(1.0, self.cfg.value_radius))
 
     def state(self) -> ModelState:
-        return ModelState(memory=self.model_memory().detach(), layers=self.layers)
+        return ModelState(memory=self.model_memory().detach(), layers=self.layers, site=self.lm.site)
 
     def full_memory(self) -> torch.Tensor:
         """(L, 1, r, d, C) as the model reads it, with zeros on layers without memory."""

@@ -32,12 +32,14 @@ from .mlp_learner import LocasMLPLearner
 
 
 class LocasLearner(MemoryLearner):
-    """Locas-GLU/MLP memory on the chosen layers, initialised from the first window."""
+    """Locas-GLU/MLP memory on the chosen layers, initialised from the first window; with ``cfg.memory_on="attn"``
+    a linear memory on the attention output projections (the model is put on that site)."""
 
     name = "locas"
 
     def __init__(self, lm, cfg, memory: torch.Tensor | None = None):
         super().__init__(lm, cfg)
+        lm.set_site(getattr(cfg, "memory_on", "ffn"))
         self.layers = parse_layers(cfg.memory_layers, lm.num_layers)
         self.memory: torch.nn.Parameter | None = None
         if memory is not None:  # continue training an existing memory (full-size or layer subset)
@@ -169,11 +171,17 @@ METHODS = ("truncate", "full", "locas", "lora", "none")  # the one word list of 
 
 
 def make_learner(method: str, lm, cfg, memory: torch.Tensor | None = None) -> Learner:
-    """The learner of ``method``; ``memory`` continues training an existing Locas memory."""
+    """The learner of ``method``; ``memory`` continues training an existing Locas memory. The model's memory site
+    becomes ``cfg.memory_on`` (``LocasLearner``; the feed-forward blocks for every other method, whose modules are
+    then the backbone's own)."""
     if method == "none":
         raise LocasError("method 'none' has no memory to train; it only answers with the base model")
     if method not in LEARNERS:
         raise LocasError(f"unknown method '{method}'; choose from {', '.join(METHODS)}")
+    site = getattr(cfg, "memory_on", "ffn")
+    if site != "ffn" and method != "locas":
+        raise LocasError(f"--memory-on {site} is a Locas memory's site; method '{method}' takes --memory-on ffn")
+    lm.set_site("ffn")
     if memory is not None:
         if method != "locas":
             raise LocasError(f"only a Locas memory can be continued (--memory); method '{method}' starts fresh")

@@ -65,15 +65,19 @@ def off_text(lm, layers: list[int], samples: torch.Tensor) -> LayerInputs:
 
 @torch.no_grad()
 def layer_inputs(lm, ids: torch.Tensor, layers: list[int], skip: int = 0) -> LayerInputs:
-    """The frozen model's MLP inputs at ``layers`` for the tokens of ``ids`` (B, T), read from the model's BOS
+    """The frozen model's memory inputs at ``layers`` for the tokens of ``ids`` (B, T), read from the model's BOS
     (``core.init.base_forward_with_hooks``), after the first ``skip`` of each row (a start token: an attention sink,
-    whose states are outliers), and the frozen MLP's output energy on them."""
+    whose states are outliers), and the frozen block's output energy on them. The memory's input is the MLP's input,
+    or on the attention path (``reads_output``) the output projection's output."""
     inputs: dict[int, torch.Tensor] = {}
     energy: dict[int, torch.Tensor] = {}
 
+    reads_output = lm.wrappers[0].reads_output
+
     def make_hook(j):
         def hook(_module, args, out):
-            x = args[0].detach().float().reshape(ids.shape[0], -1, args[0].shape[-1])[:, skip:]  # (B, T', d); OPT: flat
+            read = out if reads_output else args[0]
+            x = read.detach().float().reshape(ids.shape[0], -1, read.shape[-1])[:, skip:]  # (B, T', d); OPT: flat
             inputs[j] = x.reshape(-1, x.shape[-1])  # (N, d)
             energy[j] = out.detach().float().reshape(ids.shape[0], -1, out.shape[-1])[:, skip:].pow(2).sum(-1).mean()
 

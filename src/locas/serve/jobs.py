@@ -14,6 +14,7 @@ records its learning curve: the perplexity of each window, scored before it was 
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import queue
@@ -145,6 +146,7 @@ class Jobs:
         if self.model is None:
             self.model = self.load_model()
         lm = self.model
+        cfg = dataclasses.replace(cfg, memory_on=lm.site)  # the server's memory site (locas serve --memory-on)
         tokens = tokenize_text(lm.tokenizer, text)
         self._update(owner, job_id, tokens_total=len(tokens))
         last = [0.0]

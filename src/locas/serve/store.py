@@ -132,11 +132,17 @@ class MemoryStore:
 
     def _load(self, path) -> torch.Tensor:
         """A memory file checked in full against the served model. A Locas-MLP memory trained with another
-        memory activation is refused: loading it would switch the activation of every request's model."""
-        made_with = read_memory_info(path).get("mlp_activation")
+        memory activation, or a memory of the other site (``memory_on``), is refused: loading it would switch the
+        model of every request."""
+        info = read_memory_info(path)
+        made_with = info.get("mlp_activation")
         if made_with and self.lm.memory_kind == "mlp" and made_with != self.lm.mlp_activation:
             raise MemoryFileError(f"this memory was trained with mlp_activation '{made_with}' and the server runs "
                                   f"'{self.lm.mlp_activation}'; serve it from a server started with that activation")
+        site = info.get("memory_on", "ffn")
+        if site != self.lm.site:
+            raise MemoryFileError(f"this memory sits on the {site} path and the server serves {self.lm.site} "
+                                  f"memories; serve it from a server started with --memory-on {site}")
         return load_memory(path, model=self.lm)
 
     def room(self, owner: str, memory_id: str, pending: int = 0) -> None:

@@ -46,7 +46,8 @@ def model_state(lm, args):
 
     if not args.memory:
         return ModelState()
-    return ModelState(memory=load_memory(args.memory, model=lm, strict=not args.no_strict))
+    memory = load_memory(args.memory, model=lm, strict=not args.no_strict)  # the model takes the file's site
+    return ModelState(memory=memory, site=lm.site)
 
 
 def trained_prompt(memory_path) -> dict:

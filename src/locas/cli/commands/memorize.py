@@ -117,6 +117,8 @@ def run(args):
     if len(tokens) < 2:
         raise LocasError(f"'{args.file}' has {len(tokens)} token(s); a memory needs a text of at least 2 tokens")
     start = load_memory(args.memory, model=lm, strict=not args.no_strict) if args.memory else None
+    if start is not None and lm.site != cfg.memory_on:  # the file put the model on its site
+        raise LocasError(f"'{args.memory}' is a memory on the {lm.site} path; continue it with --memory-on {lm.site}")
     if args.max_tokens:
         text = lm.tokenizer.decode(tokens)
     train = heldout = None

@@ -33,16 +33,21 @@ def run(args):
     from ..flags import load_lm
 
     lm = load_lm(args)
-    memories, activations = [], set()
+    memories, activations, sites = [], set(), set()
     for path in args.memories:
         memory = load_memory(path, model=lm, strict=not args.no_strict)  # (L, B, r, d, C), all layers
         if memory.shape[1] != 1:
             raise LocasError(f"'{path}' holds {memory.shape[1]} rows; stack one-row memories (see `locas info`)")
         memories.append(memory)
-        activations.add(read_memory_info(path).get("mlp_activation"))
+        info = read_memory_info(path)
+        activations.add(info.get("mlp_activation"))
+        sites.add(info.get("memory_on", "ffn"))
     if len(activations - {None}) > 1:
         raise LocasError("these memories were trained with different mlp_activation settings; stack memories "
                          "trained alike")
+    if len(sites) > 1:
+        raise LocasError("these memories sit on different paths (--memory-on ffn and attn); stack memories of "
+                         "one site")
     stacked = stack_memories(memories)
     widths = [m.shape[2] for m in memories]
     save_memory(stacked, args.output, model=lm, init="stack",

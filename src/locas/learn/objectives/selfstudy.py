@@ -270,12 +270,12 @@ class SelfStudy(Objective):
         return self._own[key]
 
     def off_text(self, learner) -> LayerInputs:
-        """The frozen model's MLP inputs on its own samples at the learner's memory layers (made once)."""
+        """The frozen model's memory inputs on its own samples at the learner's memory layers and site (made once)."""
         if not hasattr(learner, "model_memory"):
             raise LocasError("--silence-weight quiets a Locas memory; this learner has none (use --method locas, or "
                              "drop --silence-weight)")
         ids = self.own_samples(learner.lm)
-        key = (id(learner.lm), tuple(learner.layers), self.cfg.seed, len(ids))
+        key = (id(learner.lm), learner.lm.site, tuple(learner.layers), self.cfg.seed, len(ids))
         if key not in self._off:
             self._off[key] = off_text(learner.lm, learner.layers, ids)
         return self._off[key]

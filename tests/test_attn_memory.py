@@ -1,0 +1,174 @@
+"""The attention-path memory (``memory_on="attn"``): a linear low-rank map of what each attention block writes,
+trained like a Locas memory, fused into ``o_proj`` exactly, saved, stacked and served per request."""
+
+from __future__ import annotations
+
+import copy
+import threading
+
+import httpx
+import pytest
+import torch
+
+from conftest import GLU_CONFIGS, MLP_CONFIGS, random_ids, random_memory, tiny_lm
+from locas import load_memory, save_memory
+from locas.core import files
+from locas.core.memory import ServingMemory, batch_serving, stack_memories
+from locas.errors import LocasError, MemoryFileError
+from locas.learn.config import TrainConfig
+from locas.learn.learners import make_learner
+from locas.learn.stream import stream
+
+ARCHS = sorted(GLU_CONFIGS) + sorted(MLP_CONFIGS)
+
+
+def _attn_memory(lm, ids, width=4, seed=3, scale=0.5):
+    """An attention-path memory initialised from ``ids`` with random (non-zero) values: it changes the output."""
+    mem = lm.init_memory(ids, width=width)  # (L, 1, r, d, 2)
+    mem[..., -1] = torch.randn(mem[..., -1].shape, generator=torch.Generator().manual_seed(seed)) * scale
+    return mem
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_attention_memory_fuses_into_o_proj_exactly_on_every_architecture(arch):
+    lm = tiny_lm(arch, mlp_activation="backbone")
+    ids = random_ids()
+    with torch.no_grad():
+        base = lm(ids).logits
+        lm.set_site("attn")
+        assert lm.memory_kind == "linear" and lm(ids).logits.equal(base)  # no memory yet: the exact base model
+        mem = _attn_memory(lm, ids)
+        assert mem.shape == (lm.num_layers, 1, 4, lm.hidden_size, 2) and not mem[..., -1].eq(0).all()
+        with_memory = lm(ids, memory=mem).logits
+        dense = lm.to_dense(mem)
+        fused = dense(input_ids=ids).logits
+    assert (with_memory - base).abs().max() > 1e-3  # the memory matters
+    assert (fused - with_memory).abs().max() <= 1e-4
+    assert dense.config.to_dict() == lm.model.config.to_dict()  # every shape and the config unchanged
+    assert all(a.shape == b.shape for a, b in zip(dense.state_dict().values(), lm.model.state_dict().values()))
+    lm.set_site("ffn")
+    with torch.no_grad():
+        assert lm(ids).logits.equal(base)  # the backbone's own projections are back
+
+
+def test_keys_start_from_the_busiest_attention_channels_write_directions():
+    lm = tiny_lm("llama", memory_on="attn")
+    ids = random_ids()
+    mem = lm.init_memory(ids, width=3)
+    assert not mem[..., -1].any()  # values zero: a fresh memory changes nothing
+    from locas.core.init import unit_importance
+
+    top = unit_importance(lm, ids)[0, 0].topk(3).indices  # layer 0's busiest o_proj input channels
+    o_proj = lm.model.model.layers[0].self_attn.o_proj.base_mlp.weight  # (d, A)
+    expected = torch.nn.functional.normalize(o_proj[:, top].t(), dim=-1)
+    assert torch.allclose(mem[0, 0, :, :, 0], expected, atol=1e-6)
+    with pytest.raises(LocasError, match="attention output width"):
+        lm.init_memory(ids, width=lm.num_units + 1)
+
+
+def test_locas_learns_on_the_attention_path_and_leaves_the_backbone():
+    lm = tiny_lm("llama")
+    backbone = {k: v.clone() for k, v in lm.model.state_dict().items()}
+    tokens = random_ids(1, 15, seed=4)[0].repeat(6)  # repetition: memorising earlier windows helps later ones
+    cfg = TrainConfig(window_size=16, lr=5e-2, memory_width=8, steps_per_window=2)
+    plain = stream(make_learner("truncate", lm, cfg), tokens, cfg, progress=False)
+    attn_cfg = TrainConfig(window_size=16, lr=5e-2, memory_width=8, steps_per_window=2, memory_on="attn")
+    learner = make_learner("locas", lm, attn_cfg)
+    result = stream(learner, tokens, attn_cfg, progress=False)
+    assert lm.site == "attn" and learner.memory.shape[-1] == 2 and learner.memory[..., -1].abs().sum() > 0
+    assert result.window_nll[0] == pytest.approx(plain.window_nll[0], rel=1e-5)  # the first window: zero memory
+    assert result.ppl < plain.ppl
+    state = learner.state()
+    lora = make_learner("lora", lm, TrainConfig(lora_rank=2))  # another method puts the FFN site back
+    assert lm.site == "ffn" and lora is not None
+    ids = tokens[:20][None]
+    with torch.no_grad(), state.apply(lm) as model:  # the state carries its site
+        assert lm.site == "attn"
+        got = model(input_ids=ids).logits
+    assert lm.site == "ffn"
+    with torch.no_grad():
+        lm.set_site("attn")
+        assert torch.equal(got, lm(ids, memory=state.memory).logits)
+    assert all(torch.equal(v, backbone[k]) for k, v in lm.model.state_dict().items())
+    with pytest.raises(LocasError, match="memory-on attn is a Locas memory's site"):
+        make_learner("lora", lm, TrainConfig(memory_on="attn"))
+
+
+def test_the_file_records_its_site_and_an_older_reader_refuses_it_in_one_line(tmp_path, monkeypatch):
+    lm = tiny_lm("qwen2", memory_on="attn")
+    ids = random_ids()
+    mem = _attn_memory(lm, ids)
+    save_memory(mem, tmp_path / "attn.locas", model=lm)
+    info = files.read_memory_info(tmp_path / "attn.locas")
+    assert info["memory_on"] == "attn" and info["version"] == 3 and info["kind"] == "linear"
+    fresh = tiny_lm("qwen2")  # the FFN site: loading puts it on the file's site
+    loaded = load_memory(tmp_path / "attn.locas", model=fresh)
+    assert fresh.site == "attn" and torch.equal(loaded, mem)
+    with torch.no_grad():
+        assert torch.equal(fresh(ids, memory=loaded).logits, lm(ids, memory=mem).logits)
+    ffn = tiny_lm("qwen2")
+    save_memory(random_memory(ffn), tmp_path / "ffn.locas", model=ffn)
+    assert files.read_memory_info(tmp_path / "ffn.locas")["version"] == 2  # an FFN memory is read as before
+    monkeypatch.setattr(files, "VERSION", 2)  # a reader from before the attention path
+    files.read_memory_info(tmp_path / "ffn.locas")
+    with pytest.raises(MemoryFileError, match="unsupported format locas-memory v3; upgrade locas") as err:
+        files.read_memory_info(tmp_path / "attn.locas")
+    assert "\n" not in str(err.value)
+
+
+def test_stacked_and_batched_attention_memories_equal_each_alone():
+    lm = tiny_lm("llama", memory_on="attn")
+    ids = random_ids(length=16)
+    a, b = _attn_memory(lm, ids, width=4, seed=5), _attn_memory(lm, ids, width=2, seed=6)
+    with torch.no_grad():
+        base, out_a, out_b = (lm(ids, memory=m).logits if m is not None else lm(ids).logits for m in (None, a, b))
+        both = lm(ids, memory=stack_memories([a, b])).logits
+        # one layer's memory: the stack's extra output is the sum of the two memories' extras
+        wrapper = lm.wrappers[0]
+        x = torch.randn(1, 5, lm.num_units)
+        outs = []
+        for m in (a[0], b[0], stack_memories([a, b])[0]):
+            wrapper.memory = m
+            outs.append(wrapper(x) - wrapper.base_mlp(x))
+        wrapper.memory = None
+        assert torch.allclose(outs[2], outs[0] + outs[1], atol=1e-6)
+        assert (both - out_a).abs().max() > 1e-4 and (both - out_b).abs().max() > 1e-4
+        rows = [ServingMemory.of(a), None, ServingMemory.of(b)]
+        lm.set_memory_channels(batch_serving(rows))
+        batched = lm(ids.repeat(3, 1)).logits
+        lm.set_memory_channels(None)
+    for got, want in zip(batched, (out_a, base, out_b)):
+        assert torch.allclose(got, want[0], atol=1e-5)
+
+
+def test_a_server_on_the_attention_path_serves_its_memories_and_refuses_the_others(tmp_path):
+    from serve_support import memory_files, open_server, served_lm, upload
+    from test_serve import expected
+
+    lm = served_lm()
+    ffn_file = tmp_path / "ffn.locas"
+    save_memory(random_memory(lm, width=4, seed=21, scale=2.0), ffn_file, model=lm)
+    lm.set_site("attn")
+    made = memory_files(lm, tmp_path / "files")  # a, b, c on the attention path
+    prompt = "Ann: hello\nBob:"
+    with open_server(lm, made, tmp_path / "served") as (url, srv), httpx.Client(base_url=url, timeout=60) as client:
+        def ask(memory):
+            r = client.post("/v1/completions", json={"model": srv.model_id, "memory": memory, "prompt": prompt,
+                                                     "max_tokens": 8, "temperature": 0})
+            assert r.status_code == 200, r.text
+            return r.json()["choices"][0]["text"]
+
+        alone = {m: ask(m) for m in ("a", "b", None)}
+        for name in "ab":
+            assert alone[name] == expected(lm, prompt, load_memory(made[name], model=lm), 8)
+        assert alone["a"] != alone[None] and lm.site == "attn"
+        results = {}
+        threads = [threading.Thread(target=lambda m=m: results.__setitem__(m, ask(m))) for m in ("a", "b", None)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert results == alone  # decoded together, each row as it is alone
+        refused = upload(client, ffn_file, "ffn")
+        assert refused.status_code == 400 and "--memory-on ffn" in refused.text, refused.text
+    assert copy.deepcopy(lm).site == "attn"  # a job's model copy keeps its site
