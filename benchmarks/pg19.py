@@ -19,8 +19,9 @@ Suites (combine with --suite, repeatable):
               both (--lora-targets attn / mlp / all, the rank set to match), each with the ranks suite's lr grid:
               where TempLoRA's edge over an FFN-only memory lives, before an attention-path memory is built
   memory-paths the same equal-parameters question for Locas: a memory beside the FFN (r=64), on the attention output
-              (--memory-on attn, width 96: the same parameter count), and TempLoRA on attention / FFN / all at that
-              count, every row with a 5-point lr grid, in one process
+              (--memory-on attn, width 96: the same parameter count), on both (width 38; its attention slots at the
+              FFN's lr, or at 0.1x it: --attn-lr-scale), and TempLoRA on attention / FFN / all at that count, every
+              row with a 6-point lr grid, in one process
   timing      time per window of each method on a short prefix (run it alone, e.g. under a CPU lock: the
               quality suites may run beside other work, since their perplexities are deterministic)
 
@@ -61,8 +62,8 @@ from locas.text.tokens import tokenize_text
 RESULTS = Path(__file__).parent / "results"
 LOCAS_LRS = (1e-2, 3e-2, 1e-1)
 LORA_LRS = (3e-4, 1e-3, 3e-3, 1e-2)
-PATH_LOCAS_LRS = (3e-3, 1e-2, 3e-2, 1e-1, 3e-1)  # memory-paths: five points for every row
-PATH_LORA_LRS = (1e-4, 3e-4, 1e-3, 3e-3, 1e-2)
+PATH_LOCAS_LRS = (3e-4, 1e-3, 3e-3, 1e-2, 3e-2, 1e-1)  # memory-paths: six points for every row
+PATH_LORA_LRS = (3e-5, 1e-4, 3e-4, 1e-3, 3e-3, 1e-2)
 LEVER_LRS = (3e-3, 1e-2, 3e-2, 1e-1)  # as many points as TempLoRA's grid
 # one lever at a time on the paper recipe (Locas r64): name -> (TrainConfig overrides, lr grid)
 LEVERS = {
@@ -239,12 +240,13 @@ def main():
                         TrainConfig(window_size=W, lr=lr, lora_rank=rank, lora_targets=targets), rows, curves)
         elif suite == "memory-paths":  # equal parameters (Locas r=64's), every path of both methods, 5 lrs each
             params = lm.memory_parameters(64)
-            for site in ("ffn", "attn"):
+            for site, attn_lr in (("ffn", 1.0), ("attn", 1.0), ("both", 1.0), ("both", 0.1)):
                 lm.set_site(site)
                 width = round(params / lm.memory_parameters(1))
+                label = f"locas-{site}-r{width}" + ("" if attn_lr == 1.0 else f"-attnlr{attn_lr:g}")
                 for lr in args.lrs or PATH_LOCAS_LRS:
-                    run(lm, tokens, f"locas-{site}-r{width}-lr{lr:g}", "locas",
-                        TrainConfig(window_size=W, lr=lr, memory_width=width, memory_on=site), rows, curves)
+                    run(lm, tokens, f"{label}-lr{lr:g}", "locas", TrainConfig(
+                        window_size=W, lr=lr, memory_width=width, memory_on=site, attn_lr_scale=attn_lr), rows, curves)
             lm.set_site("ffn")
             for targets in ("all", "attn", "mlp"):
                 rank = max(1, round(params / lora_params_per_rank(lm, targets)))

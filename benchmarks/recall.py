@@ -98,8 +98,8 @@ def parse_args():
     p.add_argument("--define", action="append", default=[], metavar="NAME:KEY=V,...",
                    help="a lever of recall to run as system NAME, e.g. quiet:silence_weight=1,tau_scale=4 (keys: "
                         "ntp_weight, loss, silence_weight, silence_tokens, locality_weight, decoy_weight, wordings, "
-                        "memory_width, memory_layers, memory_on, tau_scale, tau_law, lora_rank, lora_targets; "
-                        "method=lora for TempLoRA; budget_x=N: N x recall's CPU-seconds)")
+                        "memory_width, memory_layers, memory_on, attn_lr_scale, tau_scale, tau_law, lora_rank, "
+                        "lora_targets; method=lora for TempLoRA; budget_x=N: N x recall's CPU-seconds)")
     p.add_argument("--lora-rank", type=int, default=11, help="TempLoRA rank (11: Locas r64's parameter count)")
     p.add_argument("--ntp-window", type=int, default=1024, help="text window of the ntp systems")
     p.add_argument("--heldout-book", default="10321", help="PG-19 book whose first window measures forgetting")
@@ -167,8 +167,8 @@ def run_system(lm, name: str, lr: float, doc: dict, tokens: torch.Tensor, args, 
     study = SelfStudyConfig(**{k: v for k, v in over.items() if k in SelfStudyConfig.__dataclass_fields__})
     probes = ProbeConfig(**{k: v for k, v in over.items() if k in ("wordings",)})
     defaults = objective_defaults(objective) if objective == "selfstudy" else {"window_size": args.ntp_window}
-    shape = {k: v for k, v in over.items() if k in ("memory_width", "memory_layers", "memory_on", "tau_scale",
-                                                     "tau_law", "lora_rank", "lora_targets")}
+    shape = {k: v for k, v in over.items() if k in ("memory_width", "memory_layers", "memory_on", "attn_lr_scale",
+                                                     "tau_scale", "tau_law", "lora_rank", "lora_targets")}
     cfg = TrainConfig(**{**defaults, "lr": lr, "lora_rank": args.lora_rank, **shape}, objective=objective, seed=0)
     budget = None if budget is None else budget * over.get("budget_x", 1)
     c0 = time.process_time()

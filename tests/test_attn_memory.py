@@ -1,5 +1,6 @@
-"""The attention-path memory (``memory_on="attn"``): a linear low-rank map of what each attention block writes,
-trained like a Locas memory, fused into ``o_proj`` exactly, saved, stacked and served per request."""
+"""The attention-path memory (``memory_on="attn"``, or ``"both"`` with the FFN's): a linear low-rank map of what each
+attention block writes, trained like a Locas memory, fused into ``o_proj`` exactly, saved, stacked and served per
+request."""
 
 from __future__ import annotations
 
@@ -23,29 +24,38 @@ ARCHS = sorted(GLU_CONFIGS) + sorted(MLP_CONFIGS)
 
 
 def _attn_memory(lm, ids, width=4, seed=3, scale=0.5):
-    """An attention-path memory initialised from ``ids`` with random (non-zero) values: it changes the output."""
-    mem = lm.init_memory(ids, width=width)  # (L, 1, r, d, 2)
+    """A memory of ``lm``'s site initialised from ``ids`` with random (non-zero) values: it changes the output."""
+    mem = lm.init_memory(ids, width=width)  # (L, 1, r, d, 2), or (2L, 1, r, d, C) for "both"
     mem[..., -1] = torch.randn(mem[..., -1].shape, generator=torch.Generator().manual_seed(seed)) * scale
     return mem
 
 
+@pytest.mark.parametrize("site", ["attn", "both"])
 @pytest.mark.parametrize("arch", ARCHS)
-def test_attention_memory_fuses_into_o_proj_exactly_on_every_architecture(arch):
+def test_attention_memory_fuses_into_o_proj_exactly_on_every_architecture(arch, site):
     lm = tiny_lm(arch, mlp_activation="backbone")
     ids = random_ids()
+    depth, channels = lm.num_layers, lm.memory_parameters(1) // (lm.num_layers * lm.hidden_size)
     with torch.no_grad():
         base = lm(ids).logits
-        lm.set_site("attn")
-        assert lm.memory_kind == "linear" and lm(ids).logits.equal(base)  # no memory yet: the exact base model
+        lm.set_site(site)
+        assert lm(ids).logits.equal(base)  # no memory yet: the exact base model
         mem = _attn_memory(lm, ids)
-        assert mem.shape == (lm.num_layers, 1, 4, lm.hidden_size, 2) and not mem[..., -1].eq(0).all()
         with_memory = lm(ids, memory=mem).logits
         dense = lm.to_dense(mem)
         fused = dense(input_ids=ids).logits
     assert (with_memory - base).abs().max() > 1e-3  # the memory matters
     assert (fused - with_memory).abs().max() <= 1e-4
-    assert dense.config.to_dict() == lm.model.config.to_dict()  # every shape and the config unchanged
-    assert all(a.shape == b.shape for a, b in zip(dense.state_dict().values(), lm.model.state_dict().values()))
+    if site == "attn":
+        assert lm.memory_kind == "linear" and mem.shape == (depth, 1, 4, lm.hidden_size, 2)
+        assert dense.config.to_dict() == lm.model.config.to_dict()  # every shape and the config unchanged
+        assert all(a.shape == b.shape for a, b in zip(dense.state_dict().values(), lm.model.state_dict().values()))
+    else:  # FFN slots first, then the attention's; an attention slot's gate channel stays unused (zero)
+        assert mem.shape == (2 * depth, 1, 4, lm.hidden_size, channels)
+        assert lm.memory_parameters(4) == depth * 4 * lm.hidden_size * (channels + 2)
+        if channels == 3:
+            assert not mem[depth:, ..., 1].any() and mem[:depth, ..., 1].any()
+        assert dense.config.to_dict() != lm.model.config.to_dict()  # the FFN grew by the width
     lm.set_site("ffn")
     with torch.no_grad():
         assert lm(ids).logits.equal(base)  # the backbone's own projections are back
@@ -63,7 +73,7 @@ def test_keys_start_from_the_busiest_attention_channels_write_directions():
     expected = torch.nn.functional.normalize(o_proj[:, top].t(), dim=-1)
     assert torch.allclose(mem[0, 0, :, :, 0], expected, atol=1e-6)
     with pytest.raises(LocasError, match="attention output width"):
-        lm.init_memory(ids, width=lm.num_units + 1)
+        lm.init_memory(ids, width=lm.num_units() + 1)
 
 
 def test_locas_learns_on_the_attention_path_and_leaves_the_backbone():
@@ -94,6 +104,28 @@ def test_locas_learns_on_the_attention_path_and_leaves_the_backbone():
         make_learner("lora", lm, TrainConfig(memory_on="attn"))
 
 
+def test_both_paths_train_together_on_the_chosen_decoder_layers(tmp_path):
+    lm = tiny_lm("llama")
+    tokens = random_ids(1, 15, seed=4)[0].repeat(4)
+    cfg = TrainConfig(window_size=16, lr=5e-2, memory_width=4, memory_on="both", memory_layers="top:1")
+    plain = stream(make_learner("truncate", lm, TrainConfig(window_size=16)), tokens, cfg, progress=False)
+    learner = make_learner("locas", lm, cfg)
+    result = stream(learner, tokens, cfg, progress=False)
+    depth = lm.depth
+    assert lm.site == "both" and lm.num_layers == 2 * depth and learner.layers == [depth - 1, 2 * depth - 1]
+    assert learner.memory.shape == (2, 1, 4, lm.hidden_size, 3) and not learner.memory[1, ..., 1].any()
+    assert learner.extra_params() == 4 * lm.hidden_size * (3 + 2)  # the unused gate channel is not counted
+    assert result.ppl < plain.ppl
+    full = learner.full_memory()  # (2L, 1, r, d, 3)
+    save_memory(full, tmp_path / "both.locas", model=lm)
+    fresh = tiny_lm("llama")
+    loaded = load_memory(tmp_path / "both.locas", model=fresh)
+    assert fresh.site == "both" and torch.equal(loaded, full.cpu())
+    ids = tokens[:20][None]
+    with torch.no_grad():
+        assert torch.equal(fresh(ids, memory=loaded).logits, lm(ids, memory=full).logits)
+
+
 def test_the_file_records_its_site_and_an_older_reader_refuses_it_in_one_line(tmp_path, monkeypatch):
     lm = tiny_lm("qwen2", memory_on="attn")
     ids = random_ids()
@@ -116,18 +148,19 @@ def test_the_file_records_its_site_and_an_older_reader_refuses_it_in_one_line(tm
     assert "\n" not in str(err.value)
 
 
-def test_stacked_and_batched_attention_memories_equal_each_alone():
-    lm = tiny_lm("llama", memory_on="attn")
+@pytest.mark.parametrize("site", ["attn", "both"])
+def test_stacked_and_batched_attention_memories_equal_each_alone(site):
+    lm = tiny_lm("llama", memory_on=site)
     ids = random_ids(length=16)
     a, b = _attn_memory(lm, ids, width=4, seed=5), _attn_memory(lm, ids, width=2, seed=6)
     with torch.no_grad():
         base, out_a, out_b = (lm(ids, memory=m).logits if m is not None else lm(ids).logits for m in (None, a, b))
         both = lm(ids, memory=stack_memories([a, b])).logits
-        # one layer's memory: the stack's extra output is the sum of the two memories' extras
-        wrapper = lm.wrappers[0]
-        x = torch.randn(1, 5, lm.num_units)
+        # the last slot's (an attention projection's) memory: the stack's extra output is the sum of the two extras
+        wrapper = lm.wrappers[-1]
+        x = torch.randn(1, 5, lm.num_units(lm.num_layers - 1))
         outs = []
-        for m in (a[0], b[0], stack_memories([a, b])[0]):
+        for m in (a[-1], b[-1], stack_memories([a, b])[-1]):
             wrapper.memory = m
             outs.append(wrapper(x) - wrapper.base_mlp(x))
         wrapper.memory = None
@@ -172,3 +205,61 @@ def test_a_server_on_the_attention_path_serves_its_memories_and_refuses_the_othe
         refused = upload(client, ffn_file, "ffn")
         assert refused.status_code == 400 and "--memory-on ffn" in refused.text, refused.text
     assert copy.deepcopy(lm).site == "attn"  # a job's model copy keeps its site
+
+
+def test_memorize_ask_and_fuse_on_the_attention_path_from_the_command_line(tmp_path, capsys):
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import AutoModelForCausalLM, PreTrainedTokenizerFast
+
+    from locas import LocasForCausalLM
+    from locas import cli
+
+    vocab = {f"w{i}": i for i in range(97)}
+    tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token="w0"))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    model_dir = tmp_path / "tiny"
+    tiny_lm("llama").model.save_pretrained(model_dir)
+    PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="w0", pad_token="w0").save_pretrained(model_dir)
+    text = tmp_path / "t.txt"
+    text.write_text(" ".join(f"w{3 + (i * 7) % 40}" for i in range(200)))
+    out = tmp_path / "t.locas"
+    common = ["--model", str(model_dir), "--device", "cpu"]
+    assert cli.main(["memorize", str(text), "-o", str(out), "--objective", "ntp", "--window-size", "64",
+                     "--memory-width", "4", "--memory-on", "attn", "--attn-lr-scale", "0.5", "--lr", "0.01",
+                     *common]) == 0
+    assert files.read_memory_info(out)["memory_on"] == "attn"
+    assert cli.main(["fuse", "--memory", str(out), "-o", str(tmp_path / "fused"), *common]) == 0
+    base = LocasForCausalLM(AutoModelForCausalLM.from_pretrained(model_dir).eval())
+    fused = AutoModelForCausalLM.from_pretrained(tmp_path / "fused").eval()
+    ids = torch.randint(3, 97, (1, 20))
+    with torch.no_grad():
+        memory = load_memory(out, model=base)  # the model takes the file's site
+        assert (fused(ids).logits - base(ids, memory=memory).logits).abs().max() <= 1e-5
+        assert memory[..., -1].any() and (fused(ids).logits - base.model(ids).logits).abs().max() > 1e-5
+    capsys.readouterr()
+    code = cli.main(["memorize", str(text), "-o", str(tmp_path / "again.locas"), "--memory", str(out),
+                     "--objective", "ntp", "--window-size", "64", "--memory-width", "4", *common])
+    err = capsys.readouterr().err
+    assert code == 2 and "continue it with --memory-on attn" in err and err.count("\n") == 1
+
+
+def test_variants_of_both_sites_are_scored_side_by_side():
+    from locas.eval.retention import memory_variant
+
+    lm = tiny_lm("llama")
+    ids = random_ids()
+    ffn_memory = random_memory(lm)
+    with torch.no_grad():
+        want_ffn = lm(ids, memory=ffn_memory).logits
+    ffn = memory_variant(lm, ffn_memory)
+    lm.set_site("attn")
+    attn_memory = _attn_memory(lm, ids)
+    with torch.no_grad():
+        want_attn = lm(ids, memory=attn_memory).logits
+    attn = memory_variant(lm, attn_memory, name="attn")
+    lm.set_site("ffn")
+    with torch.no_grad():
+        for variant, want in ((attn, want_attn), (ffn, want_ffn), (attn, want_attn)):
+            with variant.enter() as model:
+                assert torch.equal(model(input_ids=ids).logits, want)
+    assert lm.site == "ffn" and not torch.equal(want_ffn, want_attn)

@@ -28,8 +28,8 @@ from .checks import path_arg
 WINDOW = ("window_size", "steps_per_window", "extra_step_tokens", "update_every", "epochs")
 OPTIMISER = ("lr", "weight_decay", "adam_beta1", "adam_beta2", "adam_eps", "warmup_windows", "schedule", "seed")
 OBJECTIVE = ("objective", "mix_weight", "sd_context", "sd_topk")
-MEMORY = ("memory_width", "memory_init", "memory_layers", "tau_scale", "tau_law", "value_init", "value_radius",
-          "key_lr_scale", "gain_lr")
+MEMORY = ("memory_width", "memory_init", "memory_layers", "memory_on", "tau_scale", "tau_law", "value_init",
+          "value_radius", "key_lr_scale", "attn_lr_scale", "gain_lr")
 LORA = ("lora_rank", "lora_alpha", "lora_targets")
 FULL = ("full_context",)
 

@@ -5,8 +5,8 @@ A ``.locas`` file holds one tensor ``memory`` (L, B, r, d, C) in float32 and a m
 size, width, init, per-layer tau, a fingerprint of the base weights and (format 2) a sha256
 ``checksum`` of the metadata and the tensor bytes, checked on every load: a changed byte anywhere
 is a one-line ``MemoryFileError``, never a silently different memory. Never pickled. An attention-path
-memory (``memory_on: "attn"``) is format 3, which a reader of format 2 refuses in one line ("upgrade locas");
-FFN memories are still written as format 2.
+memory (``memory_on: "attn"`` or ``"both"``) is format 3, which a reader of format 2 refuses in one line
+("upgrade locas"); FFN memories are still written as format 2.
 
 Every file locas writes goes through ``atomic_write`` (a temporary sibling, fsync, rename: readers
 see the old file or the new one, never a partial one; the user's umask applies), every artefact
@@ -38,14 +38,14 @@ from ..errors import LocasError, LocasWarning, MemoryFileError
 FORMAT = "locas-memory"
 VERSION = 3  # 2: the metadata carries a sha256 checksum of itself and the tensor bytes; 3: ``memory_on`` "attn"
 FFN_VERSION = 2  # what an FFN memory is still written as, so that locas 0.2 readers keep reading it
-SITES = ("ffn", "attn")
+SITES = ("ffn", "attn", "both")
 SHAPE_KEYS = ("num_layers", "batch", "width", "hidden_size", "channels")
 
 
 def model_fingerprint(lm) -> str:
     """A short hash of a sample of the base MLP weights (stable across fp32/bf16 copies)."""
     h = hashlib.sha256()
-    picks = sorted({0, lm.num_layers // 2, lm.num_layers - 1})
+    picks = sorted({0, lm.depth // 2, lm.depth - 1})
     for i in picks:
         w = lm.spec.down_weight(lm.ffn_wrappers[i].base_mlp).detach()
         sample = w.flatten()[:4096].to("cpu", torch.float32).to(torch.bfloat16).view(torch.int16)
@@ -259,7 +259,7 @@ def load_memory(path, model=None, *, device=None, strict: bool = True) -> torch.
     """Read a memory file; with ``model``, check it was made for that model (``strict`` = fingerprint too).
 
     A Locas-MLP file also switches ``model`` to the memory activation it was trained with, an attention-path file
-    (``memory_on: "attn"``) to that site (``LocasForCausalLM.set_site``).
+    (``memory_on: "attn"`` / ``"both"``) to that site (``LocasForCausalLM.set_site``).
     """
     meta = read_memory_info(path)
     try:
@@ -280,8 +280,9 @@ def load_memory(path, model=None, *, device=None, strict: bool = True) -> torch.
     else:
         warnings.warn(f"'{path}' was written by locas 0.1 and carries no checksum, so its bytes cannot be verified "
                       "(save it again to add one)", LocasWarning, stacklevel=2)
+    site = meta.get("memory_on", "ffn")
     if model is not None:  # another model's memory is named as such, before any check of its layers
-        mine = (model.config.model_type, model.num_layers, model.hidden_size)
+        mine = (model.config.model_type, model.site_slots(site), model.hidden_size)
         theirs = (meta.get("model_type"), meta.get("model_layers", meta["num_layers"]), meta["hidden_size"])
         if mine != theirs:
             raise MemoryFileError(
@@ -289,7 +290,7 @@ def load_memory(path, model=None, *, device=None, strict: bool = True) -> torch.
                 f"hidden {theirs[2]}), not this model ({mine[0]}, {mine[1]} layers, hidden {mine[2]}); "
                 "load it with the model it was made for")
     if len(meta["layers"]) != memory.shape[0] or (model is not None and not all(
-            0 <= i < model.num_layers for i in meta["layers"])):
+            0 <= i < model.site_slots(site) for i in meta["layers"])):
         raise _damaged(path, "its layer list does not match its tensor")
     if model is not None:
         if strict and meta.get("fingerprint") and meta["fingerprint"] != model_fingerprint(model):
@@ -298,7 +299,7 @@ def load_memory(path, model=None, *, device=None, strict: bool = True) -> torch.
                 "or pass strict=False (--no-strict) to load anyway")
         if meta.get("mlp_activation") and meta["mlp_activation"] != model.mlp_activation:
             model.set_mlp_activation(meta["mlp_activation"])  # the units must fire as they did in training
-        model.set_site(meta.get("memory_on", "ffn"))
+        model.set_site(site)
         memory = _expand_layers(memory, meta["layers"], model.num_layers)
         memory = memory.to(device or model.device)
     elif device is not None:

@@ -26,7 +26,7 @@ import torch
 from torch import nn
 
 from ..errors import LocasError
-from .memory import GLU, MLP
+from .memory import GLU, MLP, MemoryMLP
 
 
 def _cat_rows(weight: torch.Tensor, rows: torch.Tensor) -> nn.Parameter:
@@ -78,9 +78,9 @@ def fuse_layer(spec, mlp: nn.Module, mem: torch.Tensor, tau: float) -> None:
 
 
 def fuse_attn_layer(spec, proj: nn.Module, mem: torch.Tensor, tau: float) -> None:
-    """Fold one layer's linear attention-path memory (r, d, 2) into its output projection in place (float32
-    arithmetic, stored in the projection's dtype)."""
-    key, value = mem[..., 0].float(), mem[..., 1].float() * tau  # (r, d) each
+    """Fold one layer's linear attention-path memory (r, d, C) (key first, value last) into its output projection
+    in place (float32 arithmetic, stored in the projection's dtype)."""
+    key, value = mem[..., 0].float(), mem[..., -1].float() * tau  # (r, d) each
     weight = spec.attn_out_weight(proj).detach().float()  # (d, A)
     fused = weight + value.t() @ (key @ weight)  # (d, A)
     proj.weight = nn.Parameter((fused.t() if spec.conv1d else fused).contiguous().to(proj.weight), requires_grad=False)
@@ -131,16 +131,19 @@ def to_dense(lm, memory: torch.Tensor, row: int = 0, layers=None) -> nn.Module:
     finally:
         for w, m in zip(lm.wrappers, saved):
             w.memory = m
-    spec, attn = lm.spec, lm.site != "ffn"
-    for i, layer in enumerate(spec.layers(dense)):
-        tau = lm.wrappers[i].tau(width)
-        if attn:
+    spec, dense_layers = lm.spec, list(lm.spec.layers(dense))
+    for layer in dense_layers:  # the copy's wrappers out: plain modules only
+        if isinstance(spec.mlp(layer), MemoryMLP):
+            spec.set_mlp(layer, spec.mlp(layer).base_mlp)
+        if isinstance(spec.attn_out_proj(layer), MemoryMLP):
             spec.set_attn_out(layer, spec.attn_out_proj(layer).base_mlp)
+    for i, w in enumerate(lm.wrappers):  # slot i sits on decoder layer i mod depth (memory_on="both": FFN, then attn)
+        layer, tau = dense_layers[i % lm.depth], w.tau(width)
+        if w.reads_output:
             fuse_attn_layer(spec, spec.attn_out_proj(layer), full[i].to(lm.device), tau)
         else:
-            spec.set_mlp(layer, spec.mlp(layer).base_mlp)
             fuse_layer(spec, spec.mlp(layer), full[i].to(lm.device), tau)
-    if not attn:
+    if lm.site != "attn":
         _set_width(dense.config, lm.intermediate_size + width)
     dense.requires_grad_(False)
     return dense

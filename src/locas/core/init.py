@@ -27,8 +27,13 @@ INITS = ("highest", "lowest", "random_index", "random", "activation")
 
 
 def unit_importance(lm, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
-    """Mean |activation| per unit of the memory's site (FFN units, or attention output channels): (L, B, I)
-    float32, padding excluded."""
+    """Mean |activation| per unit of every memory slot (FFN units, or attention output channels): (L, B, I)
+    float32, padding excluded (``slot_importance`` where the slots' widths differ, as with ``memory_on="both"``)."""
+    return torch.stack(slot_importance(lm, input_ids, attention_mask))
+
+
+def slot_importance(lm, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> list[torch.Tensor]:
+    """``unit_importance`` per memory slot: L tensors (B, I_slot)."""
     mask = _token_mask(input_ids, attention_mask)  # (B, T) float
     sums: list[torch.Tensor | None] = [None] * lm.num_layers
 
@@ -42,7 +47,7 @@ def unit_importance(lm, input_ids: torch.Tensor, attention_mask: torch.Tensor | 
     base_forward_with_hooks(lm, [lm.unit_module(i) for i in range(lm.num_layers)], make_hook, input_ids,
                             attention_mask)
     counts = mask.sum(dim=1, keepdim=True).clamp(min=1)  # (B, 1)
-    return torch.stack([s.to(counts.device) / counts for s in sums])  # (L, B, I)
+    return [s.to(counts.device) / counts for s in sums]  # L x (B, I)
 
 
 def base_forward_with_hooks(lm, modules, make_hook, input_ids, attention_mask=None, output: bool = False) -> None:
@@ -93,15 +98,14 @@ def _activation_keys(lm, input_ids, attention_mask, width: int) -> torch.Tensor:
     keys: list[torch.Tensor | None] = [None] * lm.num_layers
 
     def make_hook(i):
-        def hook(_module, args, *out):
-            x = (out[0] if out else args[0]).detach().float().reshape(*input_ids.shape, -1)  # (B, T, d)
+        def hook(_module, args, out):
+            read = out if lm.wrappers[i].reads_output else args[0]
+            x = read.detach().float().reshape(*input_ids.shape, -1)  # (B, T, d)
             keys[i] = torch.gather(x, 1, pos.to(x.device)[..., None].expand(-1, -1, x.shape[-1]))
 
         return hook
 
-    reads_output = lm.wrappers[0].reads_output
-    base_forward_with_hooks(lm, [w.base_mlp for w in lm.wrappers], make_hook, input_ids, attention_mask,
-                            output=reads_output)
+    base_forward_with_hooks(lm, [w.base_mlp for w in lm.wrappers], make_hook, input_ids, attention_mask, output=True)
     return F.normalize(torch.stack(keys), dim=-1)
 
 
@@ -118,11 +122,12 @@ def build_memory(
         raise LocasError(f"unknown memory init '{memory_init}'; choose one of {', '.join(INITS)}")
     if input_ids.dim() == 1:
         input_ids = input_ids[None]
-    n_units = lm.num_units
+    L = lm.num_layers
+    n_units = min(lm.num_units(i) for i in range(L))
     if not 1 <= keep_top <= n_units:
-        what = "FFN width" if lm.site == "ffn" else "attention output width"
+        what = "FFN width" if n_units == lm.intermediate_size else "attention output width"
         raise LocasError(f"memory width {keep_top} must be between 1 and the {what} {n_units}")
-    L, B, d = lm.num_layers, input_ids.shape[0], lm.hidden_size
+    B, d = input_ids.shape[0], lm.hidden_size
     kind = lm.memory_kind
     device = lm.device
     gen = torch.Generator().manual_seed(seed)
@@ -131,22 +136,23 @@ def build_memory(
     if memory_init == "random":
         for c in range(CHANNELS[kind] - 1):
             mem[..., c] = F.normalize(torch.randn(L, B, keep_top, d, generator=gen), dim=-1).to(device)
-        return mem
-    if memory_init == "activation":
+    elif memory_init == "activation":
         keys = _activation_keys(lm, input_ids, attention_mask, keep_top).to(device)  # (L, B, r, d)
         for c in range(CHANNELS[kind] - 1):
             mem[..., c] = keys
-        return mem
-
-    if memory_init == "random_index":
-        index = torch.stack([torch.randperm(n_units, generator=gen)[:keep_top] for _ in range(L * B)])
-        index = index.view(L, B, keep_top)
     else:
-        importance = unit_importance(lm, input_ids, attention_mask)  # (L, B, I)
-        index = importance.topk(keep_top, dim=-1, largest=memory_init == "highest").indices
-    for i, w in enumerate(lm.wrappers):
-        idx = index[i].to(device)  # (B, r)
-        mem[i, ..., 0] = F.normalize(lm.unit_keys(i).detach().float()[idx], dim=-1)
-        if kind == GLU:
-            mem[i, ..., 1] = F.normalize(lm.spec.gate_weight(w.base_mlp).detach().float()[idx], dim=-1)
+        if memory_init == "random_index":
+            index = [torch.stack([torch.randperm(lm.num_units(i), generator=gen)[:keep_top] for _ in range(B)])
+                     for i in range(L)]  # L x (B, r)
+        else:
+            index = [imp.topk(keep_top, dim=-1, largest=memory_init == "highest").indices
+                     for imp in slot_importance(lm, input_ids, attention_mask)]  # L x (B, r)
+        for i, w in enumerate(lm.wrappers):
+            idx = index[i].to(device)  # (B, r)
+            mem[i, ..., 0] = F.normalize(lm.unit_keys(i).detach().float()[idx], dim=-1)
+            if kind == GLU and not w.reads_output:
+                mem[i, ..., 1] = F.normalize(lm.spec.gate_weight(w.base_mlp).detach().float()[idx], dim=-1)
+    for i, w in enumerate(lm.wrappers):  # a linear slot in a GLU-shaped memory (memory_on="both"): no gate
+        if w.reads_output and mem.shape[-1] == CHANNELS[GLU]:
+            mem[i, ..., 1] = 0.0
     return mem

@@ -40,8 +40,8 @@ def memory_output(x: torch.Tensor, mem: torch.Tensor | tuple, act, kind: str = G
     if kind == GLU:
         key, gate, value = channels  # each (B, r, d)
         h = act(xf @ gate.transpose(-1, -2)) * (xf @ key.transpose(-1, -2))  # (B, T, r)
-    elif kind == LINEAR:
-        key, value = channels
+    elif kind == LINEAR:  # (key, value), or a GLU-shaped memory's slot with its gate unused (memory_on="both")
+        key, value = channels[0], channels[-1]
         h = xf @ key.transpose(-1, -2)  # (B, T, r)
     else:
         key, value = channels

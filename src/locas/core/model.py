@@ -26,8 +26,8 @@ from .head import next_token_nll
 from .memory import CHANNELS, LINEAR, MLP, MemoryMLP, value_norm_mean
 
 MLP_ACTIVATIONS = ("relu", "backbone")
-FFN, ATTN = "ffn", "attn"
-SITES = (FFN, ATTN)  # where a memory sits: beside the feed-forward blocks, or on the attention output
+FFN, ATTN, BOTH = "ffn", "attn", "both"
+SITES = (FFN, ATTN, BOTH)  # where a memory sits: beside the feed-forward blocks, on the attention output, or both
 
 
 def bos_prefix(tokenizer) -> list[int]:
@@ -89,33 +89,40 @@ class LocasForCausalLM(nn.Module):
         self.set_site(memory_on)
 
     def set_site(self, site: str) -> None:
-        """Put the memory on the feed-forward blocks (``ffn``) or the attention output projections (``attn``);
-        the other site's modules are the plain backbone's again. A memory is always for one site (its file says
-        which; ``ModelState`` carries it).
+        """Put the memory beside the feed-forward blocks (``ffn``), on the attention output projections (``attn``)
+        or on both (``both``: memory slots 0..L-1 the FFN's, L..2L-1 the attention's, one tensor (2L, B, r, d, C)
+        whose attention slots leave a GLU's gate channel unused); the other modules are the backbone's own again. A
+        memory is always for one site (its file says which; ``ModelState`` carries it).
 
             >>> lm.set_site("attn")       # lm.memory_kind == "linear"; memories (L, B, r, d, 2)
         """
         if site not in SITES:
-            raise LocasError(f"unknown memory site '{site}'; choose {' or '.join(SITES)} (--memory-on)")
+            raise LocasError(f"unknown memory site '{site}'; choose {', '.join(SITES)} (--memory-on)")
         if site == self.site or not self.wrappers:
             return
-        if site == ATTN and self._attn_wrappers is None:
-            projs = [self.spec.attn_out_proj(layer) for layer in self.spec.layers(self.model)]
-            self._attn_wrappers = [MemoryMLP(p, act=None, kind=LINEAR, reads_output=True,
-                                             value_norm=value_norm_mean(self.spec.attn_out_weight(p))) for p in projs]
-        new = self.ffn_wrappers if site == FFN else self._attn_wrappers
-        for layer, old, w in zip(self.spec.layers(self.model), self.wrappers, new):
-            old.memory = None
-            self._install(layer, old.base_mlp)
-            self._site_install(site, layer, w)
-        self.wrappers, self.site = new, site
+        for slot, layer, w in self._slots(self.site):
+            w.memory = None
+            self._put(slot, layer, w.base_mlp)
+        for slot, layer, w in self._slots(site):
+            self._put(slot, layer, w)
+        self.wrappers = [w for _, _, w in self._slots(site)]
+        self.site = site
 
-    def _install(self, layer, module) -> None:
-        """``module`` into the current site's slot of ``layer``."""
-        self._site_install(self.site, layer, module)
+    def _slots(self, site: str) -> list[tuple[str, nn.Module, MemoryMLP]]:
+        """(``ffn`` | ``attn``, decoder layer, wrapper) for every memory slot of ``site``, in memory order."""
+        layers = list(self.spec.layers(self.model))
+        out = [(FFN, layer, w) for layer, w in zip(layers, self.ffn_wrappers)] if site in (FFN, BOTH) else []
+        if site in (ATTN, BOTH):
+            if self._attn_wrappers is None:
+                projs = [self.spec.attn_out_proj(layer) for layer in layers]
+                self._attn_wrappers = [MemoryMLP(p, act=None, kind=LINEAR, reads_output=True,
+                                                 value_norm=value_norm_mean(self.spec.attn_out_weight(p)))
+                                       for p in projs]
+            out += [(ATTN, layer, w) for layer, w in zip(layers, self._attn_wrappers)]
+        return out
 
-    def _site_install(self, site: str, layer, module) -> None:
-        (self.spec.set_mlp if site == FFN else self.spec.set_attn_out)(layer, module)
+    def _put(self, slot: str, layer, module) -> None:
+        (self.spec.set_mlp if slot == FFN else self.spec.set_attn_out)(layer, module)
 
     def set_mlp_activation(self, name: str) -> None:
         """Locas-MLP only: the memory units fire with ``relu`` (the paper) or the ``backbone``'s activation
@@ -156,7 +163,17 @@ class LocasForCausalLM(nn.Module):
 
     @property
     def num_layers(self) -> int:
+        """Memory slots: the decoder layers (2x with ``memory_on="both"``)."""
         return len(self.wrappers)
+
+    @property
+    def depth(self) -> int:
+        """Decoder layers of the backbone."""
+        return len(self.ffn_wrappers)
+
+    def site_slots(self, site: str) -> int:
+        """Memory slots of ``site`` on this model (what a memory file of that site covers)."""
+        return self.depth * (2 if site == BOTH else 1)
 
     @property
     def hidden_size(self) -> int:
@@ -169,30 +186,29 @@ class LocasForCausalLM(nn.Module):
 
     @property
     def memory_kind(self) -> str:
-        """The installed site's memory kind: the FFN's ``glu`` / ``mlp``, or ``linear`` on the attention path."""
-        return self.spec.kind if self.site == FFN else LINEAR
+        """The memory tensor's kind: the FFN's ``glu`` / ``mlp`` (``ffn``, ``both``), or ``linear`` (``attn``)."""
+        return LINEAR if self.site == ATTN else self.spec.kind
 
-    # ---- the units a memory is initialised from (per layer, the installed site's) --------------------
-    @property
-    def num_units(self) -> int:
-        """Units of the site's block: FFN units, or attention output channels (``o_proj``'s input width)."""
-        return self.intermediate_size if self.site == FFN else self.value_weight(0).shape[1]
+    # ---- the units a memory slot is initialised from ----------------------------------------------------
+    def num_units(self, slot: int = 0) -> int:
+        """Units of slot ``slot``'s block: FFN units, or attention output channels (``o_proj``'s input width)."""
+        return self.value_weight(slot).shape[1]
 
-    def value_weight(self, layer: int) -> torch.Tensor:
+    def value_weight(self, slot: int) -> torch.Tensor:
         """(d, units): column j is what unit j writes (``down_proj``, or ``o_proj``)."""
-        base = self.wrappers[layer].base_mlp
-        return self.spec.down_weight(base) if self.site == FFN else self.spec.attn_out_weight(base)
+        w = self.wrappers[slot]
+        return self.spec.attn_out_weight(w.base_mlp) if w.reads_output else self.spec.down_weight(w.base_mlp)
 
-    def unit_keys(self, layer: int) -> torch.Tensor:
+    def unit_keys(self, slot: int) -> torch.Tensor:
         """(units, d) key rows: the FFN's up rows, or (attention path: the memory reads what attention writes)
         each channel's write direction, a column of ``o_proj``."""
-        base = self.wrappers[layer].base_mlp
-        return self.spec.up_weight(base) if self.site == FFN else self.spec.attn_out_weight(base).t()
+        w = self.wrappers[slot]
+        return self.spec.attn_out_weight(w.base_mlp).t() if w.reads_output else self.spec.up_weight(w.base_mlp)
 
-    def unit_module(self, layer: int) -> nn.Module:
+    def unit_module(self, slot: int) -> nn.Module:
         """The module whose input holds the units' activations (``down_proj``, or ``o_proj``)."""
-        base = self.wrappers[layer].base_mlp
-        return self.spec.down_module(base) if self.site == FFN else base
+        w = self.wrappers[slot]
+        return w.base_mlp if w.reads_output else self.spec.down_module(w.base_mlp)
 
     @property
     def max_length(self) -> int:
@@ -213,9 +229,12 @@ class LocasForCausalLM(nn.Module):
     def num_base_parameters(self) -> int:
         return sum(p.numel() for p in self.model.parameters())
 
-    def memory_parameters(self, width: int, layers: int | None = None) -> int:
-        """Trainable parameters of a memory of ``width`` slots on ``layers`` layers."""
-        return (layers or self.num_layers) * width * self.hidden_size * CHANNELS[self.memory_kind]
+    def memory_parameters(self, width: int, layers: int | list[int] | None = None) -> int:
+        """Trainable parameters of a memory of ``width`` units per slot on ``layers`` (slot indices, or the first N
+        slots; default all); an attention slot has a key and a value (a GLU's gate channel there is unused)."""
+        slots = range(self.num_layers if layers is None else layers) if not isinstance(layers, list) else layers
+        return sum(width * self.hidden_size * CHANNELS[LINEAR if self.wrappers[i].reads_output else self.spec.kind]
+                   for i in slots)
 
     # ---- memory management -----------------------------------------------------------------
     def check_memory(self, memory: torch.Tensor, layers: list[int] | None = None) -> list[int]:
@@ -281,8 +300,8 @@ class LocasForCausalLM(nn.Module):
 
     def detach(self) -> nn.Module:
         """Put the original modules back and return the plain transformers model."""
-        for layer, w in zip(self.spec.layers(self.model), self.wrappers):
-            self._install(layer, w.base_mlp)
+        for slot, layer, w in self._slots(self.site):
+            self._put(slot, layer, w.base_mlp)
         self.wrappers = []
         return self.model
 

@@ -22,7 +22,7 @@ import torch
 from tqdm.auto import tqdm
 
 from ..core.files import atomic_write
-from ..core.model import prepend_bos
+from ..core.model import ModelState, prepend_bos
 from ..distributed import DistContext, run_sharded
 from ..errors import LocasError
 from ..learn.learners import make_learner
@@ -66,12 +66,14 @@ def base_variant(lm, peft_model=None, name: str = "base") -> Variant:
 
 
 def memory_variant(lm, memory: torch.Tensor, layers=None, peft_model=None, name: str = "locas") -> Variant:
-    """``lm`` with a Locas memory (L|len(layers), 1, r, d, C) installed."""
+    """``lm`` with a Locas memory (L|len(layers), 1, r, d, C) installed, on the memory site ``lm`` has now (a memory
+    file loaded just before put it there; variants of different sites can be compared side by side)."""
+    state = ModelState(memory=memory, layers=layers, site=lm.site)
 
     @contextmanager
     def enter():
-        with _adapters_off(peft_model), lm.use_memory(memory.detach(), layers):
-            yield lm.model
+        with _adapters_off(peft_model), state.apply(lm) as model:
+            yield model
 
     return Variant(name, enter, tuple(lm.bos_ids))
 

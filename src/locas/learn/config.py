@@ -52,9 +52,9 @@ class TrainConfig:
     memory_width: int = setting(64, "Locas slots per layer (r)", minimum=1)
     memory_init: str = setting("highest", "memory initialiser", choices=INITS)
     memory_layers: str = setting("all", "layers with memory: all, top:N, bottom:N or a list like 20,25,29")
-    memory_on: str = setting("ffn", "where the Locas memory sits: ffn (beside every feed-forward block, the paper) "
-                                    "or attn (a linear low-rank map on every attention output projection, fused "
-                                    "into o_proj; docs/ATTENTION.md)", choices=("ffn", "attn"))
+    memory_on: str = setting("ffn", "where the Locas memory sits: ffn (beside every feed-forward block, the paper), "
+                                    "attn (a linear low-rank map on every attention output projection, fused into "
+                                    "o_proj; docs/ATTENTION.md) or both", choices=("ffn", "attn", "both"))
     tau_scale: float = setting(1.0, "multiplier on the output scale (see --tau-law)", positive=True)
     tau_law: str = setting("r", "output scale law: r = the paper's tau = mean|W_down| / r; sqrt = mean|W_down| / "
                                 "sqrt(r), so the memory's largest output grows with its width", choices=TAU_LAWS)
@@ -65,6 +65,9 @@ class TrainConfig:
                                        "stay at 1)", positive=True)
     key_lr_scale: float = setting(1.0, "Locas: learning-rate multiplier for keys and gates (values get --lr)",
                                   positive=True, maximum=100.0)
+    attn_lr_scale: float = setting(1.0, "Locas: learning-rate multiplier for the attention-path slots (--memory-on "
+                                        "attn or both; the attention path wants a smaller lr than the FFN's)",
+                                   positive=True, maximum=100.0)
     gain_lr: float = setting(0.0, "Locas: learn a per-layer output gain (exp of a parameter that starts at 0, on "
                                   "top of --tau-law's scale) with this lr; 0 = a fixed scale (the paper)",
                              minimum=0, maximum=10.0)

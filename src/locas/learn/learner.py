@@ -131,7 +131,10 @@ class MemoryLearner(Learner):
         return [self.memory] if self.log_gain is None else [self.memory, self.log_gain]
 
     def extra_params(self):
-        return sum(p.numel() for p in self.parameters())
+        """The memory's trainable numbers (``lm.memory_parameters``: an unused gate channel of an attention slot not
+        counted) and the gains."""
+        gain = 0 if self.log_gain is None else self.log_gain.numel()
+        return self.lm.memory_parameters(self.memory.shape[-3], list(self.layers)) * self.memory.shape[1] + gain
 
     def _channel(self, key: float, value: float) -> torch.Tensor:
         """(C,) per-channel factors: ``key`` on keys (and gates), ``value`` on values."""
@@ -171,9 +174,14 @@ class MemoryLearner(Learner):
             self.memory.grad[..., -1] = 0.0
 
     def update_scales(self):
-        k = self.cfg.key_lr_scale
-        keys = None if k == 1.0 else self._channel(k, 1.0)
-        return [keys] if self.log_gain is None else [keys, self.cfg.gain_lr / self.cfg.lr]
+        k, a = self.cfg.key_lr_scale, getattr(self.cfg, "attn_lr_scale", 1.0)
+        scale = None if k == 1.0 else self._channel(k, 1.0)  # (C,)
+        attn = [self.lm.wrappers[i].reads_output for i in self.layers]
+        if a != 1.0 and any(attn):  # (L', 1, 1, 1, 1): the attention-path slots' lr
+            slots = torch.tensor([a if x else 1.0 for x in attn], dtype=self.memory.dtype, device=self.memory.device)
+            slots = slots.view(-1, 1, 1, 1, 1)
+            scale = slots if scale is None else slots * scale
+        return [scale] if self.log_gain is None else [scale, self.cfg.gain_lr / self.cfg.lr]
 
     def after_step(self):
         with torch.no_grad():  # in place on the parameter itself: its version moves, so no cached copy goes stale

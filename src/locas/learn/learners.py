@@ -40,7 +40,8 @@ class LocasLearner(MemoryLearner):
     def __init__(self, lm, cfg, memory: torch.Tensor | None = None):
         super().__init__(lm, cfg)
         lm.set_site(getattr(cfg, "memory_on", "ffn"))
-        self.layers = parse_layers(cfg.memory_layers, lm.num_layers)
+        layers = parse_layers(cfg.memory_layers, lm.depth)  # decoder layers; with memory_on="both" both their slots
+        self.layers = layers + [lm.depth + i for i in layers] if lm.site == "both" else layers
         self.memory: torch.nn.Parameter | None = None
         if memory is not None:  # continue training an existing memory (full-size or layer subset)
             mem = memory[self.layers] if memory.shape[0] == lm.num_layers else memory

@@ -72,11 +72,9 @@ def layer_inputs(lm, ids: torch.Tensor, layers: list[int], skip: int = 0) -> Lay
     inputs: dict[int, torch.Tensor] = {}
     energy: dict[int, torch.Tensor] = {}
 
-    reads_output = lm.wrappers[0].reads_output
-
     def make_hook(j):
         def hook(_module, args, out):
-            read = out if reads_output else args[0]
+            read = out if lm.wrappers[layers[j]].reads_output else args[0]
             x = read.detach().float().reshape(ids.shape[0], -1, read.shape[-1])[:, skip:]  # (B, T', d); OPT: flat
             inputs[j] = x.reshape(-1, x.shape[-1])  # (N, d)
             energy[j] = out.detach().float().reshape(ids.shape[0], -1, out.shape[-1])[:, skip:].pow(2).sum(-1).mean()

@@ -32,7 +32,7 @@ def add_arguments(p):
                    help="serve a non-loopback --host without --api-keys (refused otherwise) (default: off)")
     p.add_argument("--served-model-name", default=None,
                    help="the base model's id in the API (default: the --model name)")
-    p.add_argument("--memory-on", default="ffn", choices=("ffn", "attn"),
+    p.add_argument("--memory-on", default="ffn", choices=("ffn", "attn", "both"),
                    help="the site of the served memories and of the jobs' (a memory file of the other site is "
                         "refused) (default: ffn)")
     g = p.add_argument_group("batching and limits")
