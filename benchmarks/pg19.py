@@ -325,8 +325,9 @@ def best_lora_lr(rank: int, model: str = DEFAULT_MODEL) -> float:
 
 def heldout_systems(W: int, model: str = DEFAULT_MODEL) -> dict[str, tuple[str, TrainConfig]]:
     """The held-out comparison on ``model``: truncation, the tuned preset, the paper's recipe (both as that model
-    wants them), and TempLoRA at equal parameters (r11 ~ Locas r64's count) and, where swept, at r64, each at its
-    best lr of the sweeps on book 10146's tuning prefix."""
+    wants them), TempLoRA at equal parameters (r11 ~ Locas r64's count) and, where swept, at r64, each at its
+    best lr of the sweeps on book 10146's tuning prefix; and the attention-path memories (``attn``, ``both``) at their
+    best row of the memory-paths suite on that prefix, where it was run."""
     systems = {
         "truncate": ("truncate", TrainConfig(window_size=W)),
         f"locas-{TUNED}": ("locas", TrainConfig(**{"window_size": W, **preset_settings(TUNED, model)})),
@@ -334,6 +335,11 @@ def heldout_systems(W: int, model: str = DEFAULT_MODEL) -> dict[str, tuple[str, 
     }
     for rank in lora_sweeps(model):
         systems[f"lora-r{rank}"] = ("lora", TrainConfig(window_size=W, lora_rank=rank, lr=best_lora_lr(rank, model)))
+    paths = _load_rows(f"pg19-memory-paths{'' if model_key(model) == DEFAULT_MODEL else '-' + model_key(model)}")
+    for site in ("attn", "both"):  # the attention-path memories at Locas r64's parameter count, where swept
+        label, row = best(paths, f"locas-{site}-")
+        if row is not None:
+            systems[label.rsplit("-lr", 1)[0]] = ("locas", TrainConfig(**row["config"]))
     return systems
 
 

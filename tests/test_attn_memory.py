@@ -263,3 +263,15 @@ def test_variants_of_both_sites_are_scored_side_by_side():
             with variant.enter() as model:
                 assert torch.equal(model(input_ids=ids).logits, want)
     assert lm.site == "ffn" and not torch.equal(want_ffn, want_attn)
+
+
+def test_the_wrapped_model_saves_under_its_own_keys_and_detaches_to_the_plain_modules():
+    from conftest import tiny_model
+
+    from locas import LocasForCausalLM
+
+    model = tiny_model("llama")
+    keys, o_proj = set(model.state_dict()), model.model.layers[0].self_attn.o_proj
+    lm = LocasForCausalLM(model, memory_on="both")
+    assert set(lm.model.state_dict()) == keys  # the wrappers are state-dict transparent
+    assert lm.detach().model.layers[0].self_attn.o_proj is o_proj

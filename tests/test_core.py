@@ -155,8 +155,9 @@ def test_compute_nll_shape_and_value():
     assert torch.allclose(nll[1, 3], -logp[1, 3, ids[1, 4]], atol=1e-5)
 
 
-def test_bf16_model_keeps_fp32_memory():
-    lm = tiny_lm("llama", dtype=torch.bfloat16)
+@pytest.mark.parametrize("site", ["ffn", "attn", "both"])
+def test_bf16_model_keeps_fp32_memory(site):
+    lm = tiny_lm("llama", dtype=torch.bfloat16, memory_on=site)
     ids = random_ids(1, 12)
     mem = lm.init_memory(ids, width=4)
     assert mem.dtype == torch.float32
