@@ -21,7 +21,8 @@ Suites (combine with --suite, repeatable):
   memory-paths the same equal-parameters question for Locas: a memory beside the FFN (r=64), on the attention output
               (--memory-on attn, width 96: the same parameter count), on both (width 38; its attention slots at the
               FFN's lr, or at 0.1x it: --attn-lr-scale), and TempLoRA on attention / FFN / all at that count, every
-              row with a 6-point lr grid, in one process
+              row with a 6-point lr grid, in one process; then the tuned preset's levers on each path (3 lrs each).
+              With --only, the rows of the last run are kept beside the new ones
   timing      time per window of each method on a short prefix (run it alone, e.g. under a CPU lock: the
               quality suites may run beside other work, since their perplexities are deterministic)
 
@@ -152,11 +153,15 @@ def main():
     ap.add_argument("--threads", type=int, default=None, help="torch threads (1 when sharing the CPU)")
     ap.add_argument("--lever-report", action="store_true",
                     help="only tabulate and plot the levers and combos grids already run (no model)")
+    ap.add_argument("--paths-report", action="store_true",
+                    help="only tabulate and plot the memory-paths rows already run (no model)")
     ap.add_argument("--heldout-report", action="store_true",
                     help="only tabulate and plot the held-out parts already run (results/pg19-heldout<tag>/, no model)")
     args = ap.parse_args()
     if args.lever_report:
         return lever_report()
+    if args.paths_report:
+        return paths_report(f"pg19-memory-paths{args.tag}")
     if args.heldout_report:
         return heldout_report(RESULTS / f"pg19-heldout{args.tag}", list(heldout_systems(args.window_size, args.model)),
                               args.heldout_books)
@@ -248,6 +253,19 @@ def main():
                     run(lm, tokens, f"{label}-lr{lr:g}", "locas", TrainConfig(
                         window_size=W, lr=lr, memory_width=width, memory_on=site, attn_lr_scale=attn_lr), rows, curves)
             lm.set_site("ffn")
+            tuned = preset_settings(TUNED, args.model)  # the tuned FFN preset's levers on every path, 3+ lrs each
+            for site, attn_lr, grid in (("ffn", 1.0, (3e-3, 1e-2, 3e-2)), ("attn", 1.0, (3e-5, 1e-4, 3e-4, 1e-3, 3e-3)),
+                                        ("both", 0.1, (3e-3, 1e-2, 3e-2)), ("both", 0.01, (3e-3, 1e-2, 3e-2))):
+                lm.set_site(site)
+                width = round(params / lm.memory_parameters(1))
+                label = f"locas-{TUNED}-{site}-r{width}" + ("" if attn_lr == 1.0 else f"-attnlr{attn_lr:g}")
+                for lr in grid:
+                    run(lm, tokens, f"{label}-lr{lr:g}", "locas", TrainConfig(**{
+                        "window_size": W, **tuned, "memory_width": width, "memory_on": site, "attn_lr_scale": attn_lr,
+                        "lr": lr}), rows, curves)
+            lm.set_site("ffn")
+            if ONLY:  # a partial run adds to the rows of the last one
+                rows.update({k: v for k, v in _load_rows(f"pg19-memory-paths{args.tag}").items() if k not in rows})
             for targets in ("all", "attn", "mlp"):
                 rank = max(1, round(params / lora_params_per_rank(lm, targets)))
                 for lr in PATH_LORA_LRS:
@@ -281,7 +299,10 @@ def main():
         out = {**record, "suite": suite, "tokens": len(tokens), "rows": rows, "table": table,
                "run_s": time.perf_counter() - t0}
         write_json(RESULTS / f"{tag}.json", out)
-        line_plot(RESULTS / f"{tag}.png", curves, "tokens read", "cumulative perplexity", title=tag)
+        if suite == "memory-paths":
+            paths_report(tag)
+        else:
+            line_plot(RESULTS / f"{tag}.png", curves, "tokens read", "cumulative perplexity", title=tag)
         print(f"suite {suite} took {time.perf_counter() - t0:.0f} s -> {RESULTS / (tag + '.json')}")
 
 
@@ -336,8 +357,9 @@ def heldout_systems(W: int, model: str = DEFAULT_MODEL) -> dict[str, tuple[str, 
     for rank in lora_sweeps(model):
         systems[f"lora-r{rank}"] = ("lora", TrainConfig(window_size=W, lora_rank=rank, lr=best_lora_lr(rank, model)))
     paths = _load_rows(f"pg19-memory-paths{'' if model_key(model) == DEFAULT_MODEL else '-' + model_key(model)}")
-    for site in ("attn", "both"):  # the attention-path memories at Locas r64's parameter count, where swept
-        label, row = best(paths, f"locas-{site}-")
+    for site in ("attn", "both"):  # the attention-path memories at Locas r64's parameter count, where swept: the best
+        found = {k: v for k, v in paths.items() if re.match(f"locas-({TUNED}-)?{site}-", k)}  # row of either recipe
+        label, row = best(found, "locas-")
         if row is not None:
             systems[label.rsplit("-lr", 1)[0]] = ("locas", TrainConfig(**row["config"]))
     return systems
@@ -478,6 +500,28 @@ def lever_report() -> None:
         series[f"TempLoRA r{rank}"] = ([g[0] for g in grid], [g[1] for g in grid])
     line_plot(RESULTS / "pg19-levers.png", series, "learning rate", "perplexity (first 6,144 tokens of 10146)",
               title="PG-19 levers: each configuration's lr grid", logx=True)
+
+
+def paths_report(tag: str) -> None:
+    """The memory-paths suite as one row per configuration (its best lr) and a plot of perplexity against the lr,
+    a line per configuration: ``<tag>.md`` and ``<tag>.png`` from ``<tag>.json``."""
+    rows = _load_rows(tag)
+    trunc = rows["truncate"]["ppl"]
+    grids: dict[str, dict[float, dict]] = {}
+    for label, row in rows.items():
+        if label != "truncate":
+            grids.setdefault(label.rsplit("-lr", 1)[0], {})[row["config"]["lr"]] = row
+    table = []
+    for name, grid in sorted(grids.items(), key=lambda kv: min(r["ppl"] for r in kv[1].values())):
+        lr, row = min(grid.items(), key=lambda kv: kv[1]["ppl"])
+        table.append([name, row["extra_params"], len(grid), f"{lr:g}", row["ppl"], row["ppl"] / trunc])
+    header = ["configuration", "parameters", "lr points", "best lr", "ppl", "ppl/trunc"]
+    print(format_table(header, table))
+    (RESULTS / f"{tag}.md").write_text(f"truncation: {trunc:.3f}\n\n" + markdown_table(header, table) + "\n")
+    series = {name: ([lr for lr in sorted(g) if g[lr]["ppl"] < 1.1 * trunc],  # a diverged point flattens the plot
+                     [g[lr]["ppl"] for lr in sorted(g) if g[lr]["ppl"] < 1.1 * trunc]) for name, g in grids.items()}
+    line_plot(RESULTS / f"{tag}.png", series, "learning rate", "perplexity (first 6,144 tokens of 10146)",
+              title=f"memory paths at Locas r64's parameter count (truncation {trunc:.2f})", logx=True)
 
 
 def _load_rows(tag: str) -> dict:

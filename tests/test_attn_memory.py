@@ -211,8 +211,7 @@ def test_memorize_ask_and_fuse_on_the_attention_path_from_the_command_line(tmp_p
     from tokenizers import Tokenizer, models, pre_tokenizers
     from transformers import AutoModelForCausalLM, PreTrainedTokenizerFast
 
-    from locas import LocasForCausalLM
-    from locas import cli
+    from locas import LocasForCausalLM, cli
 
     vocab = {f"w{i}": i for i in range(97)}
     tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token="w0"))
@@ -267,7 +266,6 @@ def test_variants_of_both_sites_are_scored_side_by_side():
 
 def test_the_wrapped_model_saves_under_its_own_keys_and_detaches_to_the_plain_modules():
     from conftest import tiny_model
-
     from locas import LocasForCausalLM
 
     model = tiny_model("llama")

@@ -1,4 +1,5 @@
-"""``LocasForCausalLM``: a Hugging Face causal LM with a Locas memory beside every MLP.
+"""``LocasForCausalLM``: a Hugging Face causal LM with a Locas memory beside every MLP (or on the attention
+output projections: ``memory_on="attn"`` / ``"both"``, ``set_site``).
 
     >>> from locas import LocasForCausalLM
     >>> lm = LocasForCausalLM.from_pretrained("smollm2-135m")     # embedded default model
@@ -7,6 +8,7 @@
     >>> nll = lm.compute_nll(ids, mem)                            # (1, T-1) per-token NLL
     >>> with lm.disabled(): base_logits = lm(ids).logits          # exact base model
     >>> dense = lm.to_dense(mem)                                  # plain transformers model
+    >>> lm.set_site("attn"); lm.init_memory(ids, width=96).shape  # (L, 1, 96, d, 2): fused into o_proj
     >>> plain = lm.detach()                                       # original modules restored
 
 The backbone is frozen; only memory tensors are ever trained.
@@ -57,14 +59,15 @@ def prepend_bos(input_ids: torch.Tensor, bos_ids) -> tuple[torch.Tensor, int]:
 
 class LocasForCausalLM(nn.Module):
     """Wraps an already-loaded transformers causal LM and attaches one memory wrapper per layer: beside every
-    feed-forward block (``memory_on="ffn"``, the paper's Locas) or on every attention output projection
-    (``memory_on="attn"``: a linear low-rank map of what the attention writes, fused into ``o_proj``)."""
+    feed-forward block (``memory_on="ffn"``, the paper's Locas), on every attention output projection
+    (``memory_on="attn"``: a linear low-rank map of what the attention writes, fused into ``o_proj``), or both
+    (docs/ATTENTION.md)."""
 
     def __init__(self, model: nn.Module, tokenizer=None, name: str | None = None, mlp_activation: str = "relu",
                  memory_on: str = FFN):
         """``mlp_activation`` (two-layer "mlp" models only): ``relu`` (the paper's memory) or ``backbone``
         (the FFN's own activation, e.g. GELU; needed to fuse exactly). GLU memories always use the backbone's.
-        ``memory_on``: the site of the memory, ``ffn`` or ``attn`` (``set_site``)."""
+        ``memory_on``: the site of the memory, ``ffn``, ``attn`` or ``both`` (``set_site``)."""
         super().__init__()
         if mlp_activation not in MLP_ACTIVATIONS:
             raise LocasError(f"unknown mlp_activation '{mlp_activation}'; choose {' or '.join(MLP_ACTIVATIONS)}")
@@ -81,7 +84,7 @@ class LocasForCausalLM(nn.Module):
                                 value_norm=value_norm_mean(self.spec.down_weight(mlp)))
                 self.spec.set_mlp(layer, mlp)
             self.ffn_wrappers.append(mlp)
-        self._attn_wrappers: list[MemoryMLP] | None = None  # made on the first switch to "attn"
+        self._attn_wrappers: list[MemoryMLP] | None = None  # made on the first switch to "attn" or "both"
         self.site = FFN
         self.wrappers: list[MemoryMLP] = self.ffn_wrappers  # the installed site's wrappers
         self.mlp_activation = "backbone"
@@ -122,6 +125,7 @@ class LocasForCausalLM(nn.Module):
         return out
 
     def _put(self, slot: str, layer, module) -> None:
+        """``module`` (a wrapper, or the plain module back) into ``layer``'s FFN or attention-output slot."""
         (self.spec.set_mlp if slot == FFN else self.spec.set_attn_out)(layer, module)
 
     def set_mlp_activation(self, name: str) -> None:
