@@ -273,3 +273,28 @@ def test_the_wrapped_model_saves_under_its_own_keys_and_detaches_to_the_plain_mo
     lm = LocasForCausalLM(model, memory_on="both")
     assert set(lm.model.state_dict()) == keys  # the wrappers are state-dict transparent
     assert lm.detach().model.layers[0].self_attn.o_proj is o_proj
+
+
+@pytest.mark.parametrize("site", ["attn", "both"])
+def test_a_fused_attention_memory_survives_the_gguf_export(tmp_path, site):
+    from transformers import AutoModelForCausalLM
+
+    from locas.core.export import export_gguf
+    from test_locomo_support import char_lm
+
+    lm = char_lm(seed=4, chat=True, max_positions=128)
+    lm.set_site(site)
+    ids = torch.tensor([lm.tokenizer("Ann adopted a cat named Tom")["input_ids"]])
+    memory = _attn_memory(lm, ids, width=6, scale=1.0)
+    dense = lm.to_dense(memory)
+    dense.save_pretrained(tmp_path / "fused")
+    lm.tokenizer.save_pretrained(tmp_path / "fused")
+    path = export_gguf(tmp_path / "fused", tmp_path / "m.gguf", dtype="f32", progress=False)
+    loaded = AutoModelForCausalLM.from_pretrained(tmp_path, gguf_file=path.name, dtype=torch.float32).eval()
+    with torch.no_grad():
+        want = lm(ids, memory=memory).logits
+        base = lm.model(ids).logits if site == "attn" else None
+        got = loaded(ids).logits
+    assert (torch.log_softmax(got, -1) - torch.log_softmax(want, -1)).abs().max() <= 1e-4
+    if base is not None:  # the same shapes as the base model, the memory inside o_proj
+        assert loaded.config.intermediate_size == lm.intermediate_size and (want - base).abs().max() > 1e-2

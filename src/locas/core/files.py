@@ -36,7 +36,7 @@ from safetensors.torch import save_file
 from ..errors import LocasError, LocasWarning, MemoryFileError
 
 FORMAT = "locas-memory"
-VERSION = 3  # 2: the metadata carries a sha256 checksum of itself and the tensor bytes; 3: ``memory_on`` "attn"
+VERSION = 3  # 2: the metadata carries a sha256 checksum of itself and the tensor bytes; 3: memory_on attn|both
 FFN_VERSION = 2  # what an FFN memory is still written as, so that locas 0.2 readers keep reading it
 SITES = ("ffn", "attn", "both")
 SHAPE_KEYS = ("num_layers", "batch", "width", "hidden_size", "channels")
