@@ -240,6 +240,11 @@ def test_memorize_ask_and_fuse_on_the_attention_path_from_the_command_line(tmp_p
                      "--objective", "ntp", "--window-size", "64", "--memory-width", "4", *common])
     err = capsys.readouterr().err
     assert code == 2 and "continue it with --memory-on attn" in err and err.count("\n") == 1
+    ffn_lm = LocasForCausalLM(AutoModelForCausalLM.from_pretrained(model_dir).eval())
+    save_memory(random_memory(ffn_lm), tmp_path / "ffn.locas", model=ffn_lm)
+    code = cli.main(["stack", str(out), str(tmp_path / "ffn.locas"), "-o", str(tmp_path / "mixed.locas"), *common])
+    err = capsys.readouterr().err
+    assert code == 2 and "different paths (--memory-on attn, ffn)" in err and not (tmp_path / "mixed.locas").exists()
 
 
 def test_variants_of_both_sites_are_scored_side_by_side():

@@ -46,8 +46,8 @@ def run(args):
         raise LocasError("these memories were trained with different mlp_activation settings; stack memories "
                          "trained alike")
     if len(sites) > 1:
-        raise LocasError("these memories sit on different paths (--memory-on ffn and attn); stack memories of "
-                         "one site")
+        raise LocasError(f"these memories sit on different paths (--memory-on {', '.join(sorted(sites))}); stack "
+                         "memories of one site")
     stacked = stack_memories(memories)
     widths = [m.shape[2] for m in memories]
     save_memory(stacked, args.output, model=lm, init="stack",
