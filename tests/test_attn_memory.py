@@ -303,3 +303,26 @@ def test_a_fused_attention_memory_survives_the_gguf_export(tmp_path, site):
     assert (torch.log_softmax(got, -1) - torch.log_softmax(want, -1)).abs().max() <= 1e-4
     if base is not None:  # the same shapes as the base model, the memory inside o_proj
         assert loaded.config.intermediate_size == lm.intermediate_size and (want - base).abs().max() > 1e-2
+
+
+@pytest.mark.parametrize("site", ["attn", "both"])
+def test_an_attention_wider_than_the_residual_stream_fuses_exactly(site):
+    """Gemma 3's o_proj reads more channels than the model is wide (heads x head_dim = 64 > d = 32 here; 1024 > 640
+    in Gemma-3-270M): the keys live in d dimensions all the same."""
+    import transformers
+
+    from locas import LocasForCausalLM
+
+    torch.manual_seed(0)
+    config = transformers.Gemma3TextConfig(vocab_size=97, hidden_size=32, intermediate_size=48, num_hidden_layers=3,
+                                           num_attention_heads=4, num_key_value_heads=1, head_dim=16,
+                                           max_position_embeddings=256, pad_token_id=0, bos_token_id=1,
+                                           eos_token_id=2, sliding_window=8)
+    lm = LocasForCausalLM(transformers.AutoModelForCausalLM.from_config(config).eval(), memory_on=site)
+    ids = random_ids()
+    memory = _attn_memory(lm, ids)
+    assert lm.num_units(lm.num_layers - 1) == 64 and memory.shape[-2] == 32
+    with torch.no_grad():
+        want, base = lm(ids, memory=memory).logits, lm.model(ids).logits
+        fused = lm.to_dense(memory)(input_ids=ids).logits
+    assert (want - base).abs().max() > 1e-2 and (fused - want).abs().max() <= 1e-4
