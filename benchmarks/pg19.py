@@ -243,25 +243,22 @@ def main():
                 for lr in LORA_LRS:
                     run(lm, tokens, f"lora-{targets}-r{rank}-lr{lr:g}", "lora",
                         TrainConfig(window_size=W, lr=lr, lora_rank=rank, lora_targets=targets), rows, curves)
-        elif suite == "memory-paths":  # equal parameters (Locas r=64's), every path of both methods, 5 lrs each
+        elif suite == "memory-paths":  # equal parameters (Locas r=64's), every path of both methods, own lr grids
             params = lm.memory_parameters(64)
-            for site, attn_lr in (("ffn", 1.0), ("attn", 1.0), ("both", 1.0), ("both", 0.1)):
+            paper, tuned = args.lrs or PATH_LOCAS_LRS, preset_settings(TUNED, args.model)  # the tuned FFN levers too
+            for name, recipe, site, attn_lr, grid in (
+                    ("locas", {}, "ffn", 1.0, paper), ("locas", {}, "attn", 1.0, paper),
+                    ("locas", {}, "both", 1.0, paper), ("locas", {}, "both", 0.1, paper),
+                    (f"locas-{TUNED}", tuned, "ffn", 1.0, (3e-3, 1e-2, 3e-2)),
+                    (f"locas-{TUNED}", tuned, "attn", 1.0, (3e-5, 1e-4, 3e-4, 1e-3, 3e-3)),
+                    (f"locas-{TUNED}", tuned, "both", 0.1, (3e-3, 1e-2, 3e-2)),
+                    (f"locas-{TUNED}", tuned, "both", 0.01, (3e-3, 1e-2, 3e-2))):
                 lm.set_site(site)
                 width = round(params / lm.memory_parameters(1))
-                label = f"locas-{site}-r{width}" + ("" if attn_lr == 1.0 else f"-attnlr{attn_lr:g}")
-                for lr in args.lrs or PATH_LOCAS_LRS:
-                    run(lm, tokens, f"{label}-lr{lr:g}", "locas", TrainConfig(
-                        window_size=W, lr=lr, memory_width=width, memory_on=site, attn_lr_scale=attn_lr), rows, curves)
-            lm.set_site("ffn")
-            tuned = preset_settings(TUNED, args.model)  # the tuned FFN preset's levers on every path, 3+ lrs each
-            for site, attn_lr, grid in (("ffn", 1.0, (3e-3, 1e-2, 3e-2)), ("attn", 1.0, (3e-5, 1e-4, 3e-4, 1e-3, 3e-3)),
-                                        ("both", 0.1, (3e-3, 1e-2, 3e-2)), ("both", 0.01, (3e-3, 1e-2, 3e-2))):
-                lm.set_site(site)
-                width = round(params / lm.memory_parameters(1))
-                label = f"locas-{TUNED}-{site}-r{width}" + ("" if attn_lr == 1.0 else f"-attnlr{attn_lr:g}")
+                label = f"{name}-{site}-r{width}" + ("" if attn_lr == 1.0 else f"-attnlr{attn_lr:g}")
                 for lr in grid:
                     run(lm, tokens, f"{label}-lr{lr:g}", "locas", TrainConfig(**{
-                        "window_size": W, **tuned, "memory_width": width, "memory_on": site, "attn_lr_scale": attn_lr,
+                        "window_size": W, **recipe, "memory_width": width, "memory_on": site, "attn_lr_scale": attn_lr,
                         "lr": lr}), rows, curves)
             lm.set_site("ffn")
             if ONLY:  # a partial run adds to the rows of the last one

@@ -34,11 +34,11 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from ..errors import LocasError, LocasWarning, MemoryFileError
+from .model import SITES
 
 FORMAT = "locas-memory"
 VERSION = 3  # 2: the metadata carries a sha256 checksum of itself and the tensor bytes; 3: memory_on attn|both
 FFN_VERSION = 2  # what an FFN memory is still written as, so that locas 0.2 readers keep reading it
-SITES = ("ffn", "attn", "both")
 SHAPE_KEYS = ("num_layers", "batch", "width", "hidden_size", "channels")
 
 

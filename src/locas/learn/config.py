@@ -16,6 +16,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, fields
 
 from ..core.init import INITS
+from ..core.model import SITES
 from ..errors import LocasError
 from ..settings import setting, validate
 
@@ -54,7 +55,7 @@ class TrainConfig:
     memory_layers: str = setting("all", "layers with memory: all, top:N, bottom:N or a list like 20,25,29")
     memory_on: str = setting("ffn", "where the Locas memory sits: ffn (beside every feed-forward block, the paper), "
                                     "attn (a linear low-rank map on every attention output projection, fused into "
-                                    "o_proj; docs/ATTENTION.md) or both", choices=("ffn", "attn", "both"))
+                                    "o_proj; docs/ATTENTION.md) or both", choices=SITES)
     tau_scale: float = setting(1.0, "multiplier on the output scale (see --tau-law)", positive=True)
     tau_law: str = setting("r", "output scale law: r = the paper's tau = mean|W_down| / r; sqrt = mean|W_down| / "
                                 "sqrt(r), so the memory's largest output grows with its width", choices=TAU_LAWS)

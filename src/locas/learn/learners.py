@@ -182,7 +182,8 @@ def make_learner(method: str, lm, cfg, memory: torch.Tensor | None = None) -> Le
     site = getattr(cfg, "memory_on", "ffn")
     if site != "ffn" and method != "locas":
         raise LocasError(f"--memory-on {site} is a Locas memory's site; method '{method}' takes --memory-on ffn")
-    lm.set_site("ffn")
+    if method != "locas":  # (LocasLearner puts the model on its own site)
+        lm.set_site("ffn")
     if memory is not None:
         if method != "locas":
             raise LocasError(f"only a Locas memory can be continued (--memory); method '{method}' starts fresh")

@@ -40,8 +40,7 @@ NewMemoryId = Annotated[str, AfterValidator(_new_memory_id), WithJsonSchema({"ty
 JOB_SETTINGS = ("window_size", "steps_per_window", "lr", "weight_decay", "adam_beta1", "adam_beta2", "adam_eps",
                 "warmup_windows", "schedule", "mix_weight", "sd_context", "sd_topk", "memory_width", "memory_init",
                 "memory_layers", "tau_scale", "tau_law", "value_init", "value_radius", "key_lr_scale", "attn_lr_scale",
-                "gain_lr",
-                "epochs", "seed")
+                "gain_lr", "epochs", "seed")
 # the SelfStudyConfig fields a job of the selfstudy objective takes (its recall presets set some of them)
 JOB_STUDY_SETTINGS = ("loss", "ntp_weight", "batch", "silence_weight", "silence_tokens", "locality_weight",
                       "decoy_weight")
